@@ -1,0 +1,127 @@
+//! Opening a Herald WebSocket: ticket, TCP connect, upgrade, `welcome`, and request/reply on the
+//! control path (`sub`). Errors are short strings: they become failure categories in the report.
+
+use crate::codec::{self, Codec};
+use crate::http::{Target, Tickets};
+use crate::wire::{self, FrameReader, MaskRng, OP_PING, WireError};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// An open, welcomed WebSocket.
+pub struct Ws {
+    pub stream: TcpStream,
+    pub reader: FrameReader,
+    pub rng: MaskRng,
+    pub codec: Codec,
+}
+
+/// A shorter, stable category for an error (numbers that vary per connection are dropped).
+fn wire_err(stage: &str, e: WireError) -> String {
+    match e {
+        WireError::Refused { status, body } => {
+            format!(
+                "{stage}: HTTP {status} {}",
+                crate::http::error_code(body.as_bytes())
+            )
+        }
+        other => format!("{stage}: {other}"),
+    }
+}
+
+pub async fn open(target: &Target, tickets: &Tickets, codec: Codec) -> Result<Ws, String> {
+    let ticket = tickets.get().await?;
+    let mut stream = TcpStream::connect(target.addr)
+        .await
+        .map_err(|e| format!("connect: {}", e.kind()))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| format!("nodelay: {e}"))?;
+    let path = format!("/ws?ticket={ticket}");
+    let leftover = wire::upgrade(&mut stream, &target.authority, &path, codec.subprotocol())
+        .await
+        .map_err(|e| wire_err("upgrade", e))?;
+    let mut ws = Ws {
+        stream,
+        reader: FrameReader::new(leftover),
+        rng: MaskRng::new(),
+        codec,
+    };
+    let welcome = ws
+        .next_message()
+        .await
+        .map_err(|e| wire_err("welcome", e))?;
+    match welcome.get("op").and_then(Value::as_str) {
+        Some("welcome") => Ok(ws),
+        _ => Err(format!(
+            "welcome: unexpected first frame {}",
+            short(&welcome)
+        )),
+    }
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    s.chars().take(120).collect()
+}
+
+impl Ws {
+    /// Send one request (a masked data frame in the codec's frame type).
+    pub async fn send(&mut self, payload: &[u8]) -> std::io::Result<()> {
+        let mut out = Vec::with_capacity(payload.len() + 14);
+        wire::push_frame(&mut out, self.codec.opcode(), payload, &mut self.rng);
+        self.stream.write_all(&out).await
+    }
+
+    /// The next data frame, decoded; pings are answered on the way.
+    pub async fn next_message(&mut self) -> Result<Value, WireError> {
+        loop {
+            let f = self.reader.next(&mut self.stream).await?;
+            if f.opcode == OP_PING {
+                let mut out = Vec::with_capacity(f.payload.len() + 6);
+                wire::push_frame(&mut out, wire::OP_PONG, f.payload, &mut self.rng);
+                self.stream.write_all(&out).await?;
+                continue;
+            }
+            if f.opcode != wire::OP_TEXT && f.opcode != wire::OP_BINARY {
+                continue;
+            }
+            return codec::decode(self.codec, f.payload)
+                .ok_or_else(|| WireError::Protocol("undecodable frame".into()));
+        }
+    }
+
+    /// Wait for the reply to request `id`, skipping other frames (bounded by the caller's timeout).
+    pub async fn reply(&mut self, id: u64) -> Result<Value, WireError> {
+        loop {
+            let v = self.next_message().await?;
+            if v.get("id").and_then(Value::as_u64) == Some(id) {
+                return Ok(v);
+            }
+            if v.get("op").and_then(Value::as_str) == Some("error") && v.get("id").is_none() {
+                return Err(WireError::Protocol(format!("server error {}", short(&v))));
+            }
+        }
+    }
+
+    /// Subscribe to `topic`; returns the `ok` reply's epoch.
+    pub async fn subscribe(&mut self, topic: &str) -> Result<String, String> {
+        let req = codec::sub_request(self.codec, 1, topic);
+        self.send(&req)
+            .await
+            .map_err(|e| format!("sub send: {}", e.kind()))?;
+        let v = self.reply(1).await.map_err(|e| wire_err("sub", e))?;
+        match v.get("op").and_then(Value::as_str) {
+            Some("ok") => Ok(v
+                .get("epoch")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()),
+            Some("error") => Err(format!(
+                "sub refused: {}",
+                v.get("code").and_then(Value::as_str).unwrap_or("?")
+            )),
+            _ => Err(format!("sub: unexpected reply {}", short(&v))),
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! herald-bench: an independent load generator for Herald. It speaks only the wire protocol
+//! (HTTP tickets, WebSocket JSON/MessagePack, HTTP publish) and does not link the `herald`
+//! library, so it measures the server from outside. See benches/README.md.
+
+mod codec;
+mod conn;
+mod hist;
+mod http;
+mod publish;
+mod report;
+mod run;
+mod rx;
+mod sys;
+mod wire;
+
+use clap::Parser;
+use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// Nanoseconds since a process-local epoch: the clock of `t` in every published message and of
+/// every receive time, so latency needs no clock sync.
+pub fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "herald-bench",
+    about = "Load generator for Herald: N subscribers, paced publishing, deliveries/s, latency, server CPU and RSS",
+    after_help = "Exit status: 0 all expected deliveries arrived and every connection opened; \
+                  3 the run finished but something was lost, failed or refused; 1 the bench could not run."
+)]
+pub struct Args {
+    /// Server base URL (loopback only).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Subscriber connections.
+    #[arg(long, default_value_t = 100)]
+    pub conns: usize,
+    /// Topics (`<prefix>.0` .. `<prefix>.{T-1}`); connections are assigned round-robin.
+    #[arg(long, default_value_t = 1)]
+    pub topics: usize,
+    /// Messages per second over all topics, or `max` (as fast as accepted, bounded in flight).
+    #[arg(long, default_value = "max")]
+    pub publish_rate: String,
+    /// Messages to publish in total (round-robin over the topics).
+    #[arg(long, default_value_t = 1000)]
+    pub messages: u64,
+    /// Approximate size in bytes of each `msg` frame a subscriber receives (header included).
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    #[arg(long, value_enum, default_value = "json")]
+    pub codec: codec::Codec,
+    #[arg(long, value_enum, default_value = "ws")]
+    pub publish_via: publish::Via,
+    /// Publisher connections (each owns a share of the topics; at most one per topic).
+    #[arg(long, default_value_t = 2)]
+    pub publishers: usize,
+    /// Requests in flight per WebSocket publisher (HTTP publishers have one each).
+    #[arg(long, default_value_t = 256)]
+    pub inflight: usize,
+    /// Seconds allowed for the publish phase (publishing and draining).
+    #[arg(long, default_value_t = 60.0)]
+    pub duration_limit: f64,
+    /// Stop early when publishing is over and nothing new arrived for this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub stall_timeout: f64,
+    /// Connection attempts in progress at once.
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+    /// Seconds allowed for opening and subscribing all connections.
+    #[arg(long, default_value_t = 120.0)]
+    pub connect_timeout: f64,
+    /// Server process id: report its CPU time during the publish phase and its RSS.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Open and subscribe the connections, wait, report RSS per connection, publish nothing.
+    #[arg(long)]
+    pub idle: bool,
+    /// Seconds to wait with idle connections before measuring (with --idle).
+    #[arg(long, default_value_t = 5.0)]
+    pub idle_wait: f64,
+    /// Seconds to wait after all subscribed before measuring RSS and publishing.
+    #[arg(long, default_value_t = 1.0)]
+    pub settle: f64,
+    /// HS256 secret to mint the JWT with.
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// A ready-made JWT (instead of --jwt-secret).
+    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// API key for `POST /v1/publish` (with --publish-via http).
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Topic name prefix.
+    #[arg(long, default_value = "bench")]
+    pub topic_prefix: String,
+    /// Runtime worker threads (default: the CPUs this process may run on).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl Args {
+    /// None = max.
+    pub fn rate(&self) -> anyhow::Result<Option<f64>> {
+        if self.publish_rate.eq_ignore_ascii_case("max") {
+            return Ok(None);
+        }
+        match self.publish_rate.parse::<f64>() {
+            Ok(r) if r.is_finite() && r > 0.0 => Ok(Some(r)),
+            _ => anyhow::bail!(
+                "--publish-rate must be a positive number or `max`, not {:?}",
+                self.publish_rate
+            ),
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.conns > 0, "--conns must be at least 1");
+        anyhow::ensure!(self.topics > 0, "--topics must be at least 1");
+        anyhow::ensure!(
+            self.idle || self.messages > 0,
+            "--messages must be at least 1"
+        );
+        anyhow::ensure!(
+            self.duration_limit > 0.0 && self.duration_limit <= 86_400.0,
+            "--duration-limit out of range"
+        );
+        anyhow::ensure!(
+            self.connect_concurrency > 0,
+            "--connect-concurrency must be at least 1"
+        );
+        anyhow::ensure!(
+            self.topic_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+            "--topic-prefix may use letters, digits, '-', '_' and '.'"
+        );
+        self.rate()?;
+        // Exact duplicate/loss accounting keeps one bit per (subscriber, message of its topic).
+        let per_topic = self.messages.div_ceil(self.topics as u64);
+        let bits = per_topic.saturating_mul(self.conns as u64);
+        anyhow::ensure!(
+            self.idle || bits / 8 <= 1 << 30,
+            "--messages x --conns / --topics is too large for exact accounting (over 1 GiB of bitmaps)"
+        );
+        Ok(())
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    now_ns();
+    if let Err(e) = args.validate().and_then(|_| {
+        // Subscribers, publishers, the ticket pool and some slack.
+        let fds =
+            args.conns as u64 + args.publishers as u64 + args.connect_concurrency as u64 * 2 + 64;
+        sys::ensure_nofile(fds)
+    }) {
+        eprintln!("herald-bench: {e:#}");
+        return ExitCode::from(1);
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .max(1);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald-bench: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run::run(args.clone(), threads)) {
+        Ok((report, clean)) => {
+            if args.json {
+                match serde_json::to_string(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => eprintln!("herald-bench: report: {e}"),
+                }
+            } else {
+                print!("{}", report.human());
+            }
+            // Do not wait for stragglers (e.g. sockets the server never closes).
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            }
+        }
+        Err(e) => {
+            eprintln!("herald-bench: {e:#}");
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            ExitCode::from(1)
+        }
+    }
+}

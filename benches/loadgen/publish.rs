@@ -1,0 +1,332 @@
+//! Publishers. Topics are split among publisher tasks so that each topic has exactly one
+//! publisher and one connection: a topic's messages are then sent in seq order, and any
+//! reordering a subscriber sees is the server's. Pacing is open-loop (message j of a publisher
+//! is due at start + j / rate) with a bounded number of requests in flight; `max` drops the
+//! pacing and keeps the bound. `t` is stamped when the request is written.
+
+use crate::codec::{self, Codec};
+use crate::conn::{self, Ws};
+use crate::http::{self, Target, Tickets};
+use crate::wire::{self, OP_PING, OP_PONG};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    Ws,
+    Http,
+}
+
+pub struct Plan {
+    pub total: u64,
+    pub topics: Arc<Vec<String>>,
+    pub publishers: usize,
+    /// Messages per second over all publishers; None = as fast as accepted.
+    pub rate: Option<f64>,
+    pub inflight: usize,
+    pub pad: usize,
+    pub codec: Codec,
+    pub via: Via,
+    pub deadline: Instant,
+    pub target: Target,
+    pub tickets: Tickets,
+    pub api_key: Option<String>,
+}
+
+#[derive(Default)]
+pub struct PubStats {
+    pub sent: AtomicU64,
+    pub ok: AtomicU64,
+    pub ok_per_topic: Vec<AtomicU64>,
+    pub errors: Mutex<BTreeMap<String, u64>>,
+    pub first_send_ns: AtomicU64,
+    pub last_send_ns: AtomicU64,
+}
+
+impl PubStats {
+    pub fn new(topics: usize) -> Self {
+        PubStats {
+            ok_per_topic: (0..topics).map(|_| AtomicU64::new(0)).collect(),
+            first_send_ns: AtomicU64::new(u64::MAX),
+            ..Default::default()
+        }
+    }
+    fn error(&self, code: String) {
+        *self
+            .errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(code)
+            .or_default() += 1;
+    }
+    fn ok_for(&self, global_index: u64) {
+        let n = self.ok_per_topic.len() as u64;
+        self.ok.fetch_add(1, Relaxed);
+        self.ok_per_topic[(global_index % n) as usize].fetch_add(1, Relaxed);
+    }
+    fn stamp(&self, t: u64) {
+        self.first_send_ns.fetch_min(t, Relaxed);
+        self.last_send_ns.fetch_max(t, Relaxed);
+        self.sent.fetch_add(1, Relaxed);
+    }
+}
+
+/// How many messages go to topic `tp` out of `total` spread round-robin over `topics`.
+pub fn per_topic(total: u64, topics: usize, tp: usize) -> u64 {
+    let t = topics as u64;
+    total / t + u64::from((tp as u64) < total % t)
+}
+
+/// Global message indices owned by publisher `k`: its topics are k, k+P, ...; message i goes to
+/// topic i % T with seq i / T.
+fn schedule(total: u64, topics: usize, k: usize, p: usize) -> impl Iterator<Item = u64> {
+    let t = topics as u64;
+    let mine: Vec<u64> = (k..topics).step_by(p).map(|x| x as u64).collect();
+    (0..total.div_ceil(t))
+        .flat_map(move |r| mine.clone().into_iter().map(move |tp| r * t + tp))
+        .filter(move |&i| i < total)
+}
+
+/// Run all publishers to completion (or the deadline). Returns a per-publisher failure list.
+pub async fn run(plan: Arc<Plan>, stats: Arc<PubStats>) -> Vec<String> {
+    let p = plan.publishers.clamp(1, plan.topics.len());
+    let mut handles = Vec::with_capacity(p);
+    for k in 0..p {
+        let (plan, stats) = (plan.clone(), stats.clone());
+        handles.push(tokio::spawn(async move {
+            let mine: u64 = (k..plan.topics.len())
+                .step_by(p)
+                .map(|tp| per_topic(plan.total, plan.topics.len(), tp))
+                .sum();
+            let rate = plan
+                .rate
+                .map(|r| r * mine as f64 / plan.total.max(1) as f64);
+            let sched = schedule(plan.total, plan.topics.len(), k, p);
+            match plan.via {
+                Via::Ws => ws_publisher(&plan, &stats, sched, rate).await,
+                Via::Http => http_publisher(&plan, &stats, sched, rate).await,
+            }
+        }));
+    }
+    let mut failures = Vec::new();
+    for (k, h) in handles.into_iter().enumerate() {
+        match h.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failures.push(format!("publisher {k}: {e}")),
+            Err(e) => failures.push(format!("publisher {k}: task failed: {e}")),
+        }
+    }
+    failures
+}
+
+/// Sleep until message `j` is due (no-op when unpaced or late).
+async fn pace(start: Instant, rate: Option<f64>, j: u64) {
+    if let Some(r) = rate.filter(|r| *r > 0.0) {
+        let due = start + Duration::from_secs_f64(j as f64 / r);
+        if due > Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
+    }
+}
+
+fn due_now(start: Instant, rate: Option<f64>, j: u64) -> bool {
+    match rate.filter(|r| *r > 0.0) {
+        Some(r) => start + Duration::from_secs_f64(j as f64 / r) <= Instant::now(),
+        None => true,
+    }
+}
+
+async fn ws_publisher(
+    plan: &Plan,
+    stats: &Arc<PubStats>,
+    sched: impl Iterator<Item = u64>,
+    rate: Option<f64>,
+) -> Result<(), String> {
+    let ws = tokio::time::timeout_at(
+        plan.deadline,
+        conn::open(&plan.target, &plan.tickets, plan.codec),
+    )
+    .await
+    .map_err(|_| "timed out opening the publisher connection".to_string())??;
+    let Ws {
+        stream,
+        mut reader,
+        mut rng,
+        codec,
+    } = ws;
+    let (mut rd, wr) = stream.into_split();
+    let wr = Arc::new(tokio::sync::Mutex::new(wr));
+    let sem = Arc::new(Semaphore::new(plan.inflight.max(1)));
+    let (done_tx, mut done_rx) = watch::channel(None::<u64>);
+    let deadline = plan.deadline;
+
+    // Replies: release a permit each, attribute ok to the message's topic.
+    let reader_task = {
+        let (stats, sem, wr) = (stats.clone(), sem.clone(), wr.clone());
+        let mut prng = wire::MaskRng::new();
+        tokio::spawn(async move {
+            let mut replies = 0u64;
+            loop {
+                if let Some(sent) = *done_rx.borrow() {
+                    if replies >= sent {
+                        return Ok(());
+                    }
+                }
+                let f = tokio::select! {
+                    f = reader.next(&mut rd) => f,
+                    _ = done_rx.changed() => continue,
+                    _ = tokio::time::sleep_until(deadline) => return Ok(()),
+                };
+                let f = f.map_err(|e| format!("publisher connection: {e}"))?;
+                if f.opcode == OP_PING {
+                    let mut out = Vec::new();
+                    wire::push_frame(&mut out, OP_PONG, f.payload, &mut prng);
+                    let _ = wr.lock().await.write_all(&out).await;
+                    continue;
+                }
+                match codec::scan_reply(codec, f.payload) {
+                    Some((true, id)) => stats.ok_for(id.saturating_sub(1)),
+                    Some((false, _)) => {
+                        let code = codec::decode(codec, f.payload)
+                            .and_then(|v| {
+                                v.get("code").and_then(|c| c.as_str()).map(str::to_string)
+                            })
+                            .unwrap_or_else(|| "error".into());
+                        stats.error(code);
+                    }
+                    None => continue,
+                }
+                replies += 1;
+                sem.add_permits(1);
+            }
+        })
+    };
+
+    let start = Instant::now();
+    let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut payload: Vec<u8> = Vec::with_capacity(plan.pad + 128);
+    let mut sent = 0u64;
+    let mut outcome = Ok(());
+    for (j, i) in sched.enumerate() {
+        if Instant::now() >= deadline || reader_task.is_finished() {
+            break;
+        }
+        if !due_now(start, rate, j as u64) && !batch.is_empty() {
+            if let Err(e) = wr.lock().await.write_all(&batch).await {
+                outcome = Err(format!("write: {}", e.kind()));
+                break;
+            }
+            batch.clear();
+        }
+        pace(start, rate, j as u64).await;
+        let permit = match sem.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                if !batch.is_empty() {
+                    if let Err(e) = wr.lock().await.write_all(&batch).await {
+                        outcome = Err(format!("write: {}", e.kind()));
+                        break;
+                    }
+                    batch.clear();
+                }
+                match tokio::time::timeout_at(deadline, sem.acquire()).await {
+                    Ok(Ok(p)) => p,
+                    _ => break,
+                }
+            }
+        };
+        permit.forget();
+        let topics = &plan.topics;
+        let t = crate::now_ns();
+        payload.clear();
+        let (tp, seq) = ((i % topics.len() as u64) as usize, i / topics.len() as u64);
+        codec::pub_request(codec, &mut payload, i + 1, &topics[tp], t, seq, plan.pad);
+        wire::push_frame(&mut batch, codec.opcode(), &payload, &mut rng);
+        stats.stamp(t);
+        sent += 1;
+        if batch.len() >= 32 << 10 {
+            if let Err(e) = wr.lock().await.write_all(&batch).await {
+                outcome = Err(format!("write: {}", e.kind()));
+                break;
+            }
+            batch.clear();
+        }
+    }
+    if outcome.is_ok() && !batch.is_empty() {
+        if let Err(e) = wr.lock().await.write_all(&batch).await {
+            outcome = Err(format!("write: {}", e.kind()));
+        }
+    }
+    let _ = done_tx.send(Some(sent));
+    let replies = reader_task.await.map_err(|e| format!("reader task: {e}"))?;
+    outcome.and(replies)
+}
+
+async fn http_publisher(
+    plan: &Plan,
+    stats: &Arc<PubStats>,
+    sched: impl Iterator<Item = u64>,
+    rate: Option<f64>,
+) -> Result<(), String> {
+    let key = plan
+        .api_key
+        .as_deref()
+        .ok_or("--publish-via http needs --api-key or HERALD_API_KEY")?;
+    let mut p = tokio::time::timeout_at(plan.deadline, http::Publisher::connect(&plan.target, key))
+        .await
+        .map_err(|_| "timed out connecting".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let start = Instant::now();
+    let topics = &plan.topics;
+    for (j, i) in sched.enumerate() {
+        if Instant::now() >= plan.deadline {
+            break;
+        }
+        pace(start, rate, j as u64).await;
+        let (tp, seq) = ((i % topics.len() as u64) as usize, i / topics.len() as u64);
+        let t = crate::now_ns();
+        let mut body = Vec::with_capacity(plan.pad + 96);
+        body.extend_from_slice(format!(r#"{{"topic":"{}","data":"#, topics[tp]).as_bytes());
+        codec::json_data(&mut body, t, seq, plan.pad);
+        body.push(b'}');
+        stats.stamp(t);
+        match tokio::time::timeout_at(plan.deadline, p.publish(body)).await {
+            Err(_) => break,
+            Ok(Ok(())) => stats.ok_for(i),
+            Ok(Err(code)) => {
+                let broken = code.starts_with("http");
+                stats.error(code.clone());
+                if broken {
+                    return Err(code);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_covers_every_message_once() {
+        for (total, topics, p) in [
+            (10u64, 3usize, 2usize),
+            (7, 10, 3),
+            (100, 1, 1),
+            (1000, 7, 4),
+        ] {
+            let mut all: Vec<u64> = (0..p).flat_map(|k| schedule(total, topics, k, p)).collect();
+            all.sort();
+            assert_eq!(all, (0..total).collect::<Vec<_>>());
+            let sum: u64 = (0..topics).map(|tp| per_topic(total, topics, tp)).sum();
+            assert_eq!(sum, total);
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The in-process bus, the embedded default: offsets, epochs and bounded history kept in memory,
+//! messages handed straight to the sink. History is bounded per topic by count and by age; an
+//! epoch is fresh per process (and per topic log), so a client that resumes across a restart gets
+//! `recovered: false` rather than a wrong replay.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use super::{BoxFuture, Bus, BusError, Replay, Sink};
+use crate::protocol::{Message, Position, Topic};
+
+/// One topic's log.
+struct Log {
+    epoch: Arc<str>,
+    /// Offset of the last message (0 before the first).
+    last: u64,
+    /// Recent messages, oldest first, with the time they were published.
+    ring: VecDeque<(Message, Instant)>,
+}
+
+/// The in-process bus.
+pub struct LocalBus {
+    /// Topic to its log. References are cloned out before locking the log.
+    logs: DashMap<Arc<str>, Arc<Mutex<Log>>>,
+    /// Where messages go (the hub), called under the topic's log lock so delivery follows offsets.
+    sink: Sink,
+    history_size: usize,
+    history_ttl: Duration,
+    /// Random per process: the prefix of every epoch.
+    node_epoch: String,
+    generation: AtomicU64,
+}
+
+impl LocalBus {
+    /// A bus keeping `history_size` messages per topic for at most `history_ttl`.
+    pub fn new(sink: Sink, history_size: usize, history_ttl: Duration) -> LocalBus {
+        let mut r = [0u8; 4];
+        getrandom::fill(&mut r).expect("the OS gives random bytes");
+        LocalBus {
+            logs: DashMap::new(),
+            sink,
+            history_size,
+            history_ttl,
+            node_epoch: format!("{:08x}", u32::from_le_bytes(r)),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    fn log(&self, topic: &Topic) -> Arc<Mutex<Log>> {
+        if let Some(l) = self.logs.get(topic.as_arc()) {
+            return l.clone();
+        }
+        self.logs
+            .entry(topic.as_arc().clone())
+            .or_insert_with(|| {
+                let g = self.generation.fetch_add(1, Ordering::Relaxed);
+                Arc::new(Mutex::new(Log {
+                    epoch: Arc::from(format!("{}{g:x}", self.node_epoch)),
+                    last: 0,
+                    ring: VecDeque::new(),
+                }))
+            })
+            .clone()
+    }
+
+    fn trim(&self, log: &mut Log, now: Instant) {
+        while log.ring.len() > self.history_size {
+            log.ring.pop_front();
+        }
+        while let Some((_, t)) = log.ring.front() {
+            if now.duration_since(*t) > self.history_ttl {
+                log.ring.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Publishes synchronously (the in-process bus never waits).
+    pub fn publish_now(&self, topic: &Topic, data: Bytes) -> Position {
+        let log = self.log(topic);
+        let mut l = log.lock();
+        l.last += 1;
+        let m = Message {
+            topic: topic.clone(),
+            offset: l.last,
+            epoch: l.epoch.clone(),
+            data,
+        };
+        (self.sink)(&m);
+        let pos = Position {
+            offset: m.offset,
+            epoch: m.epoch.clone(),
+        };
+        let now = Instant::now();
+        if self.history_size > 0 {
+            l.ring.push_back((m, now));
+        }
+        self.trim(&mut l, now);
+        pos
+    }
+
+    /// The replay for `since`, synchronously.
+    pub fn replay_now(&self, topic: &Topic, since: Option<&Position>) -> Replay {
+        let log = self.log(topic);
+        let mut l = log.lock();
+        self.trim(&mut l, Instant::now());
+        let latest = Position {
+            offset: l.last,
+            epoch: l.epoch.clone(),
+        };
+        let messages = since.and_then(|s| {
+            if *s.epoch != *l.epoch || s.offset > l.last {
+                return None;
+            }
+            let first_kept = l.ring.front().map_or(l.last + 1, |(m, _)| m.offset);
+            if s.offset + 1 < first_kept {
+                return None;
+            }
+            Some(
+                l.ring
+                    .iter()
+                    .filter(|(m, _)| m.offset > s.offset)
+                    .map(|(m, _)| m.clone())
+                    .collect(),
+            )
+        });
+        Replay { latest, messages }
+    }
+
+    /// Drops the logs whose history has aged out entirely, so topics used once do not
+    /// accumulate. A later publish to such a topic starts a new epoch.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.logs.retain(|_, log| {
+            let mut l = log.lock();
+            self.trim(&mut l, now);
+            !l.ring.is_empty()
+        });
+    }
+}
+
+impl Bus for LocalBus {
+    fn publish(&self, topic: &Topic, data: Bytes) -> BoxFuture<'_, Result<Position, BusError>> {
+        let p = self.publish_now(topic, data);
+        Box::pin(std::future::ready(Ok(p)))
+    }
+
+    fn replay(
+        &self,
+        topic: &Topic,
+        since: Option<&Position>,
+    ) -> BoxFuture<'_, Result<Replay, BusError>> {
+        let r = self.replay_now(topic, since);
+        Box::pin(std::future::ready(Ok(r)))
+    }
+
+    fn watch(&self, _topic: &Topic) {}
+
+    fn unwatch(&self, _topic: &Topic) {}
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bus(size: usize) -> (LocalBus, Arc<Mutex<Vec<u64>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let sink: Sink = Arc::new(move |m: &Message| s.lock().push(m.offset));
+        (LocalBus::new(sink, size, Duration::from_secs(60)), seen)
+    }
+
+    #[test]
+    fn offsets_increase_and_reach_the_sink_in_order() {
+        let (b, seen) = bus(10);
+        let t = Topic::parse("a").unwrap();
+        for _ in 0..3 {
+            b.publish_now(&t, Bytes::from_static(b"1"));
+        }
+        assert_eq!(*seen.lock(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn replay_is_exact_or_refused() {
+        let (b, _) = bus(3);
+        let t = Topic::parse("a").unwrap();
+        let mut epoch = None;
+        for _ in 0..5 {
+            epoch = Some(b.publish_now(&t, Bytes::from_static(b"1")).epoch);
+        }
+        let epoch = epoch.unwrap();
+        let at = |offset| Position {
+            offset,
+            epoch: epoch.clone(),
+        };
+        let offs = |r: Replay| {
+            r.messages
+                .map(|v| v.iter().map(|m| m.offset).collect::<Vec<_>>())
+        };
+        assert_eq!(offs(b.replay_now(&t, Some(&at(3)))), Some(vec![4, 5]));
+        assert_eq!(offs(b.replay_now(&t, Some(&at(2)))), Some(vec![3, 4, 5]));
+        assert_eq!(offs(b.replay_now(&t, Some(&at(5)))), Some(vec![]));
+        // History (3 messages) no longer reaches back to offset 2.
+        assert_eq!(offs(b.replay_now(&t, Some(&at(1)))), None);
+        assert_eq!(offs(b.replay_now(&t, Some(&at(6)))), None);
+        let other = Position {
+            offset: 4,
+            epoch: Arc::from("other"),
+        };
+        assert_eq!(offs(b.replay_now(&t, Some(&other))), None);
+        assert_eq!(b.replay_now(&t, None).latest.offset, 5);
+    }
+}

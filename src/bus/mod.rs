@@ -1,0 +1,63 @@
+//! The bus: where a published message gets its offset and epoch, where history is kept for
+//! recovery, and where messages come from for the hub. A narrow trait with (for now) the
+//! in-process implementation; `server.rs` hands the bus a sink that feeds the hub, so the two
+//! never import each other.
+
+pub mod local;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::protocol::{Message, Position, Topic};
+
+/// A boxed future, so the trait stays object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where the bus hands every message, in offset order per topic.
+pub type Sink = Arc<dyn Fn(&Message) + Send + Sync>;
+
+/// What a subscriber gets when it joins a topic.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    /// The topic's latest position (offset 0 if nothing was ever published in this epoch).
+    pub latest: Position,
+    /// The messages after the requested position, oldest first; `None` when they cannot be
+    /// replayed exactly (another epoch, beyond the latest, or history no longer reaches back).
+    pub messages: Option<Vec<Message>>,
+}
+
+/// Why the bus could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The bus is not reachable (retryable).
+    #[error("the message bus is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl BusError {
+    /// True when trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, BusError::Unavailable(_))
+    }
+}
+
+/// The bus interface.
+pub trait Bus: Send + Sync + 'static {
+    /// Appends `data` (JSON text) to `topic` and delivers it; returns its position.
+    fn publish(&self, topic: &Topic, data: Bytes) -> BoxFuture<'_, Result<Position, BusError>>;
+    /// The latest position, and the messages after `since` when given.
+    fn replay(
+        &self,
+        topic: &Topic,
+        since: Option<&Position>,
+    ) -> BoxFuture<'_, Result<Replay, BusError>>;
+    /// This node now has a subscriber of `topic` (the first one).
+    fn watch(&self, topic: &Topic);
+    /// This node no longer has a subscriber of `topic`.
+    fn unwatch(&self, topic: &Topic);
+    /// True while publishing and delivery work.
+    fn is_ready(&self) -> bool;
+}

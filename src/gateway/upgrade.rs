@@ -1,0 +1,209 @@
+//! WebSocket upgrades on `GET /ws` and `GET /topics/{topic}`: every check that can refuse runs
+//! here, before the 101 (draining, a valid upgrade, Origin, subprotocol, topic and query, the
+//! connection limit, the ticket, the grants), then the raw TCP stream is taken back from hyper and
+//! handed to [`super::connection`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::Gateway;
+use super::connection::{self, Endpoint};
+use super::rejection::Rejection;
+use crate::protocol::{Codec, Position, Topic};
+
+/// Holds one of the node's connection slots; released when dropped.
+pub struct Slot(Arc<Gateway>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.conn_slots.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// `GET /ws`: the multiplexed endpoint.
+pub async fn ws(State(gw): State<Arc<Gateway>>, req: Request) -> Result<Response, Rejection> {
+    upgrade(gw, req, None).await
+}
+
+/// `GET /topics/{topic}`: a socket already subscribed to one topic.
+pub async fn topic(
+    State(gw): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, Rejection> {
+    upgrade(gw, req, Some(name)).await
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// The codec for the offered subprotocols: the client's first supported choice; JSON (and no
+/// answer header) when none is offered.
+fn choose_codec(headers: &HeaderMap) -> Result<Option<Codec>, Rejection> {
+    let mut offered = false;
+    for v in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        let s = v
+            .to_str()
+            .map_err(|_| Rejection::BadRequest("Sec-WebSocket-Protocol is not ASCII".into()))?;
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            offered = true;
+            if let Some(c) = Codec::from_subprotocol(name) {
+                return Ok(Some(c));
+            }
+        }
+    }
+    if offered {
+        Err(Rejection::UnsupportedSubprotocol)
+    } else {
+        Ok(None)
+    }
+}
+
+fn parse_since(query: &HashMap<String, String>) -> Result<Option<Position>, Rejection> {
+    match (query.get("since"), query.get("epoch")) {
+        (None, None) => Ok(None),
+        (Some(s), Some(e)) => {
+            let offset = s.parse::<u64>().map_err(|_| {
+                Rejection::BadRequest("`since` must be a non-negative integer offset".into())
+            })?;
+            if e.len() > crate::protocol::frame::MAX_EPOCH {
+                return Err(Rejection::BadRequest("`epoch` is too long".into()));
+            }
+            Ok(Some(Position {
+                offset,
+                epoch: Arc::from(e.as_str()),
+            }))
+        }
+        _ => Err(Rejection::BadRequest(
+            "`since` and `epoch` go together: give both or neither".into(),
+        )),
+    }
+}
+
+async fn upgrade(
+    gw: Arc<Gateway>,
+    mut req: Request,
+    topic: Option<String>,
+) -> Result<Response, Rejection> {
+    if gw.draining.load(Ordering::Relaxed) {
+        return Err(Rejection::Draining);
+    }
+    let headers = req.headers();
+    if req.method() != Method::GET
+        || !header_has_token(headers, header::CONNECTION, "upgrade")
+        || !header_has_token(headers, header::UPGRADE, "websocket")
+    {
+        return Err(Rejection::NotWebSocket(
+            "expected GET with Connection: Upgrade and Upgrade: websocket",
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err(Rejection::NotWebSocket("Sec-WebSocket-Version must be 13"));
+    }
+    let key = match headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(k) if k.len() == 24 => k.as_bytes().to_vec(),
+        _ => {
+            return Err(Rejection::NotWebSocket(
+                "missing or malformed Sec-WebSocket-Key",
+            ));
+        }
+    };
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let o = origin.to_str().unwrap_or("");
+        if !gw.config.origin_allowed(o) {
+            return Err(Rejection::OriginNotAllowed(o.chars().take(100).collect()));
+        }
+    }
+    let chosen = choose_codec(headers)?;
+    let query = Query::<HashMap<String, String>>::try_from_uri(req.uri())
+        .map_err(|e| Rejection::BadRequest(format!("bad query string: {e}")))?
+        .0;
+    let endpoint = match topic {
+        None => Endpoint::Multiplexed,
+        Some(name) => {
+            let t = Topic::parse(&name).map_err(Rejection::BadTopic)?;
+            Endpoint::Topic(t, parse_since(&query)?)
+        }
+    };
+    let max = gw.config.max_connections;
+    if gw.conn_slots.fetch_add(1, Ordering::AcqRel) >= max {
+        gw.conn_slots.fetch_sub(1, Ordering::AcqRel);
+        return Err(Rejection::TooManyConnections(max));
+    }
+    let slot = Slot(gw.clone());
+    let identity = gw
+        .tickets
+        .redeem(query.get("ticket").map(String::as_str))
+        .await?;
+    if let Endpoint::Topic(t, _) = &endpoint {
+        if !identity.grants.can_subscribe(t.as_str()) {
+            return Err(Rejection::Forbidden(format!(
+                "this ticket's grants do not allow subscribing to {t:?}"
+            )));
+        }
+    }
+    let codec = chosen.unwrap_or(Codec::Json);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let task_gw = gw.clone();
+    gw.tracker.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!("upgrade did not complete: {e}");
+                return;
+            }
+        };
+        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::error!("upgraded connection is not a plain TCP stream");
+                return;
+            }
+        };
+        let stream = parts.io.into_inner();
+        connection::run(
+            task_gw,
+            stream,
+            parts.read_buf,
+            identity,
+            codec,
+            endpoint,
+            slot,
+        )
+        .await;
+    });
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    let accept = crate::protocol::websocket::accept_key(&key);
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    if let Some(c) = chosen {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(c.subprotocol()),
+        );
+    }
+    Ok(resp)
+}

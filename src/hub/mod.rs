@@ -1,0 +1,155 @@
+//! The hub: which local connection subscribes to which topic, and the fan-out of messages to
+//! them. It never imports the bus: `server.rs` pipes the bus's messages into [`Hub::deliver`], and
+//! the gateway tells the bus when a topic gains its first or loses its last local subscriber.
+//!
+//! Locking: the topic map is a `DashMap` whose references are never held across `.await` (none of
+//! these methods is async). Subscribing and unsubscribing decide "first" and "last" under the
+//! map's shard lock, so the answers pair up even when they race.
+
+pub mod heartbeat;
+pub mod outbox;
+pub mod topic;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+
+pub use outbox::{Outbox, Subscriber, Take};
+pub use topic::TopicSubs;
+
+use crate::protocol::{CloseCode, Codec, Message, Position, Topic};
+
+/// What [`Hub::subscribe`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Subscribed {
+    /// Added in catch-up mode; `first` when it is the topic's first local subscriber.
+    Added {
+        /// The topic had no local subscriber before.
+        first: bool,
+    },
+    /// It was subscribed already.
+    Already,
+}
+
+/// Topics, local subscribers and the fan-out between them.
+pub struct Hub {
+    /// Topic name to its subscribers; an entry exists only while it has subscribers.
+    topics: DashMap<Arc<str>, Arc<TopicSubs>>,
+    /// Every open connection, for heartbeats and for closing all at shutdown.
+    conns: DashMap<u64, Arc<Subscriber>>,
+    next_id: AtomicU64,
+    outbox_limit: usize,
+    started: Instant,
+}
+
+impl Hub {
+    /// A hub whose connections each get an outbox of `outbox_limit` bytes.
+    pub fn new(outbox_limit: usize) -> Hub {
+        Hub {
+            topics: DashMap::new(),
+            conns: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            outbox_limit,
+            started: Instant::now(),
+        }
+    }
+
+    /// Seconds since the hub started: the heartbeat clock.
+    pub fn now_secs(&self) -> u32 {
+        self.started.elapsed().as_secs() as u32
+    }
+
+    /// Registers a new connection.
+    pub fn connect(&self, codec: Codec) -> Arc<Subscriber> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let sub = Arc::new(Subscriber {
+            id,
+            codec,
+            outbox: Outbox::new(self.outbox_limit),
+            last_seen: AtomicU32::new(self.now_secs()),
+        });
+        self.conns.insert(id, sub.clone());
+        crate::metrics::connections(self.conns.len());
+        sub
+    }
+
+    /// Forgets a connection; the caller unsubscribes its topics first.
+    pub fn disconnect(&self, id: u64) {
+        self.conns.remove(&id);
+        crate::metrics::connections(self.conns.len());
+    }
+
+    /// Number of open connections.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Subscribes `sub` to `topic` in catch-up mode; finish with [`Hub::go_live`].
+    pub fn subscribe(&self, topic: &Topic, sub: &Arc<Subscriber>) -> Subscribed {
+        let entry = self.topics.entry(topic.as_arc().clone()).or_default();
+        if !entry.add(sub) {
+            return Subscribed::Already;
+        }
+        Subscribed::Added {
+            first: entry.len() == 1,
+        }
+    }
+
+    /// Ends catch-up (see [`TopicSubs::go_live`]).
+    pub fn go_live(
+        &self,
+        topic: &Topic,
+        id: u64,
+        first: Option<Bytes>,
+        replay: Vec<Message>,
+        start: Option<Position>,
+    ) -> bool {
+        let t = self.topics.get(topic.as_arc()).map(|r| r.clone());
+        t.is_some_and(|t| t.go_live(id, first, replay, start))
+    }
+
+    /// Unsubscribes; `Some(last)` when it was subscribed, `last` when nobody here is left.
+    pub fn unsubscribe(&self, topic: &Topic, id: u64) -> Option<bool> {
+        match self.topics.entry(topic.as_arc().clone()) {
+            Entry::Vacant(_) => None,
+            Entry::Occupied(e) => {
+                if !e.get().remove(id) {
+                    return None;
+                }
+                let last = e.get().is_empty();
+                if last {
+                    e.remove();
+                }
+                Some(last)
+            }
+        }
+    }
+
+    /// Fans a message out to this node's subscribers of its topic.
+    pub fn deliver(&self, m: &Message) {
+        let t = self.topics.get(m.topic.as_arc()).map(|r| r.clone());
+        if let Some(t) = t {
+            let n = t.deliver(m);
+            crate::metrics::deliveries(n);
+        }
+    }
+
+    /// Asks every connection to close with `code` (shutdown).
+    pub fn close_all(&self, code: CloseCode) {
+        for s in self.snapshot() {
+            s.outbox.close(code);
+        }
+    }
+
+    /// The open connections, cloned out of the map so no shard lock is held while using them.
+    pub fn snapshot(&self) -> Vec<Arc<Subscriber>> {
+        self.conns.iter().map(|r| r.value().clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+//! A connection's outbox: the one bounded queue between fan-out and the socket.
+//!
+//! Publishers push complete, shared WebSocket frames (`Bytes`, encoded once for all
+//! subscribers); the connection's task drains everything queued into one buffer and writes it
+//! with one syscall. The bound is in bytes and covers frames queued and frames taken but not yet
+//! written to the kernel. Policy when it fills: the connection is closed with 4008 (slow consumer)
+//! and its queue dropped at once; the client reconnects with `since` and loses nothing.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::protocol::{CloseCode, Codec};
+
+/// The hub's handle to one connection.
+pub struct Subscriber {
+    /// Connection id, unique on this node.
+    pub id: u64,
+    /// The codec its frames are encoded with.
+    pub codec: Codec,
+    /// Frames waiting to be written.
+    pub outbox: Outbox,
+    /// Heartbeat clock reading ([`crate::hub::heartbeat`]) when the peer was last heard from.
+    pub last_seen: AtomicU32,
+}
+
+/// The queue itself. Lock held only to push or pop, never across `.await`.
+pub struct Outbox {
+    /// Queue state; a plain mutex because every critical section is a few pointer moves.
+    inner: Mutex<Inner>,
+    limit: usize,
+}
+
+struct Inner {
+    queue: VecDeque<Bytes>,
+    /// Bytes queued plus bytes taken by the writer and not yet confirmed written.
+    bytes: usize,
+    /// Set once: why the connection must close. Pushes after that are dropped.
+    close: Option<CloseCode>,
+    /// The connection task, parked until something is queued.
+    waker: Option<Waker>,
+}
+
+/// What the writer got from [`Outbox::poll_take`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Take {
+    /// Frames were appended to the buffer; report their size with [`Outbox::written`] once written.
+    Frames(usize),
+    /// The connection must close with this code.
+    Close(CloseCode),
+}
+
+impl Outbox {
+    /// An empty outbox holding at most `limit` bytes.
+    pub fn new(limit: usize) -> Outbox {
+        Outbox {
+            inner: Mutex::new(Inner {
+                queue: VecDeque::new(),
+                bytes: 0,
+                close: None,
+                waker: None,
+            }),
+            limit,
+        }
+    }
+
+    /// Queues one frame. Returns false when the connection is closing (the frame is dropped)
+    /// or this push overflowed the bound (the connection is now closing with 4008).
+    pub fn push(&self, frame: Bytes) -> bool {
+        let waker;
+        {
+            let mut g = self.inner.lock();
+            if g.close.is_some() {
+                return false;
+            }
+            if g.bytes + frame.len() > self.limit {
+                g.close = Some(CloseCode::SlowConsumer);
+                g.queue = VecDeque::new();
+                waker = g.waker.take();
+                drop(g);
+                crate::metrics::slow_consumer();
+                if let Some(w) = waker {
+                    w.wake();
+                }
+                return false;
+            }
+            g.bytes += frame.len();
+            g.queue.push_back(frame);
+            waker = g.waker.take();
+        }
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
+    /// Asks the connection to close with `code` (the first reason wins); queued frames are dropped.
+    pub fn close(&self, code: CloseCode) {
+        let waker = {
+            let mut g = self.inner.lock();
+            if g.close.is_some() {
+                return;
+            }
+            g.close = Some(code);
+            g.queue = VecDeque::new();
+            g.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// True once the connection has been asked to close.
+    pub fn is_closing(&self) -> bool {
+        self.inner.lock().close.is_some()
+    }
+
+    /// Moves queued frames into `buf` (up to about `max` bytes) or reports the close reason;
+    /// parks the task when there is nothing.
+    pub fn poll_take(&self, cx: &mut Context<'_>, buf: &mut Vec<u8>, max: usize) -> Poll<Take> {
+        let mut g = self.inner.lock();
+        if let Some(code) = g.close {
+            return Poll::Ready(Take::Close(code));
+        }
+        if g.queue.is_empty() {
+            match &g.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => g.waker = Some(cx.waker().clone()),
+            }
+            return Poll::Pending;
+        }
+        let mut taken = 0;
+        while let Some(f) = g.queue.front() {
+            if taken > 0 && taken + f.len() > max {
+                break;
+            }
+            taken += f.len();
+            buf.extend_from_slice(f);
+            g.queue.pop_front();
+        }
+        if g.queue.is_empty() && g.queue.capacity() > 64 {
+            // A burst is over: give back its memory so an idle connection stays small.
+            g.queue = VecDeque::new();
+        }
+        Poll::Ready(Take::Frames(taken))
+    }
+
+    /// Reports that `n` bytes taken earlier reached the kernel.
+    pub fn written(&self, n: usize) {
+        let mut g = self.inner.lock();
+        g.bytes = g.bytes.saturating_sub(n);
+    }
+}
+
+impl Subscriber {
+    /// Queues a frame (see [`Outbox::push`]).
+    pub fn push(&self, frame: Bytes) -> bool {
+        self.outbox.push(frame)
+    }
+
+    /// The outbox's bound in bytes.
+    pub fn outbox_limit(&self) -> usize {
+        self.outbox.limit
+    }
+
+    /// Marks the peer as heard from now.
+    pub fn seen(&self, now: u32) {
+        if self.last_seen.load(Ordering::Relaxed) != now {
+            self.last_seen.store(now, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    #[tokio::test]
+    async fn frames_are_coalesced_into_one_buffer() {
+        let o = Outbox::new(1024);
+        assert!(o.push(Bytes::from_static(b"ab")));
+        assert!(o.push(Bytes::from_static(b"cd")));
+        let mut buf = Vec::new();
+        let t = poll_fn(|cx| o.poll_take(cx, &mut buf, 1 << 16)).await;
+        assert_eq!(t, Take::Frames(4));
+        assert_eq!(buf, b"abcd");
+    }
+
+    #[tokio::test]
+    async fn overflow_closes_with_slow_consumer_and_counts_unwritten_bytes() {
+        let o = Outbox::new(10);
+        assert!(o.push(Bytes::from_static(b"123456")));
+        let mut buf = Vec::new();
+        // Taken but not yet written still counts against the bound.
+        poll_fn(|cx| o.poll_take(cx, &mut buf, 1 << 16)).await;
+        assert!(!o.push(Bytes::from_static(b"123456")));
+        let t = poll_fn(|cx| o.poll_take(cx, &mut buf, 1 << 16)).await;
+        assert_eq!(t, Take::Close(CloseCode::SlowConsumer));
+        assert!(!o.push(Bytes::from_static(b"1")));
+    }
+
+    #[tokio::test]
+    async fn written_bytes_free_room() {
+        let o = Outbox::new(10);
+        assert!(o.push(Bytes::from_static(b"123456")));
+        let mut buf = Vec::new();
+        poll_fn(|cx| o.poll_take(cx, &mut buf, 1 << 16)).await;
+        o.written(6);
+        assert!(o.push(Bytes::from_static(b"123456")));
+    }
+}

@@ -1,0 +1,299 @@
+//! The `herald` command: `serve` a node, mint a development `token`, `publish` over the HTTP API,
+//! `subscribe` over WebSocket. Loads the config, maps errors to exit codes (64 for a bad config,
+//! 1 for anything else). The only place that uses `anyhow` or exits the process.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use herald::auth::{RawGrants, mint_token};
+use herald::config::Config;
+use herald::protocol::Codec;
+use herald::protocol::frame::ServerFrame;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Pub/sub fan-out WebSocket gateway")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node. With nothing configured: development mode on 127.0.0.1:8080.
+    Serve {
+        /// TOML config file (HERALD_* environment variables override it).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Mint a JWT signed with the configured secret (HERALD_JWT_SECRET), for development.
+    Token {
+        /// TOML config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The user (`sub` claim).
+        #[arg(long, default_value = "dev")]
+        user: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+        /// Topic patterns the user may subscribe to (repeatable). No grant flags: every grant.
+        #[arg(long)]
+        subscribe: Vec<String>,
+        /// Topic patterns the user may publish to (repeatable).
+        #[arg(long)]
+        publish: Vec<String>,
+        /// Services the user may send to (repeatable).
+        #[arg(long)]
+        send: Vec<String>,
+    },
+    /// Publish a message through POST /v1/publish.
+    Publish {
+        /// The topic.
+        topic: String,
+        /// The payload: any JSON.
+        data: String,
+        /// The node's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The server API key.
+        #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+        api_key: String,
+    },
+    /// Subscribe to topics over WebSocket and print each message as a JSON line.
+    Subscribe {
+        /// Topics.
+        #[arg(required = true)]
+        topics: Vec<String>,
+        /// The node's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// A JWT (exchanged for a ticket first).
+        #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Resume after this offset (needs --epoch; applies to every topic given).
+        #[arg(long, requires = "epoch")]
+        since: Option<u64>,
+        /// The epoch that --since belongs to.
+        #[arg(long, requires = "since")]
+        epoch: Option<String>,
+        /// Use MessagePack frames instead of JSON.
+        #[arg(long)]
+        msgpack: bool,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "herald=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(dispatch(cli.cmd)) {
+        eprintln!("herald: {e:#}");
+        let code = if e.downcast_ref::<herald::config::ConfigError>().is_some() {
+            64
+        } else {
+            1
+        };
+        std::process::exit(code);
+    }
+}
+
+fn load(config: Option<PathBuf>) -> anyhow::Result<Config> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    Ok(Config::load(config.as_deref(), &env)?)
+}
+
+async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Serve { config } => {
+            let config = load(config)?;
+            if config.dev_mode {
+                print_dev_banner(&config)?;
+            }
+            herald::server::run(config).await?;
+            Ok(())
+        }
+        Cmd::Token {
+            config,
+            user,
+            ttl_secs,
+            subscribe,
+            publish,
+            send,
+        } => {
+            let config = load(config)?;
+            if config.dev_mode && std::env::var_os("HERALD_JWT_SECRET").is_none() {
+                bail!(
+                    "no JWT secret configured: set HERALD_JWT_SECRET (or jwt_secret in --config)"
+                );
+            }
+            let grants = if subscribe.is_empty() && publish.is_empty() && send.is_empty() {
+                RawGrants::all()
+            } else {
+                RawGrants {
+                    subscribe,
+                    publish,
+                    send,
+                }
+            };
+            let t = mint_token(
+                &config.jwt_secret,
+                &user,
+                &grants,
+                Duration::from_secs(ttl_secs),
+            )?;
+            println!("{t}");
+            Ok(())
+        }
+        Cmd::Publish {
+            topic,
+            data,
+            url,
+            api_key,
+        } => {
+            let data: serde_json::Value =
+                serde_json::from_str(&data).context("the data argument must be JSON")?;
+            let body = serde_json::json!({"topic": topic, "data": data});
+            let out = http_post(&format!("{url}/v1/publish"), &api_key, &body.to_string()).await?;
+            println!("{out}");
+            Ok(())
+        }
+        Cmd::Subscribe {
+            topics,
+            url,
+            token,
+            since,
+            epoch,
+            msgpack,
+            count,
+        } => subscribe(topics, url, token, since.zip(epoch), msgpack, count).await,
+    }
+}
+
+fn print_dev_banner(config: &Config) -> anyhow::Result<()> {
+    let jwt = mint_token(
+        &config.jwt_secret,
+        "dev",
+        &RawGrants::all(),
+        Duration::from_secs(24 * 3600),
+    )?;
+    let base = format!("http://{}", config.listen);
+    let ws = format!("ws://{}", config.listen);
+    let key = &config.api_key;
+    eprintln!(
+        "\n\
+==================== HERALD DEVELOPMENT MODE ====================\n\
+Nothing was configured, so this node runs with generated secrets,\n\
+binds only loopback, and allows only loopback browser origins.\n\
+NOT FOR PRODUCTION: set HERALD_JWT_SECRET and HERALD_API_KEY.\n\n\
+JWT signing secret : {secret}\n\
+server API key     : {key}\n\
+JWT for user `dev` (every grant, 24 h):\n{jwt}\n\n\
+Try it (three shells):\n\
+  1. ticket:    curl -s -X POST {base}/v1/tickets -H 'Authorization: Bearer {jwt}'\n\
+  2. subscribe: websocat '{ws}/topics/news?ticket=<ticket from 1>'\n\
+                (or: herald subscribe news --url {base} --token {jwt})\n\
+  3. publish:   curl -s {base}/v1/publish -H 'Authorization: Bearer {key}' -d '{{\"topic\":\"news\",\"data\":{{\"hello\":\"world\"}}}}'\n\
+=================================================================\n",
+        secret = config
+            .generated
+            .jwt_secret
+            .as_deref()
+            .unwrap_or("(configured: HERALD_JWT_SECRET)"),
+    );
+    Ok(())
+}
+
+/// POSTs `body` with a bearer token and returns the response body; non-2xx is an error.
+async fn http_post(url: &str, bearer: &str, body: &str) -> anyhow::Result<String> {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = hyper::Request::post(url)
+        .header("authorization", format!("Bearer {bearer}"))
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body.to_owned())))
+        .context("building the request")?;
+    let resp = client
+        .request(req)
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    if !status.is_success() {
+        bail!("POST {url}: {status}: {text}");
+    }
+    Ok(text)
+}
+
+async fn subscribe(
+    topics: Vec<String>,
+    url: String,
+    token: String,
+    since: Option<(u64, String)>,
+    msgpack: bool,
+    count: Option<u64>,
+) -> anyhow::Result<()> {
+    let out = http_post(&format!("{url}/v1/tickets"), &token, "").await?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let ticket = v["ticket"].as_str().context("no ticket in the answer")?;
+    let ws_url = format!("{}/ws?ticket={ticket}", url.replacen("http", "ws", 1));
+    let codec = if msgpack { Codec::MsgPack } else { Codec::Json };
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        ws_url.as_str(),
+    )?;
+    req.headers_mut()
+        .insert("sec-websocket-protocol", codec.subprotocol().parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    for (i, t) in topics.iter().enumerate() {
+        let mut f = serde_json::json!({"op": "sub", "id": i + 1, "topic": t});
+        if let Some((o, e)) = &since {
+            f["since"] = serde_json::json!({"offset": o, "epoch": e});
+        }
+        let m = match codec {
+            Codec::Json => WsMessage::text(f.to_string()),
+            Codec::MsgPack => WsMessage::binary(rmp_serde::to_vec_named(&f)?),
+        };
+        ws.send(m).await?;
+    }
+    let mut seen = 0u64;
+    while let Some(m) = ws.next().await {
+        let m = m?;
+        let payload = match &m {
+            WsMessage::Text(t) => t.as_bytes(),
+            WsMessage::Binary(b) => &b[..],
+            WsMessage::Close(c) => bail!("closed by the server: {c:?}"),
+            _ => continue,
+        };
+        let frame = codec
+            .decode_server(payload)
+            .map_err(|e| anyhow::anyhow!("bad frame from server: {e}"))?;
+        println!("{}", serde_json::to_string(&frame)?);
+        if let ServerFrame::Msg { .. } = frame {
+            seen += 1;
+            if count.is_some_and(|c| seen >= c) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}

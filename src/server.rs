@@ -1,0 +1,144 @@
+//! The composition root: builds the hub, the bus, auth and the gateway from a [`Config`], wires
+//! the bus's messages into the hub, and owns the order of shutdown: stop accepting, turn
+//! `/readyz` to 503, close every client with 1012, wait for them up to the deadline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{JwtVerifier, MemoryTicketStore, Tickets};
+use crate::bus::local::LocalBus;
+use crate::bus::{Bus, Sink};
+use crate::config::Config;
+use crate::gateway::{self, Gateway};
+use crate::hub::{self, Hub};
+use crate::protocol::CloseCode;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started node.
+pub struct Running {
+    /// The address it listens on (the real port when the config said port 0).
+    pub addr: SocketAddr,
+    /// Shared state, for tests and the CLI.
+    pub gateway: Arc<Gateway>,
+    /// Cancelled to start shutdown.
+    stop: CancellationToken,
+    /// The accept loop and drain; finishes when shutdown is complete.
+    done: JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts draining: `/readyz` 503 and refusing upgrades at once, then the rest in the background.
+    pub fn shutdown(&self) {
+        self.gateway.draining.store(true, Ordering::Relaxed);
+        self.stop.cancel();
+    }
+
+    /// Waits until shutdown has completed (all connections closed, or the deadline passed).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Binds and starts a node; returns once it accepts connections.
+pub async fn start(config: Config) -> Result<Running, ServerError> {
+    let config = Arc::new(config);
+    let hub = Arc::new(Hub::new(config.outbox_bytes));
+    let to_hub = hub.clone();
+    let sink: Sink = Arc::new(move |m| to_hub.deliver(m));
+    let local = Arc::new(LocalBus::new(sink, config.history_size, config.history_ttl));
+    let bus: Arc<dyn Bus> = local.clone();
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let gw = Arc::new(Gateway {
+        jwt: JwtVerifier::hmac(&config.jwt_secret, config.jwt_leeway),
+        tickets: Tickets::new(Arc::new(MemoryTicketStore::new()), config.ticket_ttl),
+        config: config.clone(),
+        hub: hub.clone(),
+        bus,
+        draining: AtomicBool::new(false),
+        conn_slots: AtomicUsize::new(0),
+        tracker: TaskTracker::new(),
+    });
+    let stop = CancellationToken::new();
+    tokio::spawn(hub::heartbeat::run(
+        hub.clone(),
+        config.ping_interval,
+        stop.clone(),
+    ));
+    tokio::spawn(sweep(local, stop.clone()));
+    let done = tokio::spawn(drive(gw.clone(), listener, stop.clone()));
+    Ok(Running {
+        addr,
+        gateway: gw,
+        stop,
+        done,
+    })
+}
+
+/// Serves until stopped, then drains.
+async fn drive(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationToken) {
+    gateway::serve(gw.clone(), listener, stop).await;
+    gw.draining.store(true, Ordering::Relaxed);
+    let open = gw.hub.connections();
+    tracing::info!("draining: closing {open} connections with 1012");
+    gw.hub.close_all(CloseCode::Restarting);
+    gw.tracker.close();
+    if tokio::time::timeout(gw.config.shutdown_timeout, gw.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "shutdown deadline ({:?}) passed with connections still closing",
+            gw.config.shutdown_timeout
+        );
+    }
+}
+
+/// Drops aged-out topic logs once a minute.
+async fn sweep(bus: Arc<LocalBus>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => bus.sweep(),
+        }
+    }
+}
+
+/// Runs a node until SIGTERM or SIGINT, then drains.
+pub async fn run(config: Config) -> Result<(), ServerError> {
+    let running = start(config).await?;
+    tracing::info!("listening on {}", running.addr);
+    crate::shutdown::signal(CancellationToken::new()).await;
+    running.shutdown();
+    running.wait().await;
+    Ok(())
+}
