@@ -137,7 +137,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             send,
         } => {
             let config = load(config)?;
-            if config.dev_mode && std::env::var_os("HERALD_JWT_SECRET").is_none() {
+            if config.generated.jwt_secret.is_some() {
                 bail!(
                     "no JWT secret configured: set HERALD_JWT_SECRET (or jwt_secret in --config)"
                 );
@@ -195,27 +195,35 @@ fn print_dev_banner(config: &Config) -> anyhow::Result<()> {
     let base = format!("http://{}", config.listen);
     let ws = format!("ws://{}", config.listen);
     let key = &config.api_key;
-    eprintln!(
-        "\n\
-==================== HERALD DEVELOPMENT MODE ====================\n\
-Nothing was configured, so this node runs with generated secrets,\n\
-binds only loopback, and allows only loopback browser origins.\n\
-NOT FOR PRODUCTION: set HERALD_JWT_SECRET and HERALD_API_KEY.\n\n\
-JWT signing secret : {secret}\n\
-server API key     : {key}\n\
-JWT for user `dev` (every grant, 24 h):\n{jwt}\n\n\
-Try it (three shells):\n\
-  1. ticket:    curl -s -X POST {base}/v1/tickets -H 'Authorization: Bearer {jwt}'\n\
-  2. subscribe: websocat '{ws}/topics/news?ticket=<ticket from 1>'\n\
-                (or: herald subscribe news --url {base} --token {jwt})\n\
-  3. publish:   curl -s {base}/v1/publish -H 'Authorization: Bearer {key}' -d '{{\"topic\":\"news\",\"data\":{{\"hello\":\"world\"}}}}'\n\
-=================================================================\n",
-        secret = config
-            .generated
-            .jwt_secret
-            .as_deref()
-            .unwrap_or("(configured: HERALD_JWT_SECRET)"),
-    );
+    let secret = config
+        .generated
+        .jwt_secret
+        .as_deref()
+        .unwrap_or("(configured: HERALD_JWT_SECRET)");
+    let lines = [
+        String::new(),
+        "==================== HERALD DEVELOPMENT MODE ====================".into(),
+        "Nothing was configured, so this node runs with generated secrets,".into(),
+        "binds only loopback, and allows only loopback browser origins.".into(),
+        "NOT FOR PRODUCTION: set HERALD_JWT_SECRET and HERALD_API_KEY.".into(),
+        String::new(),
+        format!("JWT signing secret : {secret}"),
+        format!("server API key     : {key}"),
+        "JWT for user `dev` (every grant, 24 h):".into(),
+        jwt.clone(),
+        String::new(),
+        "Try it (three shells):".into(),
+        format!(
+            "  1. ticket:    curl -s -X POST {base}/v1/tickets -H 'Authorization: Bearer {jwt}'"
+        ),
+        format!("  2. subscribe: websocat '{ws}/topics/news?ticket=<ticket from 1>'"),
+        format!("                (or: herald subscribe news --url {base} --token {jwt})"),
+        format!(
+            "  3. publish:   curl -s {base}/v1/publish -H 'Authorization: Bearer {key}' -d '{{\"topic\":\"news\",\"data\":{{\"hello\":\"world\"}}}}'"
+        ),
+        "=================================================================".into(),
+    ];
+    eprintln!("{}", lines.join("\n"));
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use super::{AuthError, quote};
 use crate::protocol::topic::Pattern;
 
 /// The `grants` claim as it appears in a JWT: three optional lists of pattern strings.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct RawGrants {
     /// Patterns of topics the user may subscribe to.

@@ -6,7 +6,11 @@
 //! The algorithm list is fixed here, never taken from the token header: `none` and asymmetric
 //! algorithms are refused with the HMAC key.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -20,7 +24,14 @@ use super::{AuthError, Grants, Identity, RawGrants};
 pub struct JwtVerifier {
     key: DecodingKey,
     validation: Validation,
+    /// Parsed grants by their raw form: most users share a few grant sets, and every open
+    /// connection holds its grants, so identical sets are parsed once and shared. Bounded:
+    /// cleared when it reaches [`GRANTS_CACHE`] entries. Locked only for a lookup or an insert.
+    grants: Arc<Mutex<HashMap<RawGrants, Arc<Grants>>>>,
 }
+
+/// Most distinct grant sets kept parsed.
+const GRANTS_CACHE: usize = 1024;
 
 /// The claims Herald reads. Every field is optional here, so that a token with a missing or
 /// ill-typed claim reaches [`jsonwebtoken`]'s own checks (expiry first) and gets a precise error.
@@ -47,6 +58,7 @@ impl JwtVerifier {
         JwtVerifier {
             key: DecodingKey::from_secret(secret),
             validation,
+            grants: Arc::default(),
         }
     }
 
@@ -69,11 +81,23 @@ impl JwtVerifier {
             None | Some(Value::Null) => return Err(AuthError::MissingGrants),
             Some(v) => serde_json::from_value::<RawGrants>(v).map_err(AuthError::InvalidGrants)?,
         };
-        let grants = Grants::from_raw(&raw)?;
+        let cached = self.grants.lock().get(&raw).cloned();
+        let grants = match cached {
+            Some(g) => g,
+            None => {
+                let g = Arc::new(Grants::from_raw(&raw)?);
+                let mut cache = self.grants.lock();
+                if cache.len() >= GRANTS_CACHE {
+                    cache.clear();
+                }
+                cache.insert(raw, g.clone());
+                g
+            }
+        };
 
         Ok(Identity {
             user: user.into(),
-            grants: grants.into(),
+            grants,
             expires_at,
         })
     }

@@ -759,18 +759,38 @@ mod tests {
         e
     }
 
-    /// A fresh file under the temp dir with `contents`.
-    fn temp_file(name: &str, contents: &str) -> PathBuf {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "herald-config-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        std::fs::write(&path, contents).unwrap();
-        path
+    /// A file in a fresh directory under the temp dir; the directory goes when this drops.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, contents: &str) -> TempFile {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "herald-config-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(name);
+            std::fs::write(&path, contents).unwrap();
+            TempFile(path)
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+
+        fn text(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
     }
 
     fn err_key(file: Option<&Path>, e: &[(String, String)]) -> Option<Key> {
@@ -931,15 +951,21 @@ mod tests {
 
     #[test]
     fn a_bad_file_value_names_its_key() {
-        let path = temp_file("h.toml", "max_connections = \"lots\"\n");
-        assert_eq!(err_key(Some(&path), &prod(&[])), Some(MAX_CONNECTIONS));
-        let path = temp_file("h.toml", "history_ttl_secs = 0\n");
-        assert_eq!(err_key(Some(&path), &prod(&[])), Some(HISTORY_TTL_SECS));
+        let file = TempFile::new("h.toml", "max_connections = \"lots\"\n");
+        assert_eq!(
+            err_key(Some(file.path()), &prod(&[])),
+            Some(MAX_CONNECTIONS)
+        );
+        let file = TempFile::new("h.toml", "history_ttl_secs = 0\n");
+        assert_eq!(
+            err_key(Some(file.path()), &prod(&[])),
+            Some(HISTORY_TTL_SECS)
+        );
     }
 
     #[test]
     fn env_overrides_file() {
-        let path = temp_file(
+        let file = TempFile::new(
             "h.toml",
             &format!(
                 "listen = \"127.0.0.1:7000\"\nrate_limit = 5\napi_key = \"{API}\"\n\
@@ -947,7 +973,7 @@ mod tests {
             ),
         );
         let c = Config::load(
-            Some(&path),
+            Some(file.path()),
             &env(&[
                 ("HERALD_RATE_LIMIT", "7"),
                 ("HERALD_ALLOWED_ORIGINS", "https://b.example"),
@@ -963,8 +989,8 @@ mod tests {
 
     #[test]
     fn unknown_file_keys_and_unknown_herald_variables_are_errors() {
-        let path = temp_file("h.toml", "max_conections = 5\n");
-        let err = Config::load(Some(&path), &prod(&[])).unwrap_err();
+        let file = TempFile::new("h.toml", "max_conections = 5\n");
+        let err = Config::load(Some(file.path()), &prod(&[])).unwrap_err();
         assert!(matches!(err, ConfigError::UnknownFileKey { .. }), "{err}");
         assert!(err.to_string().contains("max_conections"), "{err}");
         assert!(err.to_string().contains("max_connections"), "{err}");
@@ -1030,10 +1056,9 @@ mod tests {
 
     #[test]
     fn tls_needs_both_files_and_they_must_exist() {
-        let cert = temp_file("cert.pem", "cert");
-        let key = temp_file("key.pem", "key");
-        let cert_s = cert.to_str().unwrap();
-        let key_s = key.to_str().unwrap();
+        let cert = TempFile::new("cert.pem", "cert");
+        let key = TempFile::new("key.pem", "key");
+        let (cert_s, key_s) = (cert.text(), key.text());
         assert_eq!(
             err_key(None, &prod(&[("HERALD_TLS_CERT", cert_s)])),
             Some(TLS_KEY)
@@ -1042,7 +1067,7 @@ mod tests {
             err_key(None, &prod(&[("HERALD_TLS_KEY", key_s)])),
             Some(TLS_CERT)
         );
-        let dir = cert.parent().unwrap().to_str().unwrap();
+        let dir = cert.path().parent().unwrap().to_str().unwrap();
         assert_eq!(
             err_key(
                 None,
@@ -1055,7 +1080,13 @@ mod tests {
             &prod(&[("HERALD_TLS_CERT", cert_s), ("HERALD_TLS_KEY", key_s)]),
         )
         .unwrap();
-        assert_eq!(c.tls, Some(TlsFiles { cert, key }));
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                cert: cert.0.clone(),
+                key: key.0.clone()
+            })
+        );
     }
 
     #[test]

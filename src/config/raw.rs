@@ -15,6 +15,10 @@ use super::ConfigError;
 /// Prefix of every environment variable Herald reads.
 pub const ENV_PREFIX: &str = "HERALD_";
 
+/// `HERALD_*` variables that belong to the command-line clients (`herald subscribe`), not to a
+/// node's configuration; a node ignores them.
+pub const CLIENT_ENV: &[&str] = &["HERALD_TOKEN"];
+
 /// A configuration key: its TOML name and its environment variable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Key {
@@ -228,11 +232,15 @@ impl RawConfig {
         Ok(raw)
     }
 
-    /// Reads the `HERALD_*` variables among `env`; any other `HERALD_*` variable is an error.
+    /// Reads the `HERALD_*` variables among `env`; any other `HERALD_*` variable is an error,
+    /// except the ones the command-line clients read ([`CLIENT_ENV`]).
     pub fn from_env(env: &[(String, String)]) -> Result<RawConfig, ConfigError> {
         let mut raw = RawConfig::default();
         for (name, value) in env {
             if !name.starts_with(ENV_PREFIX) {
+                continue;
+            }
+            if CLIENT_ENV.contains(&name.as_str()) {
                 continue;
             }
             let Some(&key) = KEYS.iter().find(|k| k.env == name) else {

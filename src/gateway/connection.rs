@@ -121,7 +121,7 @@ pub async fn run(
         gw.config.ping_interval.as_secs(),
     ));
     if let Endpoint::Topic(topic, since) = endpoint {
-        s.subscribe(None, topic, since).await;
+        Box::pin(s.subscribe(None, topic, since)).await;
     }
     s.pump(stream, leftover).await;
     for t in std::mem::take(&mut s.topics) {
@@ -145,14 +145,18 @@ impl Session {
     /// Moves bytes between the socket and the outbox until the connection ends.
     async fn pump(&mut self, stream: TcpStream, leftover: Bytes) {
         let mut asm = Assembler::server(self.gw.config.max_message_bytes);
+        // Copy, then let go of hyper's read buffer: a slice of it would keep all of it alive.
         let mut rbuf: Vec<u8> = leftover.to_vec();
+        drop(leftover);
         let mut wbuf: Vec<u8> = Vec::new();
         let mut wpos = 0usize;
         let mut reading = true;
         let sub = self.sub.clone();
         let ending: Flow = 'outer: loop {
             if !rbuf.is_empty() {
-                match self.process(&mut asm, &mut rbuf).await {
+                // Boxed: requests are rare next to deliveries, and an unboxed request future would
+                // sit inside every idle connection's task.
+                match Box::pin(self.process(&mut asm, &mut rbuf)).await {
                     Flow::Continue => {}
                     other => break 'outer other,
                 }
@@ -190,7 +194,11 @@ impl Session {
                             }
                         }
                         Ok(_) => sub.seen(self.gw.hub.now_secs()),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            if rbuf.is_empty() {
+                                rbuf = Vec::new();
+                            }
+                        }
                         Err(_) => return,
                     }
                 }
@@ -202,9 +210,8 @@ impl Session {
             Flow::PeerClosed(c) => (c.unwrap_or(1000), ""),
             Flow::Continue => return,
         };
-        if let Err(e) =
-            tokio::time::timeout(CLOSE_GRACE, close(stream, &mut wbuf, wpos, code, echo)).await
-        {
+        let closing = tokio::time::timeout(CLOSE_GRACE, close(stream, &mut wbuf, wpos, code, echo));
+        if let Err(e) = Box::pin(closing).await {
             tracing::debug!("close did not finish in time: {e}");
         }
     }
@@ -435,7 +442,7 @@ async fn close(mut stream: TcpStream, wbuf: &mut Vec<u8>, wpos: usize, code: u16
     }
     let _ = stream.shutdown().await;
     // Drain until the peer closes too, so the close frame is not lost to a reset.
-    let mut sink = [0u8; 512];
+    let mut sink = vec![0u8; 512];
     loop {
         match tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
             Ok(0) | Err(_) => return,
@@ -443,3 +450,4 @@ async fn close(mut stream: TcpStream, wbuf: &mut Vec<u8>, wpos: usize, code: u16
         }
     }
 }
+
