@@ -136,12 +136,12 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             publish,
             send,
         } => {
-            let config = load(config)?;
-            if config.generated.jwt_secret.is_some() {
+            let env: Vec<(String, String)> = std::env::vars().collect();
+            let Some(secret) = Config::load_jwt_secret(config.as_deref(), &env)? else {
                 bail!(
                     "no JWT secret configured: set HERALD_JWT_SECRET (or jwt_secret in --config)"
                 );
-            }
+            };
             let grants = if subscribe.is_empty() && publish.is_empty() && send.is_empty() {
                 RawGrants::all()
             } else {
@@ -151,12 +151,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                     send,
                 }
             };
-            let t = mint_token(
-                &config.jwt_secret,
-                &user,
-                &grants,
-                Duration::from_secs(ttl_secs),
-            )?;
+            let t = mint_token(&secret, &user, &grants, Duration::from_secs(ttl_secs))?;
             println!("{t}");
             Ok(())
         }

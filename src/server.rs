@@ -23,6 +23,9 @@ use crate::protocol::CloseCode;
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The TLS files could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::gateway::tls::TlsError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -67,6 +70,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let sink: Sink = Arc::new(move |m| to_hub.deliver(m));
     let local = Arc::new(LocalBus::new(sink, config.history_size, config.history_ttl));
     let bus: Arc<dyn Bus> = local.clone();
+    let tls = match &config.tls {
+        Some(files) => Some(crate::gateway::tls::acceptor(&files.cert, &files.key)?),
+        None => None,
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -94,7 +101,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         stop.clone(),
     ));
     tokio::spawn(sweep(local, stop.clone()));
-    let done = tokio::spawn(drive(gw.clone(), listener, stop.clone()));
+    let done = tokio::spawn(drive(gw.clone(), listener, tls, stop.clone()));
     Ok(Running {
         addr,
         gateway: gw,
@@ -104,8 +111,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
 }
 
 /// Serves until stopped, then drains.
-async fn drive(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationToken) {
-    gateway::serve(gw.clone(), listener, stop).await;
+async fn drive(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: CancellationToken,
+) {
+    gateway::serve(gw.clone(), listener, tls, stop).await;
     gw.draining.store(true, Ordering::Relaxed);
     let open = gw.hub.connections();
     tracing::info!("draining: closing {open} connections with 1012");

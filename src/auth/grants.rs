@@ -12,7 +12,6 @@ use crate::protocol::topic::Pattern;
 
 /// The `grants` claim as it appears in a JWT: three optional lists of pattern strings.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
-#[serde(deny_unknown_fields)]
 pub struct RawGrants {
     /// Patterns of topics the user may subscribe to.
     #[serde(default)]
@@ -169,10 +168,12 @@ mod tests {
     }
 
     #[test]
-    fn raw_grants_refuse_unknown_fields_and_default_missing_lists() {
+    fn raw_grants_ignore_unknown_fields_and_default_missing_lists() {
         let raw: RawGrants = serde_json::from_str(r#"{"subscribe":["a"]}"#).unwrap();
         assert_eq!(raw.publish, Vec::<String>::new());
-        assert!(serde_json::from_str::<RawGrants>(r#"{"subscribe":["a"],"admin":true}"#).is_err());
+        // Other keys belong to other consumers of the JWT (or later versions): ignored.
+        let raw: RawGrants = serde_json::from_str(r#"{"subscribe":["a"],"admin":true}"#).unwrap();
+        assert_eq!(raw.subscribe, vec!["a".to_string()]);
         assert!(serde_json::from_str::<RawGrants>(r#"{"subscribe":"a"}"#).is_err());
     }
 

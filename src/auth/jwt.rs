@@ -357,7 +357,6 @@ mod tests {
             json!(["news"]),
             json!({"subscribe": "news"}),
             json!({"subscribe": [1]}),
-            json!({"subscribe": [], "admin": true}),
         ] {
             let mut c = claims(600);
             c["grants"] = grants.clone();

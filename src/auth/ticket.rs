@@ -65,6 +65,9 @@ pub trait TicketStore: Send + Sync + 'static {
     fn take(&self, key: TicketKey) -> BoxFuture<'_, Result<Identity, AuthError>>;
 }
 
+/// How long an expired or used ticket is remembered, so that late use gets a precise error.
+pub const REMEMBER_EXPIRED: Duration = Duration::from_secs(60);
+
 /// A monotonic clock, replaceable in tests.
 pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
 
@@ -79,8 +82,8 @@ struct Entry {
     state: State,
     /// When the ticket stops being redeemable.
     expires: Instant,
-    /// When the entry is dropped: `ttl` after `expires`, so that a late redeem says
-    /// `ticket_expired` rather than `invalid_ticket`.
+    /// When the entry is dropped: [`REMEMBER_EXPIRED`] (or `ttl`, if longer) after `expires`, so
+    /// that a late redeem says `ticket_expired` rather than `invalid_ticket`.
     forget: Instant,
 }
 
@@ -93,9 +96,9 @@ struct Inner {
 /// The in-process ticket store, for a single node.
 ///
 /// Memory is bounded: an entry (live ticket or tombstone) is dropped at the first sweep after
-/// `2 × ttl` from its `put`, and `put` sweeps the whole map at most once per `ttl`. So the map
-/// holds at most the tickets issued in the last `3 × ttl` (about 90 s with the default 30 s ttl),
-/// whatever the redemption pattern. Each entry is visited by at most three sweeps, so sweeping
+/// `ttl + max(ttl, 60 s)` from its `put`, and `put` sweeps the whole map at most once per `ttl`.
+/// So the map holds at most the tickets issued in the last `2 × ttl + max(ttl, 60 s)` (about
+/// 2 minutes with the default 30 s ttl), whatever the redemption pattern. Each entry is visited by at most three sweeps, so sweeping
 /// costs O(1) per `put`, amortised. The lock is held only for map operations, never across an
 /// `.await`: both methods do their work synchronously and return a ready future.
 pub struct MemoryTicketStore {
@@ -143,7 +146,7 @@ impl MemoryTicketStore {
         let entry = Entry {
             state: State::Live(identity),
             expires,
-            forget: expires + ttl,
+            forget: expires + ttl.max(REMEMBER_EXPIRED),
         };
         let mut inner = self.inner.lock();
         if now >= inner.next_sweep {
@@ -333,7 +336,7 @@ mod tests {
             tickets.redeem(Some(&t)).await.unwrap_err().code(),
             "ticket_expired"
         );
-        advance(&millis, TTL);
+        advance(&millis, REMEMBER_EXPIRED);
         assert_eq!(
             tickets.redeem(Some(&t)).await.unwrap_err().code(),
             "invalid_ticket"
@@ -418,8 +421,8 @@ mod tests {
             }
         }
         assert_eq!(store.len(), 100);
-        // Past every entry's retention (2 × ttl) and the sweep interval: the next put sweeps.
-        advance(&millis, TTL * 2);
+        // Past every entry's retention (ttl + 60 s) and the sweep interval: the next put sweeps.
+        advance(&millis, TTL + REMEMBER_EXPIRED);
         tickets.issue(identity("b")).await.unwrap();
         assert_eq!(store.len(), 1);
     }
@@ -433,8 +436,8 @@ mod tests {
         for _ in 0..6000 {
             tickets.issue(identity("a")).await.unwrap();
             advance(&millis, Duration::from_millis(100));
-            // At most the tickets issued in the last 3 × ttl.
-            assert!(store.len() <= 3 * 30 * 10 + 1, "{}", store.len());
+            // At most the tickets issued in the last 2 × ttl + 60 s.
+            assert!(store.len() <= (2 * 30 + 60) * 10 + 1, "{}", store.len());
         }
     }
 }

@@ -379,6 +379,20 @@ impl Config {
         Config::from_raw(from_file.overlay(RawConfig::from_env(env)?))
     }
 
+    /// The configured JWT secret alone, validated, for `herald token` (which needs nothing else
+    /// and must work where only `HERALD_JWT_SECRET` is set). `None` when none is configured.
+    pub fn load_jwt_secret(
+        file: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<Option<Vec<u8>>, ConfigError> {
+        let from_file = match file {
+            Some(path) => RawConfig::from_file(path)?,
+            None => RawConfig::default(),
+        };
+        let raw = from_file.overlay(RawConfig::from_env(env)?);
+        raw.jwt_secret.map(check_jwt_secret).transpose()
+    }
+
     /// Validates a raw configuration and applies the defaults.
     pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
         let explicit_dev = raw.dev;
@@ -445,7 +459,7 @@ impl Config {
             (None, Some(_)) => return Err(missing_pair(TLS_CERT, TLS_KEY)),
         };
 
-        Ok(Config {
+        let config = Config {
             listen,
             node_id,
             api_key,
@@ -495,7 +509,20 @@ impl Config {
             tls,
             dev_mode,
             generated,
-        })
+        };
+        // A message must fit in an outbox (with its frame header and envelope), or it could
+        // never be delivered.
+        if config.outbox_bytes < config.max_message_bytes + 1024 {
+            return Err(ConfigError::Invalid {
+                key: OUTBOX_BYTES,
+                problem: format!(
+                    "{} is smaller than max_message_bytes ({}) plus 1024 bytes of framing; \
+                     raise outbox_bytes or lower max_message_bytes",
+                    config.outbox_bytes, config.max_message_bytes
+                ),
+            });
+        }
+        Ok(config)
     }
 
     /// True when a WebSocket upgrade with this `Origin` header value may proceed: an exact match
@@ -907,7 +934,7 @@ mod tests {
                 ("HERALD_JWT_LEEWAY_SECS", "0"),
                 ("HERALD_TICKET_TTL_SECS", "300"),
                 ("HERALD_MAX_MESSAGE_BYTES", "16777216"),
-                ("HERALD_OUTBOX_BYTES", "65536"),
+                ("HERALD_OUTBOX_BYTES", "16778240"),
                 ("HERALD_HISTORY_SIZE", "0"),
                 ("HERALD_PING_INTERVAL_SECS", "600"),
                 ("HERALD_NODE_ID", "node_A-1"),

@@ -1,17 +1,21 @@
 //! One task per WebSocket connection: it reads the client's frames, answers its requests, and
-//! writes whatever the outbox holds with one syscall per batch.
+//! writes whatever the outbox holds with one write per batch.
 //!
-//! Memory: an idle connection holds no read or write buffer. The read buffer exists only while a
-//! frame is incomplete; the write buffer only while a batch is being written. Every way a
-//! connection ends maps to a close code in [`Session::close_for`] and is sent by [`close`].
+//! The socket side is one poll function ([`Pump::poll_io`]) over any `AsyncRead + AsyncWrite`
+//! (plain TCP or TLS), so the task holds no per-event futures and an idle connection holds no
+//! read or write buffer: reads go through a stack buffer, and the write buffer exists only
+//! while a batch is being written. Replays are streamed into the outbox as it drains, so a
+//! client can recover a backlog larger than its outbox. Every way a connection ends maps to a
+//! close code ([`close_for`], the outbox's close reason, or the peer's own).
 
 use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::Gateway;
 use super::upgrade::Slot;
@@ -21,13 +25,13 @@ use crate::protocol::codec::OkFields;
 use crate::protocol::websocket::{
     Assembler, Incoming, OpCode, Step, WsError, close_frame, server_frame,
 };
-use crate::protocol::{CloseCode, Codec, ErrorCode, Position, Request, Topic};
+use crate::protocol::{CloseCode, Codec, ErrorCode, Message, Position, Request, Topic};
 
 /// Most bytes gathered into one write.
 const MAX_BATCH: usize = 64 * 1024;
-/// Bytes asked of the kernel per read.
+/// Bytes read from the socket per read (into a stack buffer).
 const READ_CHUNK: usize = 4096;
-/// How long closing may take (finishing a write, the close frame, the peer's answer).
+/// How long closing may take (flushing what is queued, the close frame, the peer's answer).
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Which route the client connected to.
@@ -69,10 +73,18 @@ impl RateLimiter {
 /// What processing input decided.
 enum Flow {
     Continue,
-    /// Close with this code.
+    /// Close with this code once what is queued has been written.
     Close(CloseCode),
-    /// The client sent a close frame: echo it and end.
+    /// The client sent a close frame: echo its code and end.
     PeerClosed(Option<u16>),
+}
+
+/// A subscription whose missed messages are still being queued.
+struct Replaying {
+    topic: Topic,
+    rest: std::collections::VecDeque<Message>,
+    /// The last position queued so far.
+    floor: Option<Position>,
 }
 
 struct Session {
@@ -81,20 +93,25 @@ struct Session {
     identity: Identity,
     codec: Codec,
     topics: Vec<Topic>,
+    /// Replays in progress, oldest first; empty almost always.
+    replays: Vec<Replaying>,
     read_only: bool,
     limiter: RateLimiter,
 }
 
 /// Runs the connection until it closes; always unsubscribes and releases its slot.
-pub async fn run(
+#[allow(clippy::too_many_arguments)]
+pub async fn run<S>(
     gw: Arc<Gateway>,
-    stream: TcpStream,
+    stream: S,
     leftover: Bytes,
     identity: Identity,
     codec: Codec,
     endpoint: Endpoint,
     slot: Slot,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let sub = gw.hub.connect(codec);
     crate::metrics::connection_opened();
     let cfg = &gw.config;
@@ -112,6 +129,7 @@ pub async fn run(
         identity,
         codec,
         topics: Vec::new(),
+        replays: Vec::new(),
     };
     let conn = format!("{}-{:x}", gw.config.node_id, sub.id);
     sub.push(codec.welcome(
@@ -123,7 +141,17 @@ pub async fn run(
     if let Endpoint::Topic(topic, since) = endpoint {
         Box::pin(s.subscribe(None, topic, since)).await;
     }
-    s.pump(stream, leftover).await;
+    // Copy, then let go of hyper's read buffer: a slice of it would keep all of it alive.
+    let rbuf = leftover.to_vec();
+    drop(leftover);
+    let mut pump = Pump {
+        stream,
+        rbuf,
+        wbuf: Vec::new(),
+        wpos: 0,
+        reading: true,
+    };
+    s.serve(&mut pump).await;
     for t in std::mem::take(&mut s.topics) {
         if gw.hub.unsubscribe(&t, sub.id) == Some(true) {
             gw.bus.unwatch(&t);
@@ -131,6 +159,96 @@ pub async fn run(
     }
     gw.hub.disconnect(sub.id);
     drop(slot);
+}
+
+/// The socket and its buffers.
+struct Pump<S> {
+    stream: S,
+    /// Bytes read and not yet parsed; empty (unallocated) between messages.
+    rbuf: Vec<u8>,
+    /// The batch being written; empty (unallocated) when idle.
+    wbuf: Vec<u8>,
+    /// How much of `wbuf` is written.
+    wpos: usize,
+    /// False once the peer's side ended or cannot be trusted (after a protocol error).
+    reading: bool,
+}
+
+/// What [`Pump::poll_io`] reports.
+enum Io {
+    /// New bytes in `rbuf`.
+    Input,
+    /// A batch was written completely.
+    Wrote,
+    /// The outbox is empty and the connection must close with this code.
+    Close(CloseCode),
+    /// The peer ended its side, or the socket failed: nothing more can be done.
+    Gone,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
+    fn poll_io(&mut self, cx: &mut Context<'_>, sub: &Subscriber) -> Poll<Io> {
+        // Write side: finish the batch in hand, or take the next one.
+        loop {
+            if self.wpos < self.wbuf.len() {
+                match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf[self.wpos..]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Io::Gone),
+                    Poll::Ready(Ok(n)) => self.wpos += n,
+                    Poll::Pending => break,
+                }
+            } else if !self.wbuf.is_empty() {
+                match Pin::new(&mut self.stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {
+                        sub.outbox.written(self.wbuf.len());
+                        crate::metrics::write(self.wbuf.len());
+                        self.wbuf = Vec::new();
+                        self.wpos = 0;
+                        return Poll::Ready(Io::Wrote);
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(Io::Gone),
+                    Poll::Pending => break,
+                }
+            } else {
+                match sub.outbox.poll_take(cx, &mut self.wbuf, MAX_BATCH) {
+                    Poll::Ready(Take::Frames(_)) => {}
+                    Poll::Ready(Take::Close(code)) => return Poll::Ready(Io::Close(code)),
+                    Poll::Pending => break,
+                }
+            }
+        }
+        // Read side, through a stack buffer so that an idle connection holds none.
+        if self.reading {
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut rb = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut self.stream).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Io::Gone),
+                Poll::Ready(Ok(())) => {
+                    self.rbuf.extend_from_slice(rb.filled());
+                    return Poll::Ready(Io::Input);
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(Io::Gone),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Sends the close frame after what is half written, then waits for the peer to close.
+    async fn close(&mut self, code: u16, reason: &str) {
+        let mut out = self.wbuf.split_off(self.wpos.min(self.wbuf.len()));
+        out.extend_from_slice(&close_frame(code, reason));
+        if self.stream.write_all(&out).await.is_err() || self.stream.flush().await.is_err() {
+            return;
+        }
+        let _ = self.stream.shutdown().await;
+        // Drain until the peer closes too, so the close frame is not lost to a reset.
+        let mut sink = vec![0u8; 512];
+        while let Ok(n) = tokio::io::AsyncReadExt::read(&mut self.stream, &mut sink).await {
+            if n == 0 {
+                return;
+            }
+        }
+    }
 }
 
 impl Session {
@@ -143,76 +261,79 @@ impl Session {
     }
 
     /// Moves bytes between the socket and the outbox until the connection ends.
-    async fn pump(&mut self, stream: TcpStream, leftover: Bytes) {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&mut self, pump: &mut Pump<S>) {
         let mut asm = Assembler::server(self.gw.config.max_message_bytes);
-        // Copy, then let go of hyper's read buffer: a slice of it would keep all of it alive.
-        let mut rbuf: Vec<u8> = leftover.to_vec();
-        drop(leftover);
-        let mut wbuf: Vec<u8> = Vec::new();
-        let mut wpos = 0usize;
-        let mut reading = true;
+        let mut deadline: Option<tokio::time::Instant> = None;
         let sub = self.sub.clone();
-        let ending: Flow = 'outer: loop {
-            if !rbuf.is_empty() {
-                // Boxed: requests are rare next to deliveries, and an unboxed request future would
-                // sit inside every idle connection's task.
-                match Box::pin(self.process(&mut asm, &mut rbuf)).await {
+        loop {
+            if !pump.rbuf.is_empty() && pump.reading {
+                // Boxed: requests are rare next to deliveries, and an unboxed request future
+                // would sit inside every idle connection's task.
+                match Box::pin(self.process(&mut asm, &mut pump.rbuf)).await {
                     Flow::Continue => {}
-                    other => break 'outer other,
-                }
-                if rbuf.is_empty() && !asm.in_message() {
-                    rbuf = Vec::new();
-                }
-            }
-            tokio::select! {
-                t = poll_fn(|cx| sub.outbox.poll_take(cx, &mut wbuf, MAX_BATCH)), if wbuf.is_empty() => {
-                    match t {
-                        Take::Frames(_) => {
-                            if let Err(e) = write_some(&stream, &sub, &mut wbuf, &mut wpos) {
-                                tracing::debug!("write failed: {e}");
-                                return;
-                            }
-                        }
-                        Take::Close(code) => break 'outer Flow::Close(code),
+                    Flow::Close(code) => {
+                        // Stop reading (the stream cannot be trusted); flush, then close.
+                        pump.reading = false;
+                        sub.outbox.close(code);
                     }
-                }
-                r = stream.writable(), if !wbuf.is_empty() => {
-                    if r.is_err() || write_some(&stream, &sub, &mut wbuf, &mut wpos).is_err() {
+                    Flow::PeerClosed(code) => {
+                        let close = pump.close(code.unwrap_or(1000), "");
+                        let _ = tokio::time::timeout(CLOSE_GRACE, Box::pin(close)).await;
                         return;
                     }
                 }
-                r = stream.readable(), if reading => {
-                    if r.is_err() {
-                        return;
-                    }
-                    rbuf.reserve(READ_CHUNK);
-                    match stream.try_read_buf(&mut rbuf) {
-                        Ok(0) => {
-                            reading = false;
-                            if wbuf.is_empty() {
-                                return;
-                            }
-                        }
-                        Ok(_) => sub.seen(self.gw.hub.now_secs()),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            if rbuf.is_empty() {
-                                rbuf = Vec::new();
-                            }
-                        }
-                        Err(_) => return,
-                    }
+                if pump.rbuf.is_empty() && !asm.in_message() {
+                    pump.rbuf = Vec::new();
                 }
-                else => return,
             }
-        };
-        let (code, echo) = match ending {
-            Flow::Close(c) => (c.code(), c.reason()),
-            Flow::PeerClosed(c) => (c.unwrap_or(1000), ""),
-            Flow::Continue => return,
-        };
-        let closing = tokio::time::timeout(CLOSE_GRACE, close(stream, &mut wbuf, wpos, code, echo));
-        if let Err(e) = Box::pin(closing).await {
-            tracing::debug!("close did not finish in time: {e}");
+            self.feed_replays();
+            if deadline.is_none() && sub.outbox.is_closing() {
+                deadline = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+            }
+            let io = poll_fn(|cx| pump.poll_io(cx, &sub));
+            let io = match deadline {
+                None => io.await,
+                Some(d) => match tokio::time::timeout_at(d, io).await {
+                    Ok(io) => io,
+                    Err(_) => return,
+                },
+            };
+            match io {
+                Io::Input => sub.seen(self.gw.hub.now_secs()),
+                Io::Wrote => {}
+                Io::Gone => return,
+                Io::Close(code) => {
+                    let close = pump.close(code.code(), code.reason());
+                    let left = deadline.map_or(CLOSE_GRACE, |d| {
+                        d.saturating_duration_since(tokio::time::Instant::now())
+                    });
+                    let _ = tokio::time::timeout(left, Box::pin(close)).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Queues more of the replays in progress while the outbox has room; a replay that is done
+    /// goes live (its held messages follow, without gap or duplicate).
+    fn feed_replays(&mut self) {
+        let room = self.sub.outbox_limit() / 2;
+        while let Some(r) = self.replays.first_mut() {
+            while self.sub.outbox.pending_bytes() < room {
+                let Some(m) = r.rest.pop_front() else { break };
+                self.sub.push(self.codec.msg(&m));
+                r.floor = Some(Position {
+                    offset: m.offset,
+                    epoch: m.epoch.clone(),
+                });
+            }
+            if !r.rest.is_empty() {
+                return;
+            }
+            let r = self.replays.remove(0);
+            self.gw
+                .hub
+                .go_live(&r.topic, self.sub.id, None, Vec::new(), r.floor);
         }
     }
 
@@ -256,22 +377,18 @@ impl Session {
         if !self.limiter.allow() {
             return self.limited();
         }
-        let req = match self.codec.decode(&payload, binary) {
-            Ok(r) => r,
-            Err(e) => {
-                self.error(e.id, e.code, &e.message);
-                return Flow::Continue;
-            }
-        };
         if self.read_only {
             self.error(
-                Some(req.id()),
+                None,
                 ErrorCode::BadRequest,
                 "this endpoint (/topics/{topic}) is read-only; use /ws to send requests",
             );
             return Flow::Continue;
         }
-        self.request(req).await;
+        match self.codec.decode(&payload, binary) {
+            Ok(req) => self.request(req).await,
+            Err(e) => self.error(e.id, e.code, &e.message),
+        }
         Flow::Continue
     }
 
@@ -296,11 +413,8 @@ impl Session {
                     return self.error(Some(id), ErrorCode::Forbidden, &msg);
                 }
                 if self.topics.contains(&topic) {
-                    return self.error(
-                        Some(id),
-                        ErrorCode::AlreadySubscribed,
-                        "already subscribed to this topic",
-                    );
+                    let msg = "already subscribed to this topic";
+                    return self.error(Some(id), ErrorCode::AlreadySubscribed, msg);
                 }
                 let max = self.gw.config.max_subscriptions;
                 if self.topics.len() >= max {
@@ -310,16 +424,16 @@ impl Session {
                 self.subscribe(Some(id), topic, since).await;
             }
             Request::Unsub { id, topic } => match self.gw.hub.unsubscribe(&topic, self.sub.id) {
-                None => self.error(
-                    Some(id),
-                    ErrorCode::NotSubscribed,
-                    "not subscribed to this topic",
-                ),
+                None => {
+                    let msg = "not subscribed to this topic";
+                    self.error(Some(id), ErrorCode::NotSubscribed, msg)
+                }
                 Some(last) => {
                     if last {
                         self.gw.bus.unwatch(&topic);
                     }
                     self.topics.retain(|t| *t != topic);
+                    self.replays.retain(|r| r.topic != topic);
                     self.reply(self.codec.ok(id, OkFields::default()));
                 }
             },
@@ -353,17 +467,13 @@ impl Session {
     }
 
     /// Subscribes with gapless catch-up: registered first (live messages are held), then the
-    /// replay is read, then `ok`, replay and held messages are queued in order.
+    /// replay is read, then `ok`, the replay (streamed as the outbox drains) and the held
+    /// messages are queued in order.
     async fn subscribe(&mut self, id: Option<u64>, topic: Topic, since: Option<Position>) {
         match self.gw.hub.subscribe(&topic, &self.sub) {
             Subscribed::Already => {
-                if let Some(id) = id {
-                    self.error(
-                        Some(id),
-                        ErrorCode::AlreadySubscribed,
-                        "already subscribed to this topic",
-                    );
-                }
+                let msg = "already subscribed to this topic";
+                self.error(id, ErrorCode::AlreadySubscribed, msg);
                 return;
             }
             Subscribed::Added { first } => {
@@ -374,23 +484,34 @@ impl Session {
         }
         match self.gw.bus.replay(&topic, since.as_ref()).await {
             Ok(r) => {
-                let recovered = since.as_ref().map(|_| r.messages.is_some());
-                let ok = id.map(|id| {
-                    self.codec.ok(
-                        id,
-                        OkFields {
-                            offset: Some(r.latest.offset),
-                            epoch: Some(&r.latest.epoch),
-                            recovered,
-                        },
-                    )
-                });
-                let (replay, start) = match r.messages {
-                    Some(m) => (m, since),
-                    None => (Vec::new(), Some(r.latest)),
-                };
-                self.gw.hub.go_live(&topic, self.sub.id, ok, replay, start);
+                if let Some(id) = id {
+                    let ok = OkFields {
+                        offset: Some(r.latest.offset),
+                        epoch: Some(&r.latest.epoch),
+                        recovered: since.as_ref().map(|_| r.messages.is_some()),
+                    };
+                    self.reply(self.codec.ok(id, ok));
+                }
+                match r.messages {
+                    Some(m) if !m.is_empty() => self.replays.push(Replaying {
+                        topic: topic.clone(),
+                        rest: m.into(),
+                        floor: since,
+                    }),
+                    Some(_) => {
+                        self.gw
+                            .hub
+                            .go_live(&topic, self.sub.id, None, Vec::new(), since);
+                    }
+                    None => {
+                        let start = Some(r.latest);
+                        self.gw
+                            .hub
+                            .go_live(&topic, self.sub.id, None, Vec::new(), start);
+                    }
+                }
                 self.topics.push(topic);
+                self.feed_replays();
             }
             Err(e) => {
                 if self.gw.hub.unsubscribe(&topic, self.sub.id) == Some(true) {
@@ -410,44 +531,3 @@ fn close_for(e: &WsError) -> CloseCode {
         WsError::InvalidUtf8 => CloseCode::InvalidPayload,
     }
 }
-
-/// Writes as much of `wbuf` as the socket takes now; frees the buffer once it is all written.
-fn write_some(
-    stream: &TcpStream,
-    sub: &Subscriber,
-    wbuf: &mut Vec<u8>,
-    wpos: &mut usize,
-) -> std::io::Result<()> {
-    while *wpos < wbuf.len() {
-        match stream.try_write(&wbuf[*wpos..]) {
-            Ok(n) => *wpos += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => return Err(e),
-        }
-    }
-    sub.outbox.written(wbuf.len());
-    crate::metrics::write(wbuf.len());
-    *wbuf = Vec::new();
-    *wpos = 0;
-    Ok(())
-}
-
-/// Finishes the frame being written, sends a close frame, then waits briefly for the peer.
-async fn close(mut stream: TcpStream, wbuf: &mut Vec<u8>, wpos: usize, code: u16, reason: &str) {
-    let pending = std::mem::take(wbuf);
-    let mut out = pending[wpos.min(pending.len())..].to_vec();
-    out.extend_from_slice(&close_frame(code, reason));
-    if stream.write_all(&out).await.is_err() {
-        return;
-    }
-    let _ = stream.shutdown().await;
-    // Drain until the peer closes too, so the close frame is not lost to a reset.
-    let mut sink = vec![0u8; 512];
-    loop {
-        match tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
-}
-

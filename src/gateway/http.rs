@@ -26,6 +26,7 @@ fn authorization(req: &Request) -> Option<&str> {
 
 /// `POST /v1/tickets`: a JWT in, a one-time ticket out.
 pub async fn tickets(State(gw): State<Arc<Gateway>>, req: Request) -> Result<Response, Rejection> {
+    refuse_when_draining(&gw)?;
     let token = auth::bearer(authorization(&req))?;
     let identity = gw.jwt.verify(token)?;
     let ticket = gw.tickets.issue(identity).await?;
@@ -34,15 +35,25 @@ pub async fn tickets(State(gw): State<Arc<Gateway>>, req: Request) -> Result<Res
     Ok(Json(body).into_response())
 }
 
+/// A draining node takes no new work: clients should go to another node.
+fn refuse_when_draining(gw: &Gateway) -> Result<(), Rejection> {
+    if gw.draining.load(Ordering::Relaxed) {
+        return Err(Rejection::Draining);
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 struct PublishBody<'a> {
     topic: String,
+    /// Required; JSON `null` is a valid payload (hence not an `Option`, which would read it as absent).
     #[serde(borrow)]
-    data: Option<&'a RawValue>,
+    data: &'a RawValue,
 }
 
 /// `POST /v1/publish`: the server API (API key), `{"topic", "data"}` in, `{"offset", "epoch"}` out.
 pub async fn publish(State(gw): State<Arc<Gateway>>, req: Request) -> Result<Response, Rejection> {
+    refuse_when_draining(&gw)?;
     auth::check_api_key(&gw.config.api_key, authorization(&req))?;
     let limit = gw.config.max_message_bytes;
     let body = read_body(req.into_body(), limit).await?;
@@ -52,10 +63,7 @@ pub async fn publish(State(gw): State<Arc<Gateway>>, req: Request) -> Result<Res
         ))
     })?;
     let topic = Topic::parse(&parsed.topic).map_err(Rejection::BadTopic)?;
-    let data = parsed
-        .data
-        .ok_or_else(|| Rejection::BadRequest("missing `data`".into()))?;
-    let data = Bytes::copy_from_slice(data.get().as_bytes());
+    let data = Bytes::copy_from_slice(parsed.data.get().as_bytes());
     let pos = gw.bus.publish(&topic, data).await?;
     crate::metrics::published();
     Ok(Json(serde_json::json!({"offset": pos.offset, "epoch": &*pos.epoch})).into_response())

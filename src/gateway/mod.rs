@@ -4,6 +4,7 @@
 pub mod connection;
 pub mod http;
 pub mod rejection;
+pub mod tls;
 pub mod upgrade;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use axum::routing::{get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -57,8 +59,14 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .with_state(gw)
 }
 
-/// Accepts connections until `stop` is cancelled; each is served as HTTP/1.1 with upgrades.
-pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationToken) {
+/// Accepts connections until `stop` is cancelled; each is served as HTTP/1.1 with upgrades,
+/// over TLS when `tls` is given.
+pub async fn serve(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    stop: CancellationToken,
+) {
     let app = router(gw);
     loop {
         let (stream, _peer) = tokio::select! {
@@ -76,20 +84,42 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationTo
         let _ = stream.set_nodelay(true);
         let svc = TowerToHyperService::new(app.clone());
         let stop = stop.clone();
-        tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => { if let Err(e) = r { tracing::debug!("http connection: {e}") } }
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                }
+        match tls.clone() {
+            None => {
+                tokio::spawn(http(stream, svc, stop));
             }
-        });
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => http(tls, svc, stop).await,
+                        Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Time allowed for a TLS handshake, and for sending an HTTP request head.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one HTTP/1.1 connection (with upgrades) until it ends or shutdown.
+async fn http<I>(io: I, svc: TowerToHyperService<Router>, stop: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => { if let Err(e) = r { tracing::debug!("http connection: {e}") } }
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
     }
 }

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 use super::Gateway;
 use super::connection::{self, Endpoint};
@@ -152,12 +153,12 @@ async fn upgrade(
         .tickets
         .redeem(query.get("ticket").map(String::as_str))
         .await?;
-    if let Endpoint::Topic(t, _) = &endpoint {
-        if !identity.grants.can_subscribe(t.as_str()) {
-            return Err(Rejection::Forbidden(format!(
-                "this ticket's grants do not allow subscribing to {t:?}"
-            )));
-        }
+    if let Endpoint::Topic(t, _) = &endpoint
+        && !identity.grants.can_subscribe(t.as_str())
+    {
+        return Err(Rejection::Forbidden(format!(
+            "this ticket's grants do not allow subscribing to {t:?}"
+        )));
     }
     let codec = chosen.unwrap_or(Codec::Json);
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -170,24 +171,22 @@ async fn upgrade(
                 return;
             }
         };
-        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(p) => p,
-            Err(_) => {
-                tracing::error!("upgraded connection is not a plain TCP stream");
+        // Take the stream back from hyper: plain TCP, or TLS over TCP.
+        let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(p) => {
+                let io = p.io.into_inner();
+                connection::run(task_gw, io, p.read_buf, identity, codec, endpoint, slot).await;
                 return;
             }
+            Err(u) => u,
         };
-        let stream = parts.io.into_inner();
-        connection::run(
-            task_gw,
-            stream,
-            parts.read_buf,
-            identity,
-            codec,
-            endpoint,
-            slot,
-        )
-        .await;
+        match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+            Ok(p) => {
+                let io = p.io.into_inner();
+                connection::run(task_gw, io, p.read_buf, identity, codec, endpoint, slot).await;
+            }
+            Err(_) => tracing::error!("upgraded connection is neither TCP nor TLS over TCP"),
+        }
     });
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

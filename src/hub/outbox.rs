@@ -5,6 +5,8 @@
 //! with one syscall. The bound is in bytes and covers frames queued and frames taken but not yet
 //! written to the kernel. Policy when it fills: the connection is closed with 4008 (slow consumer)
 //! and its queue dropped at once; the client reconnects with `since` and loses nothing.
+//! Other closes are graceful: what is already queued (replies, messages) is still written, then
+//! the close frame.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -97,7 +99,8 @@ impl Outbox {
         true
     }
 
-    /// Asks the connection to close with `code` (the first reason wins); queued frames are dropped.
+    /// Asks the connection to close with `code` (the first reason wins). Frames queued so far are
+    /// still written, unless the peer is not reading (4008, 4000): then they are dropped.
     pub fn close(&self, code: CloseCode) {
         let waker = {
             let mut g = self.inner.lock();
@@ -105,7 +108,9 @@ impl Outbox {
                 return;
             }
             g.close = Some(code);
-            g.queue = VecDeque::new();
+            if matches!(code, CloseCode::SlowConsumer | CloseCode::HeartbeatTimeout) {
+                g.queue = VecDeque::new();
+            }
             g.waker.take()
         };
         if let Some(w) = waker {
@@ -118,14 +123,19 @@ impl Outbox {
         self.inner.lock().close.is_some()
     }
 
-    /// Moves queued frames into `buf` (up to about `max` bytes) or reports the close reason;
-    /// parks the task when there is nothing.
+    /// Bytes queued or taken and not yet written.
+    pub fn pending_bytes(&self) -> usize {
+        self.inner.lock().bytes
+    }
+
+    /// Moves queued frames into `buf` (up to about `max` bytes); once the queue is empty and the
+    /// connection is closing, reports the close reason; parks the task when there is nothing.
     pub fn poll_take(&self, cx: &mut Context<'_>, buf: &mut Vec<u8>, max: usize) -> Poll<Take> {
         let mut g = self.inner.lock();
-        if let Some(code) = g.close {
-            return Poll::Ready(Take::Close(code));
-        }
         if g.queue.is_empty() {
+            if let Some(code) = g.close {
+                return Poll::Ready(Take::Close(code));
+            }
             match &g.waker {
                 Some(w) if w.will_wake(cx.waker()) => {}
                 _ => g.waker = Some(cx.waker().clone()),

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test Herald has, installing what they need first. CI runs exactly this (.ci/run).
+#   ./test.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need_apt=()
+command -v cargo >/dev/null || { echo "test.sh: cargo is missing: install Rust (https://rustup.rs)" >&2; exit 1; }
+# The protocol goldens are checked against their JSON Schemas with Python's jsonschema.
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+if ((${#need_apt[@]})); then
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}";
+    else sudo apt-get update -qq && sudo apt-get install -y -qq "${need_apt[@]}"; fi
+fi
+python3 -c 'import jsonschema' 2>/dev/null || python3 -m pip install -q jsonschema
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+
+echo "== protocol goldens against their schemas"
+python3 proto/check_goldens.py
+
+echo "== unit, property and integration tests"
+cargo test --all-targets --locked

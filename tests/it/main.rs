@@ -1,0 +1,18 @@
+//! Herald's integration tests: real nodes on 127.0.0.1 port 0, real sockets, real clients.
+//!
+//! Each module covers one part of the wire contract (`proto/README.md`); `support` is the harness.
+
+mod support;
+
+mod bad_input;
+mod cli;
+mod close_codes;
+mod fanout;
+mod frames;
+mod heartbeat;
+mod http_api;
+mod recovery;
+mod shutdown;
+mod slow_consumer;
+mod tickets;
+mod upgrade;

@@ -1,0 +1,197 @@
+//! Recovery with `since`: exactly the missed messages, then live ones, no gap and no duplicate;
+//! or `recovered: false` and nothing replayed (proto/README.md section 7).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::json;
+
+use crate::support::{CODECS, Client, Node, WAIT, codec_name};
+
+/// Publishes `n` messages to `topic`; returns the epoch.
+async fn publish_n(node: &Node, topic: &str, n: u64) -> String {
+    let mut epoch = String::new();
+    for i in 0..n {
+        epoch = node.publish(topic, json!({"n": i})).await.1;
+    }
+    epoch
+}
+
+/// After a `recovered: false`, the next message must be the next one published (nothing replayed).
+async fn only_new_messages_follow(node: &Node, c: &mut Client, topic: &str, latest: u64) {
+    node.publish(topic, json!("new")).await;
+    let m = c.next_msg(topic).await;
+    assert_eq!(
+        m["offset"],
+        latest + 1,
+        "no replay after recovered:false: {m}"
+    );
+    assert_eq!(m["data"], "new", "{m}");
+}
+
+#[tokio::test]
+async fn since_in_the_current_epoch_replays_the_missed_messages_then_goes_live() {
+    for codec in CODECS {
+        let node = Node::start().await;
+        let epoch = publish_n(&node, "news", 10).await;
+        let mut c = node.client(codec).await;
+        let ok = c.sub_since(1, "news", 4, &epoch).await;
+        assert_eq!(ok["op"], "ok", "{ok}");
+        assert_eq!(ok["recovered"], true, "{}: {ok}", codec_name(codec));
+        assert_eq!(
+            (ok["offset"].as_u64(), ok["epoch"].as_str()),
+            (Some(10), Some(epoch.as_str()))
+        );
+        let replayed = c.expect_offsets("news", 5..=10).await;
+        for (m, i) in replayed.iter().zip(4u64..) {
+            assert_eq!(m["data"], json!({"n": i}), "{m}");
+            assert_eq!(m["epoch"], epoch.as_str());
+        }
+        for i in 10..15 {
+            node.publish("news", json!({"n": i})).await;
+        }
+        c.expect_offsets("news", 11..=15).await;
+    }
+}
+
+#[tokio::test]
+async fn since_the_latest_offset_or_zero_is_recovered() {
+    for codec in CODECS {
+        let node = Node::start().await;
+        let epoch = publish_n(&node, "news", 3).await;
+        let mut c = node.client(codec).await;
+        // Nothing missed: recovered, nothing replayed, then live.
+        let ok = c.sub_since(1, "news", 3, &epoch).await;
+        assert_eq!(
+            (ok["recovered"].as_bool(), ok["offset"].as_u64()),
+            (Some(true), Some(3)),
+            "{ok}"
+        );
+        only_new_messages_follow(&node, &mut c, "news", 3).await;
+        // Offset 0 asks for the whole history.
+        let mut c = node.client(codec).await;
+        let ok = c.sub_since(1, "news", 0, &epoch).await;
+        assert_eq!(ok["recovered"], true, "{ok}");
+        c.expect_offsets("news", 1..=4).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_while_messages_are_published_concurrently_is_contiguous() {
+    for codec in CODECS {
+        let node = Arc::new(Node::start().await);
+        let epoch = publish_n(&node, "ticks", 50).await;
+        let published = Arc::new(AtomicU64::new(50));
+        let publisher = {
+            let (node, published) = (node.clone(), published.clone());
+            tokio::spawn(async move {
+                for i in 0..500 {
+                    let (offset, _) = node.publish("ticks", json!({"live": i})).await;
+                    published.store(offset, Ordering::SeqCst);
+                }
+            })
+        };
+        // Subscribe once the publisher is under way.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while published.load(Ordering::SeqCst) < 80 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the publisher is stuck"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let mut c = node.client(codec).await;
+        let ok = c.sub_since(1, "ticks", 20, &epoch).await;
+        assert_eq!(ok["recovered"], true, "{}: {ok}", codec_name(codec));
+        let at_sub = ok["offset"].as_u64().unwrap();
+        assert!(at_sub >= 80, "{ok}");
+        tokio::time::timeout(WAIT * 6, publisher)
+            .await
+            .expect("the publisher finishes")
+            .expect("the publisher did not fail");
+        // Every offset from 21 to 550, once, in order, across the replay/live boundary.
+        c.expect_offsets("ticks", 21..=550).await;
+    }
+}
+
+#[tokio::test]
+async fn since_with_another_epoch_is_not_recovered_and_only_new_messages_follow() {
+    for codec in CODECS {
+        let node = Node::start().await;
+        publish_n(&node, "news", 5).await;
+        let mut c = node.client(codec).await;
+        let ok = c.sub_since(1, "news", 3, "not-the-epoch").await;
+        assert_eq!(ok["op"], "ok", "not an error: {ok}");
+        assert_eq!(
+            (ok["recovered"].as_bool(), ok["offset"].as_u64()),
+            (Some(false), Some(5)),
+            "{ok}"
+        );
+        only_new_messages_follow(&node, &mut c, "news", 5).await;
+    }
+}
+
+#[tokio::test]
+async fn since_beyond_the_latest_offset_is_not_recovered() {
+    for codec in CODECS {
+        let node = Node::start().await;
+        let epoch = publish_n(&node, "news", 5).await;
+        let mut c = node.client(codec).await;
+        let ok = c.sub_since(1, "news", 9, &epoch).await;
+        assert_eq!(
+            (ok["recovered"].as_bool(), ok["offset"].as_u64()),
+            (Some(false), Some(5)),
+            "{ok}"
+        );
+        only_new_messages_follow(&node, &mut c, "news", 5).await;
+    }
+}
+
+#[tokio::test]
+async fn since_older_than_the_history_is_not_recovered_and_never_partially_replayed() {
+    for codec in CODECS {
+        let node = Node::with(&[("HERALD_HISTORY_SIZE", "5")]).await;
+        let epoch = publish_n(&node, "news", 10).await;
+        // History holds 6..=10: since 4 would need 5.
+        let mut c = node.client(codec).await;
+        let ok = c.sub_since(1, "news", 4, &epoch).await;
+        assert_eq!(
+            (ok["recovered"].as_bool(), ok["offset"].as_u64()),
+            (Some(false), Some(10)),
+            "{ok}"
+        );
+        only_new_messages_follow(&node, &mut c, "news", 10).await;
+        // Since 6 (needs 7..=11, all kept) is recovered.
+        let mut c = node.client(codec).await;
+        let ok = c.sub_since(1, "news", 6, &epoch).await;
+        assert_eq!(ok["recovered"], true, "{ok}");
+        c.expect_offsets("news", 7..=11).await;
+    }
+}
+
+#[tokio::test]
+async fn topic_endpoint_with_since_and_epoch_replays_then_goes_live() {
+    for codec in CODECS {
+        let node = Node::start().await;
+        let epoch = publish_n(&node, "news.eu", 10).await;
+        let ticket = node.ticket().await;
+        let path = format!("/topics/news.eu?since=4&epoch={epoch}&ticket={ticket}");
+        let mut c = node.open(&path, codec).await;
+        assert_eq!(c.next_frame().await["op"], "welcome");
+        c.expect_offsets("news.eu", 5..=10).await;
+        node.publish("news.eu", json!("live")).await;
+        let m = c.next_msg("news.eu").await;
+        assert_eq!(
+            (m["offset"].as_u64(), m["data"].as_str()),
+            (Some(11), Some("live")),
+            "{m}"
+        );
+
+        // With another epoch: nothing replayed, live from the next message.
+        let ticket = node.ticket().await;
+        let path = format!("/topics/news.eu?since=4&epoch=other&ticket={ticket}");
+        let mut c = node.open(&path, codec).await;
+        assert_eq!(c.next_frame().await["op"], "welcome");
+        only_new_messages_follow(&node, &mut c, "news.eu", 11).await;
+    }
+}

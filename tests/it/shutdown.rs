@@ -1,0 +1,76 @@
+//! Draining: `/readyz` turns 503, every client is closed with 1012, the node finishes within its
+//! deadline; the same for the `herald serve` process on SIGTERM (proto/README.md sections 4.5, 8).
+
+use std::time::Duration;
+
+use hyper::Method;
+
+use crate::support::proc::{free_addr, herald, sigterm, stderr, wait_exit, wait_healthy};
+use crate::support::{API_KEY, CODECS, JWT_SECRET, Node, codec_name};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_every_client_with_1012_turns_readyz_503_and_completes() {
+    let mut node = Node::with(&[("HERALD_SHUTDOWN_TIMEOUT_SECS", "5")]).await;
+    let mut clients = Vec::new();
+    for codec in CODECS {
+        let mut c = node.client(codec).await;
+        c.sub(1, "news").await;
+        clients.push(c);
+    }
+    let ticket = node.ticket().await;
+    let mut topic_client = node
+        .open(&format!("/topics/news?ticket={ticket}"), CODECS[0])
+        .await;
+    assert_eq!(topic_client.next_frame().await["op"], "welcome");
+    assert_eq!(node.http.get("/readyz").await.status, 200);
+
+    node.shutdown();
+    // Checked at once: 503, unless the listener is already gone (a refused connection).
+    if let Ok(r) = node
+        .http
+        .try_request(Method::GET, "/readyz", &[], Vec::new())
+        .await
+    {
+        assert_eq!(r.status, 503, "{}", r.text);
+    }
+    for c in &mut clients {
+        assert_eq!(c.expect_close().await, 1012, "{}", codec_name(c.codec));
+    }
+    assert_eq!(topic_client.expect_close().await, 1012);
+    tokio::time::timeout(Duration::from_secs(10), node.wait())
+        .await
+        .expect("shutdown completes within its deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_clients_with_1012_and_the_process_exits_0() {
+    let addr = free_addr();
+    let listen = addr.to_string();
+    let mut child = herald(
+        &["serve"],
+        &[
+            ("HERALD_LISTEN", &listen),
+            ("HERALD_API_KEY", API_KEY),
+            ("HERALD_JWT_SECRET", JWT_SECRET),
+            ("HERALD_SHUTDOWN_TIMEOUT_SECS", "5"),
+        ],
+    )
+    .spawn()
+    .expect("spawning herald serve");
+    stderr(&mut child).drain();
+    let node = Node::external(addr);
+    wait_healthy(&node, Duration::from_secs(15)).await;
+    let mut clients = Vec::new();
+    for codec in CODECS {
+        let mut c = node.client(codec).await;
+        c.sub(1, "news").await;
+        clients.push(c);
+    }
+
+    sigterm(&child);
+    for c in &mut clients {
+        assert_eq!(c.expect_close().await, 1012, "{}", codec_name(c.codec));
+    }
+    let status = wait_exit(&mut child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{status}");
+}

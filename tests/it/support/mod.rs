@@ -1,0 +1,195 @@
+//! The harness: a node started in-process on `127.0.0.1:0` (or a `herald` process), JWTs and
+//! tickets, an HTTP client, a WebSocket client speaking either codec, and a raw socket client for
+//! what a well-behaved library would never send.
+
+pub mod http;
+pub mod proc;
+pub mod raw;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use herald::auth::{RawGrants, mint_token};
+use herald::config::Config;
+use herald::server::Running;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+pub use herald::protocol::Codec;
+pub use raw::{RawWs, upgrade};
+pub use ws::Client;
+
+/// The server API key of test nodes (32 characters).
+pub const API_KEY: &str = "it-api-key-0123456789abcdefghijk";
+/// The JWT secret of test nodes (40 bytes).
+pub const JWT_SECRET: &str = "it-jwt-secret-0123456789-abcdefghijklmno";
+/// The node id of test nodes, as `welcome.node` shows it.
+pub const NODE_ID: &str = "it-node";
+/// How long a test waits for something that should arrive; only a thing that never arrives fails.
+pub const WAIT: Duration = Duration::from_secs(5);
+/// Both codecs: every protocol test runs in each.
+pub const CODECS: [Codec; 2] = [Codec::Json, Codec::MsgPack];
+
+/// A running node and an HTTP client for it.
+pub struct Node {
+    /// The address it listens on (the real port).
+    pub addr: SocketAddr,
+    /// HTTP client bound to this node.
+    pub http: http::Http,
+    running: Option<Running>,
+}
+
+impl Node {
+    /// A production-mode node with the test secrets and every default.
+    pub async fn start() -> Node {
+        Node::with(&[]).await
+    }
+
+    /// A node whose environment is the test defaults overridden by `overrides`.
+    pub async fn with(overrides: &[(&str, &str)]) -> Node {
+        let mut env: Vec<(String, String)> = [
+            ("HERALD_LISTEN", "127.0.0.1:0"),
+            ("HERALD_API_KEY", API_KEY),
+            ("HERALD_JWT_SECRET", JWT_SECRET),
+            ("HERALD_NODE_ID", NODE_ID),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in overrides {
+            env.retain(|(name, _)| name != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let config = Config::load(None, &env).expect("the test configuration is valid");
+        let running = herald::server::start(config)
+            .await
+            .expect("the node starts");
+        Node {
+            addr: running.addr,
+            http: http::Http::new(running.addr),
+            running: Some(running),
+        }
+    }
+
+    /// A handle on a node that runs elsewhere (a `herald serve` process).
+    pub fn external(addr: SocketAddr) -> Node {
+        Node {
+            addr,
+            http: http::Http::new(addr),
+            running: None,
+        }
+    }
+
+    /// Starts draining (in-process nodes only).
+    pub fn shutdown(&self) {
+        self.running
+            .as_ref()
+            .expect("an in-process node")
+            .shutdown();
+    }
+
+    /// Waits until shutdown has completed (in-process nodes only).
+    pub async fn wait(&mut self) {
+        self.running
+            .take()
+            .expect("an in-process node")
+            .wait()
+            .await;
+    }
+
+    /// A JWT for `user` with `grants`, valid for an hour, signed with the test secret.
+    pub fn jwt(&self, user: &str, grants: &RawGrants) -> String {
+        mint_token(
+            JWT_SECRET.as_bytes(),
+            user,
+            grants,
+            Duration::from_secs(3600),
+        )
+        .expect("minting a token")
+    }
+
+    /// `POST /v1/tickets` with `jwt`; fails the test unless it is 200.
+    pub async fn ticket_with(&self, jwt: &str) -> String {
+        let (status, body) = self.http.post("/v1/tickets", Some(jwt), "").await;
+        assert_eq!(status, 200, "POST /v1/tickets: {body}");
+        body["ticket"].as_str().expect("a ticket").to_owned()
+    }
+
+    /// A ticket for user `alice` with every grant.
+    pub async fn ticket(&self) -> String {
+        self.ticket_for("alice", &RawGrants::all()).await
+    }
+
+    /// A ticket for `user` with `grants`.
+    pub async fn ticket_for(&self, user: &str, grants: &RawGrants) -> String {
+        self.ticket_with(&self.jwt(user, grants)).await
+    }
+
+    /// `POST /v1/publish` of `data` to `topic`; returns the offset and epoch.
+    pub async fn publish(&self, topic: &str, data: Value) -> (u64, String) {
+        let body = json!({"topic": topic, "data": data}).to_string();
+        let (status, out) = self.http.post("/v1/publish", Some(API_KEY), &body).await;
+        assert_eq!(status, 200, "POST /v1/publish: {out}");
+        (
+            out["offset"].as_u64().expect("an offset"),
+            out["epoch"].as_str().expect("an epoch").to_owned(),
+        )
+    }
+
+    /// A `/ws` client of user `alice` with every grant; its `welcome` already read and checked.
+    pub async fn client(&self, codec: Codec) -> Client {
+        self.client_for(codec, "alice", &RawGrants::all()).await
+    }
+
+    /// A `/ws` client of `user` with `grants`; its `welcome` already read and checked.
+    pub async fn client_for(&self, codec: Codec, user: &str, grants: &RawGrants) -> Client {
+        let ticket = self.ticket_for(user, grants).await;
+        let mut c = self.open(&format!("/ws?ticket={ticket}"), codec).await;
+        let w = c.next_frame().await;
+        assert_eq!(w["op"], "welcome", "the first frame is welcome: {w}");
+        assert_eq!(w["user"], user, "{w}");
+        c
+    }
+
+    /// Opens a WebSocket on `path` (with its query) offering `codec`'s subprotocol; nothing read.
+    pub async fn open(&self, path: &str, codec: Codec) -> Client {
+        let (c, resp) = ws::open(self.addr, path, Some(codec), &[])
+            .await
+            .unwrap_or_else(|e| panic!("upgrade of {path} failed: {e}"));
+        assert_eq!(resp.status(), 101);
+        c
+    }
+}
+
+/// Grants from three lists of patterns.
+pub fn grants(subscribe: &[&str], publish: &[&str], send: &[&str]) -> RawGrants {
+    let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+    RawGrants {
+        subscribe: v(subscribe),
+        publish: v(publish),
+        send: v(send),
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs()
+}
+
+/// A JWT with exactly `claims`, signed with `secret` using `alg`.
+pub fn signed_jwt(claims: &Value, secret: &[u8], alg: Algorithm) -> String {
+    jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret))
+        .expect("encoding a JWT")
+}
+
+/// `json` or `msgpack`.
+pub fn codec_name(codec: Codec) -> &'static str {
+    match codec {
+        Codec::Json => "json",
+        Codec::MsgPack => "msgpack",
+    }
+}

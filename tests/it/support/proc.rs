@@ -1,0 +1,131 @@
+//! The `herald` binary as a child process: a clean environment, a free loopback port, output
+//! read line by line with bounded waits, and SIGTERM.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+
+use super::Node;
+
+/// `herald` with an empty environment (so the developer's `HERALD_*` never leak in), `args` and
+/// `env`; output piped; killed if the test drops it.
+pub fn herald(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));
+    c.args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    c
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("binding port 0");
+    l.local_addr().expect("its address")
+}
+
+/// Runs `herald args` to completion (bounded) and returns its status, stdout and stderr.
+pub async fn run(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    let child = herald(args, env).spawn().expect("spawning herald");
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("herald {args:?} did not finish within 20 s"))
+        .expect("herald's output");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Lines of a child's stdout or stderr, read with a bound.
+pub struct Output<R> {
+    lines: Lines<BufReader<R>>,
+    /// Every line read so far, for failure messages.
+    pub seen: Vec<String>,
+}
+
+/// The stdout of `child`, line by line.
+pub fn stdout(child: &mut Child) -> Output<ChildStdout> {
+    Output::new(child.stdout.take().expect("stdout is piped"))
+}
+
+/// The stderr of `child`, line by line.
+pub fn stderr(child: &mut Child) -> Output<ChildStderr> {
+    Output::new(child.stderr.take().expect("stderr is piped"))
+}
+
+impl<R: tokio::io::AsyncRead + Unpin + Send + 'static> Output<R> {
+    fn new(r: R) -> Self {
+        Output {
+            lines: BufReader::new(r).lines(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads lines until one satisfies `pred` and returns it; fails the test at end of output or
+    /// when none comes within `bound`.
+    pub async fn until(&mut self, bound: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no such line within {bound:?}; read: {:#?}", self.seen))
+                .expect("reading the child's output")
+                .unwrap_or_else(|| panic!("output ended; read: {:#?}", self.seen));
+            self.seen.push(line.clone());
+            if pred(&line) {
+                return line;
+            }
+        }
+    }
+
+    /// Keeps reading in the background so the child never blocks on a full pipe.
+    pub fn drain(mut self) {
+        tokio::spawn(async move { while let Ok(Some(_)) = self.lines.next_line().await {} });
+    }
+}
+
+/// Polls `GET /healthz` until it answers 200; fails the test after `bound`.
+pub async fn wait_healthy(node: &Node, bound: Duration) {
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let r = node
+            .http
+            .try_request(hyper::Method::GET, "/healthz", &[], Vec::new())
+            .await;
+        if r.is_ok_and(|r| r.status == 200) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} did not become healthy within {bound:?}",
+            node.addr
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends SIGTERM to `child`.
+pub fn sigterm(child: &Child) {
+    let pid = child.id().expect("the child is running");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -TERM {pid}");
+}
+
+/// Waits for `child` to exit within `bound`.
+pub async fn wait_exit(child: &mut Child, bound: Duration) -> ExitStatus {
+    tokio::time::timeout(bound, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the process did not exit within {bound:?}"))
+        .expect("waiting for the process")
+}

@@ -1,0 +1,230 @@
+//! A WebSocket client (tokio-tungstenite) that speaks either codec: frames go out as JSON text or
+//! MessagePack binary, and come back decoded into `serde_json::Value` whatever their encoding.
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Response;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::{Error, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::{Codec, WAIT};
+
+/// A connected WebSocket client.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The codec it speaks.
+    pub codec: Codec,
+}
+
+/// Opens `ws://addr{path}`, offering `codec`'s subprotocol (none: no header, JSON) plus `headers`.
+pub async fn open(
+    addr: SocketAddr,
+    path: &str,
+    codec: Option<Codec>,
+    headers: &[(&str, &str)],
+) -> Result<(Client, Response), Error> {
+    let mut req = format!("ws://{addr}{path}").into_client_request()?;
+    if let Some(c) = codec {
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static(c.subprotocol()),
+        );
+    }
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            HeaderName::from_bytes(k.as_bytes()).expect("a header name"),
+            HeaderValue::from_str(v).expect("a header value"),
+        );
+    }
+    let (ws, resp) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async_with_config(req, None, true),
+    )
+    .await
+    .expect("the upgrade is answered")?;
+    let codec = codec.unwrap_or(Codec::Json);
+    Ok((Client { ws, codec }, resp))
+}
+
+/// Encodes a frame the way `codec` sends it.
+pub fn encode(codec: Codec, frame: &Value) -> Message {
+    match codec {
+        Codec::Json => Message::text(frame.to_string()),
+        Codec::MsgPack => Message::binary(rmp_serde::to_vec_named(frame).expect("msgpack")),
+    }
+}
+
+/// Decodes a data message: text as JSON, binary as MessagePack.
+pub fn decode(m: &Message) -> Option<Value> {
+    match m {
+        Message::Text(t) => Some(serde_json::from_str(t).expect("the server sends JSON text")),
+        Message::Binary(b) => {
+            Some(rmp_serde::from_slice(b).expect("the server sends MessagePack binary"))
+        }
+        _ => None,
+    }
+}
+
+impl Client {
+    /// Sends `frame` in the connection's codec.
+    pub async fn send_json(&mut self, frame: Value) {
+        let m = encode(self.codec, &frame);
+        self.send(m).await;
+    }
+
+    /// Sends a message as it is (any frame type, any payload).
+    pub async fn send(&mut self, m: Message) {
+        self.ws.send(m).await.expect("sending a message");
+    }
+
+    /// Queues messages without flushing; [`Client::flush`] sends them together.
+    pub async fn feed(&mut self, m: Message) {
+        self.ws.feed(m).await.expect("queueing a message");
+    }
+
+    /// Sends everything queued by [`Client::feed`].
+    pub async fn flush(&mut self) {
+        self.ws.flush().await.expect("flushing");
+    }
+
+    /// The next data frame, decoded; pings are skipped (and answered by tungstenite). Fails the
+    /// test on a close or when nothing arrives within [`WAIT`].
+    pub async fn next_frame(&mut self) -> Value {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("no frame within {WAIT:?}"));
+            match m {
+                Some(Ok(Message::Close(c))) => panic!("closed while waiting for a frame: {c:?}"),
+                Some(Ok(m)) => {
+                    if let Some(v) = decode(&m) {
+                        return v;
+                    }
+                }
+                Some(Err(e)) => panic!("connection failed while waiting for a frame: {e}"),
+                None => panic!("connection ended while waiting for a frame"),
+            }
+        }
+    }
+
+    /// The next data frame (`Ok`) or the server's close code (`Err`); pings are skipped. Fails
+    /// the test when the connection ends without a close frame or nothing comes within [`WAIT`].
+    pub async fn next_event(&mut self) -> Result<Value, u16> {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("nothing within {WAIT:?}"));
+            match m {
+                Some(Ok(Message::Close(Some(f)))) => return Err(u16::from(f.code)),
+                Some(Ok(Message::Close(None))) => panic!("a close frame without a code"),
+                Some(Ok(m)) => {
+                    if let Some(v) = decode(&m) {
+                        return Ok(v);
+                    }
+                }
+                Some(Err(e)) => panic!("connection failed: {e}"),
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+
+    /// Reads until the server's close frame and returns its code, skipping data frames. Fails the
+    /// test when the connection ends without one or nothing arrives within [`WAIT`].
+    pub async fn expect_close(&mut self) -> u16 {
+        self.expect_close_within(WAIT).await
+    }
+
+    /// [`Client::expect_close`] with another bound.
+    pub async fn expect_close_within(&mut self, bound: Duration) -> u16 {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("no close frame within {bound:?}"));
+            match m {
+                Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                Some(Ok(Message::Close(None))) => panic!("a close frame without a code"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("connection failed before a close frame: {e}"),
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+
+    /// Reads frames for `period`; fails the test if the connection closes meanwhile. Returns the
+    /// data frames read. (Reading also answers the server's pings.)
+    pub async fn stay_open_for(&mut self, period: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + period;
+        let mut frames = Vec::new();
+        while let Ok(m) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            match m {
+                Some(Ok(Message::Close(c))) => panic!("closed by the server: {c:?}"),
+                Some(Ok(m)) => frames.extend(decode(&m)),
+                Some(Err(e)) => panic!("connection failed: {e}"),
+                None => panic!("connection ended"),
+            }
+        }
+        frames
+    }
+
+    /// Sends a request and returns the first reply carrying its `id` (frames of other kinds in
+    /// between, such as `msg`, are skipped).
+    pub async fn request(&mut self, frame: Value) -> Value {
+        let id = frame["id"].clone();
+        self.send_json(frame).await;
+        loop {
+            let f = self.next_frame().await;
+            if f["op"] != "msg" && f["id"] == id {
+                return f;
+            }
+        }
+    }
+
+    /// Subscribes to `topic` (request `id`) and returns the `ok`, failing the test on anything else.
+    pub async fn sub(&mut self, id: u64, topic: &str) -> Value {
+        let r = self
+            .request(json!({"op": "sub", "id": id, "topic": topic}))
+            .await;
+        assert_eq!(r["op"], "ok", "sub {topic}: {r}");
+        r
+    }
+
+    /// Subscribes with `since`; returns the reply as it came.
+    pub async fn sub_since(&mut self, id: u64, topic: &str, offset: u64, epoch: &str) -> Value {
+        self.request(json!({
+            "op": "sub", "id": id, "topic": topic,
+            "since": {"offset": offset, "epoch": epoch},
+        }))
+        .await
+    }
+
+    /// The next frame, which must be a `msg` of `topic`; returns it.
+    pub async fn next_msg(&mut self, topic: &str) -> Value {
+        let f = self.next_frame().await;
+        assert_eq!(f["op"], "msg", "expected a msg of {topic}: {f}");
+        assert_eq!(f["topic"], topic, "{f}");
+        f
+    }
+
+    /// Reads the `msg` frames with exactly `offsets`, in order (no other frame in between).
+    pub async fn expect_offsets(
+        &mut self,
+        topic: &str,
+        offsets: RangeInclusive<u64>,
+    ) -> Vec<Value> {
+        let mut out = Vec::new();
+        for want in offsets {
+            let m = self.next_msg(topic).await;
+            assert_eq!(m["offset"], want, "offsets arrive in order, no gap: {m}");
+            out.push(m);
+        }
+        out
+    }
+}

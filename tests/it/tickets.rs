@@ -1,0 +1,205 @@
+//! `POST /v1/tickets`: a JWT in, a one-time ticket out; every way a JWT can be wrong gets its own
+//! 401 code (proto/README.md sections 3, 4.1 and 4.6).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
+use serde_json::{Value, json};
+
+use crate::support::{JWT_SECRET, Node, grants, now_secs, signed_jwt};
+
+/// Claims of a valid token for `alice`, to be altered by each test.
+fn claims() -> Value {
+    let now = now_secs();
+    json!({
+        "sub": "alice",
+        "iat": now,
+        "exp": now + 3600,
+        "grants": {"subscribe": ["news.>"], "publish": [], "send": []},
+    })
+}
+
+/// `POST /v1/tickets` with `Authorization: Bearer <jwt>`; the status and the `error` code.
+async fn exchange(node: &Node, jwt: &str) -> (u16, Value) {
+    node.http.post("/v1/tickets", Some(jwt), "").await
+}
+
+fn assert_refused(got: (u16, Value), code: &str) {
+    let (status, body) = got;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some(code)),
+        "{body}"
+    );
+    assert!(body["message"].is_string(), "{body}");
+}
+
+#[tokio::test]
+async fn good_jwt_gets_a_43_char_base64url_ticket_and_expires_in() {
+    let node = Node::start().await;
+    let jwt = signed_jwt(&claims(), JWT_SECRET.as_bytes(), Algorithm::HS256);
+    let (status, body) = exchange(&node, &jwt).await;
+    assert_eq!(status, 200, "{body}");
+    let ticket = body["ticket"].as_str().expect("a ticket string");
+    assert_eq!(ticket.len(), 43, "{ticket}");
+    assert!(
+        ticket
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "base64url alphabet: {ticket}"
+    );
+    assert_eq!(URL_SAFE_NO_PAD.decode(ticket).expect("base64url").len(), 32);
+    assert_eq!(body["expires_in"], 30, "{body}");
+}
+
+#[tokio::test]
+async fn hs384_and_hs512_jwts_are_accepted() {
+    let node = Node::start().await;
+    for alg in [Algorithm::HS384, Algorithm::HS512] {
+        let jwt = signed_jwt(&claims(), JWT_SECRET.as_bytes(), alg);
+        let (status, body) = exchange(&node, &jwt).await;
+        assert_eq!(status, 200, "{alg:?}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn two_tickets_from_one_jwt_differ() {
+    let node = Node::start().await;
+    let jwt = node.jwt("alice", &grants(&["a"], &[], &[]));
+    assert_ne!(node.ticket_with(&jwt).await, node.ticket_with(&jwt).await);
+}
+
+#[tokio::test]
+async fn missing_authorization_is_401_missing_authorization() {
+    let node = Node::start().await;
+    let got = node.http.post_authorization("/v1/tickets", None, "").await;
+    assert_refused(got, "missing_authorization");
+}
+
+#[tokio::test]
+async fn basic_authorization_is_401_bad_authorization() {
+    let node = Node::start().await;
+    for value in ["Basic x", "Basic YWxpY2U6cHc=", "Bearer", "Bearer a b"] {
+        let got = node
+            .http
+            .post_authorization("/v1/tickets", Some(value), "")
+            .await;
+        assert_refused(got, "bad_authorization");
+    }
+}
+
+#[tokio::test]
+async fn expired_jwt_is_401_token_expired() {
+    let node = Node::start().await;
+    let mut c = claims();
+    // Well past the 30 s leeway.
+    c["exp"] = json!(now_secs() - 600);
+    c["iat"] = json!(now_secs() - 4000);
+    let jwt = signed_jwt(&c, JWT_SECRET.as_bytes(), Algorithm::HS256);
+    assert_refused(exchange(&node, &jwt).await, "token_expired");
+}
+
+#[tokio::test]
+async fn jwt_with_future_nbf_is_401_token_not_yet_valid() {
+    let node = Node::start().await;
+    let mut c = claims();
+    c["nbf"] = json!(now_secs() + 600);
+    let jwt = signed_jwt(&c, JWT_SECRET.as_bytes(), Algorithm::HS256);
+    assert_refused(exchange(&node, &jwt).await, "token_not_yet_valid");
+}
+
+#[tokio::test]
+async fn jwt_signed_with_another_key_is_401_invalid_token() {
+    let node = Node::start().await;
+    let jwt = signed_jwt(
+        &claims(),
+        b"another-secret-of-forty-bytes-0123456789",
+        Algorithm::HS256,
+    );
+    assert_refused(exchange(&node, &jwt).await, "invalid_token");
+}
+
+#[tokio::test]
+async fn unsigned_alg_none_jwt_is_401_invalid_token() {
+    let node = Node::start().await;
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims().to_string());
+    for jwt in [
+        format!("{header}.{payload}."),
+        format!("{header}.{payload}"),
+    ] {
+        assert_refused(exchange(&node, &jwt).await, "invalid_token");
+    }
+}
+
+#[tokio::test]
+async fn tampered_jwt_is_401_invalid_token() {
+    let node = Node::start().await;
+    let jwt = signed_jwt(&claims(), JWT_SECRET.as_bytes(), Algorithm::HS256);
+    let mut parts: Vec<String> = jwt.split('.').map(str::to_owned).collect();
+    let mut c = claims();
+    c["sub"] = json!("mallory");
+    c["grants"] = json!({"subscribe": [">"], "publish": [">"], "send": [">"]});
+    parts[1] = URL_SAFE_NO_PAD.encode(c.to_string());
+    assert_refused(exchange(&node, &parts.join(".")).await, "invalid_token");
+}
+
+#[tokio::test]
+async fn garbage_and_claimless_jwts_are_401_invalid_token() {
+    let node = Node::start().await;
+    assert_refused(exchange(&node, "not-a-jwt").await, "invalid_token");
+    let mut no_sub = claims();
+    no_sub.as_object_mut().unwrap().remove("sub");
+    let mut no_exp = claims();
+    no_exp.as_object_mut().unwrap().remove("exp");
+    for c in [no_sub, no_exp] {
+        let jwt = signed_jwt(&c, JWT_SECRET.as_bytes(), Algorithm::HS256);
+        assert_refused(exchange(&node, &jwt).await, "invalid_token");
+    }
+}
+
+#[tokio::test]
+async fn jwt_without_grants_is_401_missing_grants() {
+    let node = Node::start().await;
+    let mut c = claims();
+    c.as_object_mut().unwrap().remove("grants");
+    let jwt = signed_jwt(&c, JWT_SECRET.as_bytes(), Algorithm::HS256);
+    assert_refused(exchange(&node, &jwt).await, "missing_grants");
+}
+
+#[tokio::test]
+async fn malformed_grants_are_401_invalid_grants() {
+    let node = Node::start().await;
+    for g in [
+        json!({"subscribe": ["news*"]}),
+        json!({"publish": ["a>"]}),
+        json!({"send": ["bad..name"]}),
+        json!({"subscribe": [">", "news.>.x"]}),
+        json!({"subscribe": "news"}),
+        json!({"subscribe": [1]}),
+        json!(["news"]),
+    ] {
+        let mut c = claims();
+        c["grants"] = g.clone();
+        let jwt = signed_jwt(&c, JWT_SECRET.as_bytes(), Algorithm::HS256);
+        let (status, body) = exchange(&node, &jwt).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_grants")),
+            "grants {g}: {body}"
+        );
+    }
+}
+
+/// "Keys other than these three are ignored", and `"grants": {}` is valid.
+#[tokio::test]
+async fn empty_grants_and_unknown_grant_keys_are_accepted() {
+    let node = Node::start().await;
+    for g in [json!({}), json!({"subscribe": ["news"], "presence": ["x"]})] {
+        let mut c = claims();
+        c["grants"] = g.clone();
+        let jwt = signed_jwt(&c, JWT_SECRET.as_bytes(), Algorithm::HS256);
+        let (status, body) = exchange(&node, &jwt).await;
+        assert_eq!(status, 200, "grants {g}: {body}");
+    }
+}
