@@ -8,6 +8,8 @@ need_apt=()
 command -v cargo >/dev/null || { echo "test.sh: cargo is missing: install Rust (https://rustup.rs)" >&2; exit 1; }
 # The protocol goldens are checked against their JSON Schemas with Python's jsonschema.
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+# The TLS tests make their certificate with the openssl command.
+command -v openssl >/dev/null || need_apt+=(openssl)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}";
     else sudo apt-get update -qq && sudo apt-get install -y -qq "${need_apt[@]}"; fi

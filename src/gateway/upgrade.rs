@@ -29,6 +29,26 @@ impl Drop for Slot {
     }
 }
 
+/// The stream hyper hands back after the 101, with any bytes it had read past the request.
+enum Taken {
+    Plain(TcpStream, bytes::Bytes),
+    /// Boxed: a TLS session is kilobytes, and inline it would size every connection's task.
+    Tls(Box<TlsStream<TcpStream>>, bytes::Bytes),
+}
+
+/// Takes the stream back from hyper. A plain function, not inline in the async task: the
+/// downcast's result holds a whole TLS session, which must not live in the task's state.
+fn take_stream(upgraded: hyper::upgrade::Upgraded) -> Option<Taken> {
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(p) => return Some(Taken::Plain(p.io.into_inner(), p.read_buf)),
+        Err(u) => u,
+    };
+    match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+        Ok(p) => Some(Taken::Tls(Box::new(p.io.into_inner()), p.read_buf)),
+        Err(_) => None,
+    }
+}
+
 /// `GET /ws`: the multiplexed endpoint.
 pub async fn ws(State(gw): State<Arc<Gateway>>, req: Request) -> Result<Response, Rejection> {
     upgrade(gw, req, None).await
@@ -171,21 +191,14 @@ async fn upgrade(
                 return;
             }
         };
-        // Take the stream back from hyper: plain TCP, or TLS over TCP.
-        let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(p) => {
-                let io = p.io.into_inner();
-                connection::run(task_gw, io, p.read_buf, identity, codec, endpoint, slot).await;
-                return;
+        match take_stream(upgraded) {
+            Some(Taken::Plain(io, buf)) => {
+                connection::run(task_gw, io, buf, identity, codec, endpoint, slot).await
             }
-            Err(u) => u,
-        };
-        match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
-            Ok(p) => {
-                let io = p.io.into_inner();
-                connection::run(task_gw, io, p.read_buf, identity, codec, endpoint, slot).await;
+            Some(Taken::Tls(io, buf)) => {
+                connection::run(task_gw, io, buf, identity, codec, endpoint, slot).await
             }
-            Err(_) => tracing::error!("upgraded connection is neither TCP nor TLS over TCP"),
+            None => tracing::error!("upgraded connection is neither TCP nor TLS over TCP"),
         }
     });
     let mut resp = Response::new(Body::empty());

@@ -15,4 +15,5 @@ mod recovery;
 mod shutdown;
 mod slow_consumer;
 mod tickets;
+mod tls;
 mod upgrade;
