@@ -91,20 +91,17 @@ async fn wss_subscribe_and_publish_work_over_tls() {
     let tls = connect_tls(&node, &cert).await;
     let url = format!("wss://127.0.0.1:{}/ws?ticket={ticket}", node.addr.port());
     let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
-    let mut next = async || -> Value {
-        loop {
-            let m = tokio::time::timeout(WAIT, ws.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            if let Message::Text(t) = m {
-                return serde_json::from_str(t.as_str()).unwrap();
-            }
+    let first = loop {
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = m {
+            break serde_json::from_str::<Value>(t.as_str()).unwrap();
         }
     };
-    assert_eq!(next().await["op"], "welcome");
-    drop(next);
+    assert_eq!(first["op"], "welcome");
     let sub = json!({"op":"sub","id":1,"topic":"secure"}).to_string();
     ws.send(Message::text(sub)).await.unwrap();
     let pubf = json!({"op":"pub","id":2,"topic":"secure","data":{"n":1}}).to_string();
