@@ -2,6 +2,7 @@
 //! `msg` frames by scanning bytes (JSON) or walking the MessagePack map minimally, never by full
 //! deserialisation on the hot path. Replies on the control path are decoded fully (they are rare).
 
+use crate::msgpack::{self, mp_data, mp_map, mp_str, mp_uint};
 use crate::wire::find;
 use serde_json::Value;
 
@@ -64,12 +65,16 @@ pub fn sub_request(codec: Codec, id: u64, topic: &str) -> Vec<u8> {
     }
 }
 
-/// The `data` object in JSON: `{"t":..,"s":..,"p":"xxx"}`.
+/// The `data` object in JSON: `{"t":..,"s":..,"p":"xxx"}` (no `p` when `pad` is 0).
 pub fn json_data(out: &mut Vec<u8>, t: u64, s: u64, pad: usize) {
     use std::io::Write as _;
-    let _ = write!(out, r#"{{"t":{t},"s":{s},"p":""#);
-    out.resize(out.len() + pad, b'x');
-    out.extend_from_slice(b"\"}");
+    let _ = write!(out, r#"{{"t":{t},"s":{s}"#);
+    if pad > 0 {
+        out.extend_from_slice(br#","p":""#);
+        out.resize(out.len() + pad, b'x');
+        out.push(b'"');
+    }
+    out.push(b'}');
 }
 
 /// A `pub` request for the WebSocket publisher, appended to `out`.
@@ -103,57 +108,48 @@ pub fn pub_request(
     }
 }
 
-fn mp_data(out: &mut Vec<u8>, t: u64, s: u64, pad: usize) {
-    mp_map(out, 3);
-    mp_str(out, "t");
-    mp_uint(out, t);
-    mp_str(out, "s");
-    mp_uint(out, s);
-    mp_str(out, "p");
-    mp_str_len(out, pad);
-    out.resize(out.len() + pad, b'x');
-}
-
 /// Padding length so that the `msg` frame a subscriber receives is about `size` bytes in total
-/// (WebSocket header included), given the topic and epoch as the server reported them.
+/// (WebSocket header included), given the topic and epoch as the server reported them. 0 means
+/// no `p` at all (the smallest frame).
 pub fn pad_for(codec: Codec, size: usize, topic: &str, epoch: &str) -> usize {
     // Representative values: t about 10^10 ns (11 digits), offset and seq of 5 digits.
     let (t, s, offset) = (10_000_000_000u64, 10_000u64, 10_000u64);
-    let base = match codec {
-        Codec::Json => {
-            let mut d = Vec::new();
-            json_data(&mut d, t, s, 0);
-            format!(r#"{{"op":"msg","topic":"{topic}","offset":{offset},"epoch":"{epoch}","data":"#)
-                .len()
-                + d.len()
-                + 1
-        }
-        Codec::Msgpack => {
-            let mut o = Vec::new();
-            mp_map(&mut o, 5);
-            for (k, v) in [("op", "msg"), ("topic", topic), ("epoch", epoch)] {
-                mp_str(&mut o, k);
-                mp_str(&mut o, v);
+    let frame = |pad: usize| {
+        let mut o = Vec::new();
+        match codec {
+            Codec::Json => {
+                o.extend_from_slice(
+                    format!(r#"{{"op":"msg","topic":"{topic}","offset":{offset},"epoch":"{epoch}","data":"#).as_bytes(),
+                );
+                json_data(&mut o, t, s, pad);
+                o.push(b'}');
             }
-            mp_str(&mut o, "offset");
-            mp_uint(&mut o, offset);
-            mp_str(&mut o, "data");
-            mp_data(&mut o, t, s, 0);
-            o.len()
+            Codec::Msgpack => {
+                mp_map(&mut o, 5);
+                for (k, v) in [("op", "msg"), ("topic", topic), ("epoch", epoch)] {
+                    mp_str(&mut o, k);
+                    mp_str(&mut o, v);
+                }
+                mp_str(&mut o, "offset");
+                mp_uint(&mut o, offset);
+                mp_str(&mut o, "data");
+                mp_data(&mut o, t, s, pad);
+            }
+        }
+        let n = o.len();
+        n + match n {
+            0..126 => 2,
+            126..65536 => 4,
+            _ => 10,
         }
     };
-    let frame = |p: usize| {
-        let n = base
-            + p
-            + if codec == Codec::Msgpack && p >= 32 {
-                1
-            } else {
-                0
-            };
-        n + if n < 126 { 2 } else { 4 }
-    };
-    let mut pad = size.saturating_sub(frame(0));
-    while pad > 0 && frame(pad) > size {
+    // Frame size grows with the pad (by 1 per byte, plus header steps): search from an estimate.
+    let with_one = frame(1);
+    if with_one > size {
+        return 0;
+    }
+    let mut pad = 1 + (size - with_one);
+    while pad > 1 && frame(pad) > size {
         pad -= 1;
     }
     pad
@@ -167,7 +163,7 @@ pub fn pad_for(codec: Codec, size: usize, topic: &str, epoch: &str) -> usize {
 pub fn scan(codec: Codec, p: &[u8]) -> Scan {
     match codec {
         Codec::Json => scan_json(p),
-        Codec::Msgpack => scan_msgpack(p),
+        Codec::Msgpack => msgpack::scan(p),
     }
 }
 
@@ -175,6 +171,9 @@ fn scan_json(p: &[u8]) -> Scan {
     const FAST: &[u8] = br#"{"op":"msg""#;
     if !p.starts_with(FAST) && find(p, br#""op":"msg""#).is_none() {
         return Scan::Other;
+    }
+    if let Some((t, s)) = json_tail(p) {
+        return Scan::Msg { t, s };
     }
     let Some(d) = find(p, br#""data":"#) else {
         return Scan::ForeignMsg;
@@ -189,7 +188,46 @@ fn scan_json(p: &[u8]) -> Scan {
     }
 }
 
-fn json_uint_after(hay: &[u8], key: &[u8]) -> Option<u64> {
+/// Fast path: `data` is the frame's last field and ends with `"s":N,"t":N}}` (keys sorted, as
+/// serde_json prints a map) or `"t":N,"s":N}}`. Parsed backwards from the end, so the padding
+/// is never scanned. `None` sends the caller to the general scan.
+fn json_tail(p: &[u8]) -> Option<(u64, u64)> {
+    let mut i = p.len().checked_sub(2)?;
+    if &p[i..] != b"}}" {
+        return None;
+    }
+    let (k2, v2) = tail_field(p, &mut i)?;
+    if i == 0 || p[i - 1] != b',' {
+        return None;
+    }
+    i -= 1;
+    let (k1, v1) = tail_field(p, &mut i)?;
+    match (k1, k2) {
+        (b's', b't') => Some((v2, v1)),
+        (b't', b's') => Some((v1, v2)),
+        _ => None,
+    }
+}
+
+/// Reads `"k":digits` ending at `*end` backwards; moves `*end` to its start.
+fn tail_field(p: &[u8], end: &mut usize) -> Option<(u8, u64)> {
+    let stop = *end;
+    let mut j = stop;
+    while j > 0 && p[j - 1].is_ascii_digit() {
+        j -= 1;
+    }
+    let n = stop - j;
+    if n == 0 || n > 19 || j < 4 || p[j - 1] != b':' || p[j - 2] != b'"' || p[j - 4] != b'"' {
+        return None;
+    }
+    let v = p[j..stop].iter().fold(0u64, |a, &b| {
+        a.wrapping_mul(10).wrapping_add((b - b'0') as u64)
+    });
+    *end = j - 4;
+    Some((p[j - 3], v))
+}
+
+pub fn json_uint_after(hay: &[u8], key: &[u8]) -> Option<u64> {
     let at = find(hay, key)? + key.len();
     let rest = &hay[at..];
     let skip = rest.iter().take_while(|b| b.is_ascii_whitespace()).count();
@@ -205,37 +243,6 @@ fn json_uint_after(hay: &[u8], key: &[u8]) -> Option<u64> {
     )
 }
 
-fn scan_msgpack(p: &[u8]) -> Scan {
-    let mut r = Mp { b: p, i: 0 };
-    let Some(n) = r.map_len() else {
-        return Scan::Other;
-    };
-    let mut is_msg = false;
-    let mut ts = None;
-    for _ in 0..n {
-        let Some(k) = r.str() else { return Scan::Other };
-        match k {
-            b"op" => match r.str() {
-                Some(v) => is_msg = v == b"msg",
-                None => return Scan::Other,
-            },
-            b"data" => {
-                ts = r.data_ts();
-            }
-            _ => {
-                if r.skip(0).is_none() {
-                    return Scan::Other;
-                }
-            }
-        }
-    }
-    match (is_msg, ts) {
-        (true, Some((t, s))) => Scan::Msg { t, s },
-        (true, None) => Scan::ForeignMsg,
-        _ => Scan::Other,
-    }
-}
-
 /// For publisher replies: (is ok, id) without full decoding in the common case.
 pub fn scan_reply(codec: Codec, p: &[u8]) -> Option<(bool, u64)> {
     match codec {
@@ -247,217 +254,7 @@ pub fn scan_reply(codec: Codec, p: &[u8]) -> Option<(bool, u64)> {
             }
             Some((ok, json_uint_after(p, br#""id":"#).unwrap_or(0)))
         }
-        Codec::Msgpack => {
-            let mut r = Mp { b: p, i: 0 };
-            let n = r.map_len()?;
-            let (mut op, mut id) = (None, 0);
-            for _ in 0..n {
-                match r.str()? {
-                    b"op" => op = Some(r.str()?.to_vec()),
-                    b"id" => id = r.uint()?,
-                    _ => r.skip(0)?,
-                }
-            }
-            match op.as_deref() {
-                Some(b"ok") => Some((true, id)),
-                Some(b"error") => Some((false, id)),
-                _ => None,
-            }
-        }
-    }
-}
-
-/// Minimal MessagePack reader.
-struct Mp<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl<'a> Mp<'a> {
-    fn u8(&mut self) -> Option<u8> {
-        let v = *self.b.get(self.i)?;
-        self.i += 1;
-        Some(v)
-    }
-    fn be(&mut self, n: usize) -> Option<u64> {
-        let s = self.b.get(self.i..self.i + n)?;
-        self.i += n;
-        Some(s.iter().fold(0u64, |a, &x| (a << 8) | x as u64))
-    }
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let s = self.b.get(self.i..self.i.checked_add(n)?)?;
-        self.i += n;
-        Some(s)
-    }
-    fn map_len(&mut self) -> Option<usize> {
-        match self.u8()? {
-            m @ 0x80..=0x8f => Some((m & 0x0f) as usize),
-            0xde => self.be(2).map(|v| v as usize),
-            0xdf => self.be(4).map(|v| v as usize),
-            _ => None,
-        }
-    }
-    fn str(&mut self) -> Option<&'a [u8]> {
-        let n = match self.u8()? {
-            m @ 0xa0..=0xbf => (m & 0x1f) as usize,
-            0xd9 | 0xc4 => self.be(1)? as usize,
-            0xda | 0xc5 => self.be(2)? as usize,
-            0xdb | 0xc6 => self.be(4)? as usize,
-            _ => return None,
-        };
-        self.take(n)
-    }
-    fn uint(&mut self) -> Option<u64> {
-        match self.u8()? {
-            v @ 0x00..=0x7f => Some(v as u64),
-            0xcc => self.be(1),
-            0xcd => self.be(2),
-            0xce => self.be(4),
-            0xcf => self.be(8),
-            0xd0 => self.be(1).filter(|v| *v < 0x80),
-            0xd1 => self.be(2).filter(|v| *v < 0x8000),
-            0xd2 => self.be(4).filter(|v| *v < 0x8000_0000),
-            0xd3 => self.be(8).filter(|v| *v < 1 << 63),
-            _ => None,
-        }
-    }
-    /// `data`: a map with `t` and `s`, or a string/bin holding JSON (tolerated).
-    fn data_ts(&mut self) -> Option<(u64, u64)> {
-        let save = self.i;
-        if let Some(n) = self.map_len() {
-            let (mut t, mut s) = (None, None);
-            for _ in 0..n {
-                match self.str()? {
-                    b"t" => t = Some(self.uint()?),
-                    b"s" => s = Some(self.uint()?),
-                    _ => self.skip(0)?,
-                }
-            }
-            return Some((t?, s?));
-        }
-        self.i = save;
-        let raw = self.str()?;
-        Some((
-            json_uint_after(raw, br#""t":"#)?,
-            json_uint_after(raw, br#""s":"#)?,
-        ))
-    }
-    /// Skip one value of any type (depth-bounded).
-    fn skip(&mut self, depth: u32) -> Option<()> {
-        if depth > 32 {
-            return None;
-        }
-        let m = self.u8()?;
-        let skip_n = |me: &mut Self, n: usize| me.take(n).map(|_| ());
-        match m {
-            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => Some(()),
-            0x80..=0x8f => self.skip_items(2 * (m & 0x0f) as usize, depth),
-            0x90..=0x9f => self.skip_items((m & 0x0f) as usize, depth),
-            0xa0..=0xbf => skip_n(self, (m & 0x1f) as usize),
-            0xc4 | 0xd9 => {
-                let n = self.be(1)? as usize;
-                skip_n(self, n)
-            }
-            0xc5 | 0xda => {
-                let n = self.be(2)? as usize;
-                skip_n(self, n)
-            }
-            0xc6 | 0xdb => {
-                let n = self.be(4)? as usize;
-                skip_n(self, n)
-            }
-            0xc7 => {
-                let n = self.be(1)? as usize;
-                skip_n(self, n + 1)
-            }
-            0xc8 => {
-                let n = self.be(2)? as usize;
-                skip_n(self, n + 1)
-            }
-            0xc9 => {
-                let n = self.be(4)? as usize;
-                skip_n(self, n + 1)
-            }
-            0xca => skip_n(self, 4),
-            0xcb => skip_n(self, 8),
-            0xcc | 0xd0 => skip_n(self, 1),
-            0xcd | 0xd1 => skip_n(self, 2),
-            0xce | 0xd2 => skip_n(self, 4),
-            0xcf | 0xd3 => skip_n(self, 8),
-            0xd4 => skip_n(self, 2),
-            0xd5 => skip_n(self, 3),
-            0xd6 => skip_n(self, 5),
-            0xd7 => skip_n(self, 9),
-            0xd8 => skip_n(self, 17),
-            0xdc => {
-                let n = self.be(2)? as usize;
-                self.skip_items(n, depth)
-            }
-            0xdd => {
-                let n = self.be(4)? as usize;
-                self.skip_items(n, depth)
-            }
-            0xde => {
-                let n = self.be(2)? as usize;
-                self.skip_items(2 * n, depth)
-            }
-            0xdf => {
-                let n = self.be(4)? as usize;
-                self.skip_items(2 * n, depth)
-            }
-            0xc1 => None,
-        }
-    }
-    fn skip_items(&mut self, n: usize, depth: u32) -> Option<()> {
-        for _ in 0..n {
-            self.skip(depth + 1)?;
-        }
-        Some(())
-    }
-}
-
-fn mp_map(o: &mut Vec<u8>, n: usize) {
-    if n < 16 {
-        o.push(0x80 | n as u8);
-    } else {
-        o.push(0xde);
-        o.extend_from_slice(&(n as u16).to_be_bytes());
-    }
-}
-
-fn mp_str_len(o: &mut Vec<u8>, n: usize) {
-    if n < 32 {
-        o.push(0xa0 | n as u8);
-    } else if n < 256 {
-        o.extend_from_slice(&[0xd9, n as u8]);
-    } else if n < 65536 {
-        o.push(0xda);
-        o.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        o.push(0xdb);
-        o.extend_from_slice(&(n as u32).to_be_bytes());
-    }
-}
-
-fn mp_str(o: &mut Vec<u8>, s: &str) {
-    mp_str_len(o, s.len());
-    o.extend_from_slice(s.as_bytes());
-}
-
-fn mp_uint(o: &mut Vec<u8>, v: u64) {
-    if v < 128 {
-        o.push(v as u8);
-    } else if v < 256 {
-        o.extend_from_slice(&[0xcc, v as u8]);
-    } else if v < 65536 {
-        o.push(0xcd);
-        o.extend_from_slice(&(v as u16).to_be_bytes());
-    } else if v < 1 << 32 {
-        o.push(0xce);
-        o.extend_from_slice(&(v as u32).to_be_bytes());
-    } else {
-        o.push(0xcf);
-        o.extend_from_slice(&v.to_be_bytes());
+        Codec::Msgpack => msgpack::scan_reply(p),
     }
 }
 
@@ -470,6 +267,11 @@ mod tests {
         let a = br#"{"op":"msg","topic":"bench.0","offset":3,"epoch":"e","data":{"p":"xx","s":7,"t":123}}"#;
         assert!(matches!(scan(Codec::Json, a), Scan::Msg { t: 123, s: 7 }));
         let b = br#"{"topic":"bench.0","op":"msg","data":{"t":5,"s":6,"p":""},"offset":1}"#;
+        assert!(matches!(scan(Codec::Json, b), Scan::Msg { t: 5, s: 6 }));
+        let c = br#"{"op":"msg","topic":"b","offset":1,"epoch":"e","data":{"t":55,"s":66}}"#;
+        assert!(matches!(scan(Codec::Json, c), Scan::Msg { t: 55, s: 66 }));
+        let d = br#"{"op":"msg","topic":"b","offset":1,"epoch":"e","data":{"x":1,"t":2}}"#;
+        assert!(matches!(scan(Codec::Json, d), Scan::ForeignMsg));
         assert!(matches!(scan(Codec::Json, b), Scan::Msg { t: 5, s: 6 }));
         assert!(matches!(
             scan(Codec::Json, br#"{"op":"ok","id":1}"#),
@@ -510,15 +312,18 @@ mod tests {
 
     #[test]
     fn pad_hits_target_size() {
-        let p = pad_for(Codec::Json, 100, "bench.0", "abcdefgh");
-        let mut d = Vec::new();
-        json_data(&mut d, 10_000_000_000, 10_000, p);
-        let frame =
-            format!(r#"{{"op":"msg","topic":"bench.0","offset":10000,"epoch":"abcdefgh","data":"#)
-                .len()
-                + d.len()
-                + 1
-                + 2;
-        assert_eq!(frame, 100);
+        let frame = |size: usize| {
+            let p = pad_for(Codec::Json, size, "bench.0", "abcdefgh");
+            let mut d = Vec::new();
+            json_data(&mut d, 10_000_000_000, 10_000, p);
+            let head = r#"{"op":"msg","topic":"bench.0","offset":10000,"epoch":"abcdefgh","data":"#;
+            let n = head.len() + d.len() + 1;
+            (p, n + if n < 126 { 2 } else { 4 })
+        };
+        assert_eq!(frame(120).1, 120);
+        assert_eq!(frame(1000).1, 1000);
+        // Too small for any padding: no `p` at all.
+        assert_eq!(frame(90).0, 0);
+        assert!(pad_for(Codec::Msgpack, 1000, "bench.0", "e") > 900);
     }
 }

@@ -6,6 +6,7 @@ mod codec;
 mod conn;
 mod hist;
 mod http;
+mod msgpack;
 mod publish;
 mod report;
 mod run;
@@ -51,8 +52,10 @@ pub struct Args {
     /// Approximate size in bytes of each `msg` frame a subscriber receives (header included).
     #[arg(long, default_value_t = 100)]
     pub size: usize,
+    /// Subprotocol of subscribers and WebSocket publishers (herald.v1.json / herald.v1.msgpack).
     #[arg(long, value_enum, default_value = "json")]
     pub codec: codec::Codec,
+    /// Publish with `pub` over WebSocket (pipelined) or with `POST /v1/publish` (needs --api-key).
     #[arg(long, value_enum, default_value = "ws")]
     pub publish_via: publish::Via,
     /// Publisher connections (each owns a share of the topics; at most one per topic).
@@ -61,6 +64,11 @@ pub struct Args {
     /// Requests in flight per WebSocket publisher (HTTP publishers have one each).
     #[arg(long, default_value_t = 256)]
     pub inflight: usize,
+    /// With `--publish-rate max`: most deliveries owed (published but not yet received by the
+    /// bench) before publishing waits; keeps the server saturated without an unbounded queue.
+    /// 0 = no bound (then only --inflight limits, and the server may queue every message).
+    #[arg(long, default_value_t = 500_000)]
+    pub max_backlog: u64,
     /// Seconds allowed for the publish phase (publishing and draining).
     #[arg(long, default_value_t = 60.0)]
     pub duration_limit: f64,

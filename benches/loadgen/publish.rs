@@ -7,6 +7,7 @@
 use crate::codec::{self, Codec};
 use crate::conn::{self, Ws};
 use crate::http::{self, Target, Tickets};
+use crate::rx::Shared;
 use crate::wire::{self, OP_PING, OP_PONG};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -36,6 +37,33 @@ pub struct Plan {
     pub target: Target,
     pub tickets: Tickets,
     pub api_key: Option<String>,
+    /// With `max`: most deliveries owed (published, not yet received) before publishing waits.
+    pub backlog: Option<u64>,
+    pub shared: Arc<Shared>,
+}
+
+impl Plan {
+    fn over_backlog(&self, stats: &PubStats) -> bool {
+        match self.backlog {
+            Some(max) if self.rate.is_none() => {
+                let owed = stats.owed.load(Relaxed);
+                owed.saturating_sub(self.shared.delivered.load(Relaxed)) > max
+            }
+            _ => false,
+        }
+    }
+
+    /// Wait (polling each millisecond) until the backlog is under the bound; false at the
+    /// deadline.
+    async fn backlog_room(&self, stats: &PubStats) -> bool {
+        while self.over_backlog(stats) {
+            if Instant::now() >= self.deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        true
+    }
 }
 
 #[derive(Default)]
@@ -46,17 +74,27 @@ pub struct PubStats {
     pub errors: Mutex<BTreeMap<String, u64>>,
     pub first_send_ns: AtomicU64,
     pub last_send_ns: AtomicU64,
+    /// Deliveries owed for the messages sent so far (minus refused ones).
+    pub owed: AtomicU64,
+    /// Subscribers per topic.
+    subs: Vec<u64>,
 }
 
 impl PubStats {
-    pub fn new(topics: usize) -> Self {
+    pub fn new(subs_per_topic: &[u64]) -> Self {
         PubStats {
-            ok_per_topic: (0..topics).map(|_| AtomicU64::new(0)).collect(),
+            ok_per_topic: subs_per_topic.iter().map(|_| AtomicU64::new(0)).collect(),
+            subs: subs_per_topic.to_vec(),
             first_send_ns: AtomicU64::new(u64::MAX),
             ..Default::default()
         }
     }
-    fn error(&self, code: String) {
+    /// A refusal of message `global_index` (None when the reply does not say which).
+    fn refused(&self, global_index: Option<u64>, code: String) {
+        if let Some(i) = global_index {
+            let subs = self.subs[(i % self.subs.len() as u64) as usize];
+            self.owed.fetch_sub(subs, Relaxed);
+        }
         *self
             .errors
             .lock()
@@ -69,7 +107,9 @@ impl PubStats {
         self.ok.fetch_add(1, Relaxed);
         self.ok_per_topic[(global_index % n) as usize].fetch_add(1, Relaxed);
     }
-    fn stamp(&self, t: u64) {
+    fn stamp(&self, t: u64, global_index: u64) {
+        let subs = self.subs[(global_index % self.subs.len() as u64) as usize];
+        self.owed.fetch_add(subs, Relaxed);
         self.first_send_ns.fetch_min(t, Relaxed);
         self.last_send_ns.fetch_max(t, Relaxed);
         self.sent.fetch_add(1, Relaxed);
@@ -171,39 +211,48 @@ async fn ws_publisher(
         let mut prng = wire::MaskRng::new();
         tokio::spawn(async move {
             let mut replies = 0u64;
-            loop {
-                if let Some(sent) = *done_rx.borrow() {
-                    if replies >= sent {
+            let outcome = async {
+                loop {
+                    if let Some(sent) = *done_rx.borrow()
+                        && replies >= sent
+                    {
                         return Ok(());
                     }
-                }
-                let f = tokio::select! {
-                    f = reader.next(&mut rd) => f,
-                    _ = done_rx.changed() => continue,
-                    _ = tokio::time::sleep_until(deadline) => return Ok(()),
-                };
-                let f = f.map_err(|e| format!("publisher connection: {e}"))?;
-                if f.opcode == OP_PING {
-                    let mut out = Vec::new();
-                    wire::push_frame(&mut out, OP_PONG, f.payload, &mut prng);
-                    let _ = wr.lock().await.write_all(&out).await;
-                    continue;
-                }
-                match codec::scan_reply(codec, f.payload) {
-                    Some((true, id)) => stats.ok_for(id.saturating_sub(1)),
-                    Some((false, _)) => {
-                        let code = codec::decode(codec, f.payload)
-                            .and_then(|v| {
-                                v.get("code").and_then(|c| c.as_str()).map(str::to_string)
-                            })
-                            .unwrap_or_else(|| "error".into());
-                        stats.error(code);
+                    let f = tokio::select! {
+                        f = reader.next(&mut rd) => f,
+                        r = done_rx.changed() => match r {
+                            Ok(()) => continue,
+                            Err(_) => return Ok(()),
+                        },
+                        _ = tokio::time::sleep_until(deadline) => return Ok(()),
+                    };
+                    let f = f.map_err(|e| format!("publisher connection: {e}"))?;
+                    if f.opcode == OP_PING {
+                        let mut out = Vec::new();
+                        wire::push_frame(&mut out, OP_PONG, f.payload, &mut prng);
+                        let _ = wr.lock().await.write_all(&out).await;
+                        continue;
                     }
-                    None => continue,
+                    match codec::scan_reply(codec, f.payload) {
+                        Some((true, id)) => stats.ok_for(id.saturating_sub(1)),
+                        Some((false, id)) => {
+                            let code = codec::decode(codec, f.payload)
+                                .and_then(|v| {
+                                    v.get("code").and_then(|c| c.as_str()).map(str::to_string)
+                                })
+                                .unwrap_or_else(|| "error".into());
+                            stats.refused(id.checked_sub(1), code);
+                        }
+                        None => continue,
+                    }
+                    replies += 1;
+                    sem.add_permits(1);
                 }
-                replies += 1;
-                sem.add_permits(1);
             }
+            .await;
+            // Wake a writer waiting for a permit that will never come back.
+            sem.close();
+            outcome
         })
     };
 
@@ -211,56 +260,52 @@ async fn ws_publisher(
     let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
     let mut payload: Vec<u8> = Vec::with_capacity(plan.pad + 128);
     let mut sent = 0u64;
+    let flush = async |batch: &mut Vec<u8>| -> Result<(), String> {
+        if !batch.is_empty() {
+            let r = wr.lock().await.write_all(batch).await;
+            batch.clear();
+            r.map_err(|e| format!("write: {}", e.kind()))?;
+        }
+        Ok(())
+    };
     let mut outcome = Ok(());
     for (j, i) in sched.enumerate() {
         if Instant::now() >= deadline || reader_task.is_finished() {
             break;
         }
-        if !due_now(start, rate, j as u64) && !batch.is_empty() {
-            if let Err(e) = wr.lock().await.write_all(&batch).await {
-                outcome = Err(format!("write: {}", e.kind()));
-                break;
-            }
-            batch.clear();
+        // Write what is batched before any wait.
+        let must_wait = !due_now(start, rate, j as u64)
+            || plan.over_backlog(stats)
+            || sem.available_permits() == 0;
+        if must_wait && let Err(e) = flush(&mut batch).await {
+            outcome = Err(e);
+            break;
         }
         pace(start, rate, j as u64).await;
-        let permit = match sem.try_acquire() {
-            Ok(p) => p,
-            Err(_) => {
-                if !batch.is_empty() {
-                    if let Err(e) = wr.lock().await.write_all(&batch).await {
-                        outcome = Err(format!("write: {}", e.kind()));
-                        break;
-                    }
-                    batch.clear();
-                }
-                match tokio::time::timeout_at(deadline, sem.acquire()).await {
-                    Ok(Ok(p)) => p,
-                    _ => break,
-                }
-            }
-        };
-        permit.forget();
+        if !plan.backlog_room(stats).await {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, sem.acquire()).await {
+            Ok(Ok(p)) => p.forget(),
+            _ => break,
+        }
         let topics = &plan.topics;
         let t = crate::now_ns();
         payload.clear();
         let (tp, seq) = ((i % topics.len() as u64) as usize, i / topics.len() as u64);
         codec::pub_request(codec, &mut payload, i + 1, &topics[tp], t, seq, plan.pad);
         wire::push_frame(&mut batch, codec.opcode(), &payload, &mut rng);
-        stats.stamp(t);
+        stats.stamp(t, i);
         sent += 1;
-        if batch.len() >= 32 << 10 {
-            if let Err(e) = wr.lock().await.write_all(&batch).await {
-                outcome = Err(format!("write: {}", e.kind()));
-                break;
-            }
-            batch.clear();
+        if batch.len() >= 32 << 10
+            && let Err(e) = flush(&mut batch).await
+        {
+            outcome = Err(e);
+            break;
         }
     }
-    if outcome.is_ok() && !batch.is_empty() {
-        if let Err(e) = wr.lock().await.write_all(&batch).await {
-            outcome = Err(format!("write: {}", e.kind()));
-        }
+    if outcome.is_ok() {
+        outcome = flush(&mut batch).await;
     }
     let _ = done_tx.send(Some(sent));
     let replies = reader_task.await.map_err(|e| format!("reader task: {e}"))?;
@@ -288,19 +333,22 @@ async fn http_publisher(
             break;
         }
         pace(start, rate, j as u64).await;
+        if !plan.backlog_room(stats).await {
+            break;
+        }
         let (tp, seq) = ((i % topics.len() as u64) as usize, i / topics.len() as u64);
         let t = crate::now_ns();
         let mut body = Vec::with_capacity(plan.pad + 96);
         body.extend_from_slice(format!(r#"{{"topic":"{}","data":"#, topics[tp]).as_bytes());
         codec::json_data(&mut body, t, seq, plan.pad);
         body.push(b'}');
-        stats.stamp(t);
+        stats.stamp(t, i);
         match tokio::time::timeout_at(plan.deadline, p.publish(body)).await {
             Err(_) => break,
             Ok(Ok(())) => stats.ok_for(i),
             Ok(Err(code)) => {
                 let broken = code.starts_with("http");
-                stats.error(code.clone());
+                stats.refused(Some(i), code.clone());
                 if broken {
                     return Err(code);
                 }

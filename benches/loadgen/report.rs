@@ -185,13 +185,23 @@ impl Report {
             );
         }
         if let Some(s) = &self.server {
-            let _ = writeln!(
+            let phase = if self.mode == "idle" {
+                "idle wait"
+            } else {
+                "publish phase"
+            };
+            let _ = write!(
                 o,
-                "server pid {}     cpu {} s, {} cpu-s per million deliveries",
+                "server pid {:<7} cpu {} s in the {phase}",
                 s.pid,
                 opt(&s.cpu_secs.map(|v| format!("{v:.2}"))),
-                opt(&s.cpu_secs_per_million_deliveries.map(|v| format!("{v:.3}")))
             );
+            match s.cpu_secs_per_million_deliveries {
+                Some(v) => {
+                    let _ = writeln!(o, ", {v:.3} cpu-s per million deliveries");
+                }
+                None => o.push('\n'),
+            }
             let _ = writeln!(
                 o,
                 "  rss            before {} KiB, subscribed {} KiB, end {} KiB, per connection {} KiB",

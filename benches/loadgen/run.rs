@@ -6,14 +6,13 @@ use crate::hist::Recorder;
 use crate::http::{self, Target, Tickets};
 use crate::publish::{self, Plan, PubStats};
 use crate::report::{self, Report};
-use crate::rx::{self, Shared, SubStats};
+use crate::rx::{self, Shared, Sink, SubStats};
 use crate::sys::{self, CpuClock};
 use crate::{Args, codec, conn, now_ns};
-use anyhow::Context as _;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::{Duration, Instant};
 
@@ -21,7 +20,7 @@ use tokio::time::{Duration, Instant};
 const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 
 struct Subscribers {
-    handles: Vec<(usize, JoinHandle<Option<SubStats>>)>,
+    handles: Vec<JoinHandle<()>>,
     /// Per connection: subscribed in time (counted in the expectations).
     counted: Vec<bool>,
     subs_per_topic: Vec<u64>,
@@ -44,11 +43,16 @@ pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
     };
     let tickets = Tickets::new(&target, &jwt)?;
     // Fail fast on a wrong secret or a server that is not there.
-    tickets
-        .get()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("preflight ticket request to {}", target.base))?;
+    if let Err(e) = tickets.get().await {
+        let hint = if e.contains("HTTP 401") {
+            "the JWT was refused: is --jwt-secret (HERALD_JWT_SECRET) the server's secret?"
+        } else if e.contains("ticket http") {
+            "is the server running and listening on this address?"
+        } else {
+            "the server answered unexpectedly"
+        };
+        anyhow::bail!("preflight ticket request to {}: {e} ({hint})", target.base);
+    }
 
     let rate = args.rate()?;
     let topics: Arc<Vec<String>> = Arc::new(
@@ -72,7 +76,7 @@ pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
         delivered: Default::default(),
         last_rx_ns: Default::default(),
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let sink: Sink = Default::default();
     let per_topic_msgs = if args.idle {
         0
     } else {
@@ -85,7 +89,7 @@ pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
         &topics,
         per_topic_msgs,
         &shared,
-        &stop_rx,
+        &sink,
     )
     .await;
     progress(
@@ -103,7 +107,7 @@ pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
         config: serde_json::json!({
             "url": target.base, "conns": args.conns, "topics": args.topics, "publish_rate": args.publish_rate,
             "messages": args.messages, "size": args.size, "codec": args.codec, "publish_via": args.publish_via,
-            "publishers": args.publishers, "inflight": args.inflight, "duration_limit": args.duration_limit,
+            "publishers": args.publishers, "inflight": args.inflight, "duration_limit": args.duration_limit, "max_backlog": args.max_backlog,
         }),
         ..Default::default()
     };
@@ -122,12 +126,18 @@ pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
     } else {
         args.settle
     };
+    // With --idle the CPU clocks cover the idle wait (heartbeats and timers); otherwise the
+    // publish phase.
+    let mut bench_cpu = CpuClock::start(&me, tck);
+    let mut server_cpu = pid.as_deref().map(|p| CpuClock::start(p, tck));
     tokio::time::sleep(Duration::from_secs_f64(wait.max(0.0))).await;
     let rss_subscribed = pid.as_deref().and_then(sys::rss_kib);
 
     let mut clean = subs.ok == args.conns;
-    let bench_cpu = CpuClock::start(&me, tck);
-    let server_cpu = pid.as_deref().map(|p| CpuClock::start(p, tck));
+    if !args.idle {
+        bench_cpu = CpuClock::start(&me, tck);
+        server_cpu = pid.as_deref().map(|p| CpuClock::start(p, tck));
+    }
     if !args.idle && subs.ok > 0 {
         let epoch = subs.epoch.clone().unwrap_or_default();
         let pad = codec::pad_for(
@@ -136,7 +146,7 @@ pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
             topics.last().map(String::as_str).unwrap_or(""),
             &epoch,
         );
-        let pstats = Arc::new(PubStats::new(args.topics));
+        let pstats = Arc::new(PubStats::new(&subs.subs_per_topic));
         let start = Instant::now();
         let deadline = start + Duration::from_secs_f64(args.duration_limit);
         let start_ns = now_ns();
@@ -153,6 +163,8 @@ pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
             target: target.clone(),
             tickets: tickets.clone(),
             api_key: args.api_key.clone(),
+            backlog: (args.max_backlog > 0).then_some(args.max_backlog),
+            shared: shared.clone(),
         });
         let mut pub_task = tokio::spawn(publish::run(plan, pstats.clone()));
         let mut failures: Option<Vec<String>> = None;
@@ -224,7 +236,7 @@ pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
                 },
             );
         }
-        let stats = stop_all(subs.handles, &subs.counted, &stop_tx).await;
+        let stats = stop_all(subs.handles, &subs.counted, &sink).await;
         let sent = pstats.sent.load(Relaxed);
         let (first, last) = (
             pstats.first_send_ns.load(Relaxed),
@@ -244,7 +256,11 @@ pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
             },
         });
         let mut d = report::Deliveries {
-            stop_reason: stop_reason.to_string(),
+            stop_reason: if sent == 0 {
+                "nothing-published".to_string()
+            } else {
+                stop_reason.to_string()
+            },
             ..Default::default()
         };
         let (mut frames, mut bytes) = (0u64, 0u64);
@@ -295,13 +311,17 @@ pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
             ..Default::default()
         });
     } else {
-        let stats = stop_all(subs.handles, &subs.counted, &stop_tx).await;
+        let server_secs = server_cpu.as_ref().and_then(CpuClock::seconds);
+        rep.bench.cpu_secs = bench_cpu.seconds();
+        let stats = stop_all(subs.handles, &subs.counted, &sink).await;
         for s in stats.iter().filter_map(|s| s.ended.as_ref()) {
             *rep.connections.ended_early.entry(s.clone()).or_default() += 1;
         }
-        rep.bench.cpu_secs = bench_cpu.seconds();
         clean &= rep.connections.ended_early.is_empty() && args.idle;
-        rep.server = pid.as_ref().map(|_| report::Server::default());
+        rep.server = pid.as_ref().map(|_| report::Server {
+            cpu_secs: server_secs,
+            ..Default::default()
+        });
     }
     if let (Some(s), Some(p)) = (rep.server.as_mut(), args.server_pid) {
         s.pid = p;
@@ -330,7 +350,7 @@ async fn connect_all(
     topics: &Arc<Vec<String>>,
     per_topic_msgs: u64,
     shared: &Arc<Shared>,
-    stop: &watch::Receiver<bool>,
+    sink: &Sink,
 ) -> Subscribers {
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs_f64(args.connect_timeout);
@@ -382,40 +402,36 @@ async fn connect_all(
                 ),
             );
         }
-        let (target, tickets, topics, shared, stop, ev_tx) = (
+        let (target, tickets, topics, shared, sink, ev_tx) = (
             target.clone(),
             tickets.clone(),
             topics.clone(),
             shared.clone(),
-            stop.clone(),
+            sink.clone(),
             ev_tx.clone(),
         );
         let tp = c % args.topics;
         let codec = args.codec;
         pending += 1;
-        out.handles.push((
-            c,
-            tokio::spawn(async move {
-                let opened = tokio::time::timeout(STEP_TIMEOUT, async {
-                    let mut ws = conn::open(&target, &tickets, codec).await?;
-                    let epoch = ws.subscribe(&topics[tp]).await?;
-                    Ok::<_, String>((ws, epoch))
-                })
-                .await
-                .unwrap_or_else(|_| Err("timeout opening or subscribing".into()));
-                drop(permit);
-                match opened {
-                    Ok((ws, epoch)) => {
-                        let _ = ev_tx.send((c, Ok(epoch)));
-                        Some(rx::run(ws, tp, per_topic_msgs, shared, stop).await)
-                    }
-                    Err(e) => {
-                        let _ = ev_tx.send((c, Err(e)));
-                        None
-                    }
+        out.handles.push(tokio::spawn(async move {
+            let opened = tokio::time::timeout(STEP_TIMEOUT, async {
+                let mut ws = conn::open(&target, &tickets, codec).await?;
+                let epoch = ws.subscribe(&topics[tp]).await?;
+                Ok::<_, String>((ws, epoch))
+            })
+            .await
+            .unwrap_or_else(|_| Err("timeout opening or subscribing".into()));
+            drop(permit);
+            match opened {
+                Ok((ws, epoch)) => {
+                    let _ = ev_tx.send((c, Ok(epoch)));
+                    rx::run(ws, c, tp, per_topic_msgs, shared, sink).await;
                 }
-            }),
-        ));
+                Err(e) => {
+                    let _ = ev_tx.send((c, Err(e)));
+                }
+            }
+        }));
     }
     drop(ev_tx);
     while pending > 0 {
@@ -436,21 +452,18 @@ async fn connect_all(
     out
 }
 
-/// Signal every subscriber to stop and collect the stats of those counted in the expectations.
-async fn stop_all(
-    handles: Vec<(usize, JoinHandle<Option<SubStats>>)>,
-    counted: &[bool],
-    stop: &watch::Sender<bool>,
-) -> Vec<SubStats> {
-    let _ = stop.send(true);
+/// Stop every subscriber (abort its task; its stats reach the sink as it is dropped) and return
+/// the stats of those counted in the expectations.
+async fn stop_all(handles: Vec<JoinHandle<()>>, counted: &[bool], sink: &Sink) -> Vec<SubStats> {
+    for h in &handles {
+        h.abort();
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut out = Vec::with_capacity(handles.len());
-    for (c, mut h) in handles {
-        match tokio::time::timeout_at(deadline, &mut h).await {
-            Ok(Ok(Some(s))) if counted[c] => out.push(s),
-            Ok(_) => {}
-            Err(_) => h.abort(),
+    for h in handles {
+        if tokio::time::timeout_at(deadline, h).await.is_err() {
+            break;
         }
     }
-    out
+    let all = std::mem::take(&mut *sink.lock().unwrap_or_else(|p| p.into_inner()));
+    all.into_iter().filter(|s| counted[s.conn]).collect()
 }

@@ -7,18 +7,20 @@
 use crate::codec::{self, Codec, Scan};
 use crate::conn::Ws;
 use crate::hist::Recorder;
-use crate::wire::{self, Head, MaskRng, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
+use crate::wire::{self, Head, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
 use std::cell::RefCell;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use tokio::io::AsyncWriteExt;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 const CHUNK: usize = 64 << 10;
 
 thread_local! {
     static RBUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; CHUNK].into_boxed_slice());
+    /// Latencies of the chunk being processed, recorded in one batch (per thread, like the
+    /// buffer: a chunk is processed without yielding).
+    static LAT: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
 }
 
 /// State shared by all receivers.
@@ -33,6 +35,7 @@ pub struct Shared {
 /// What one subscriber saw.
 #[derive(Default, Clone, Debug)]
 pub struct SubStats {
+    pub conn: usize,
     pub topic: usize,
     /// Distinct bench messages received.
     pub unique: u64,
@@ -53,9 +56,9 @@ pub struct SubStats {
     pub ended: Option<String>,
 }
 
-struct Rx<'a> {
+struct Rx {
     codec: Codec,
-    sh: &'a Shared,
+    sh: Arc<Shared>,
     st: SubStats,
     bits: Vec<u64>,
     nbits: u64,
@@ -67,28 +70,48 @@ struct Rx<'a> {
     frag: Vec<u8>,
     /// Pongs to write.
     out: Vec<u8>,
-    rng: MaskRng,
+    rng: wire::MaskRng,
 }
 
-/// Run one subscriber until `stop` or until the server ends the connection.
-pub async fn run(
-    ws: Ws,
-    topic: usize,
-    topic_msgs: u64,
-    sh: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) -> SubStats {
+/// Where subscribers leave their stats when they end, however they end.
+pub type Sink = Arc<Mutex<Vec<SubStats>>>;
+
+/// A running subscriber. Its stats reach the sink in `Drop`, so the bench stops subscribers by
+/// aborting their tasks: no stop signal is polled on the hot path.
+struct Sub {
+    stream: TcpStream,
+    rx: Rx,
+    sink: Sink,
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        self.rx.flush();
+        if self.rx.st.ended.is_none() {
+            // Best effort: a close frame if the socket can take it right now.
+            let mut out = Vec::with_capacity(8);
+            wire::push_frame(&mut out, OP_CLOSE, &1000u16.to_be_bytes(), &mut self.rx.rng);
+            let _ = self.stream.try_write(&out);
+        }
+        let st = std::mem::take(&mut self.rx.st);
+        self.sink.lock().unwrap_or_else(|p| p.into_inner()).push(st);
+    }
+}
+
+/// Run one subscriber until its task is aborted or the server ends the connection.
+pub async fn run(ws: Ws, conn: usize, topic: usize, topic_msgs: u64, sh: Arc<Shared>, sink: Sink) {
     let Ws {
-        mut stream,
+        stream,
         reader,
         rng,
         codec,
     } = ws;
     let words = topic_msgs.div_ceil(64) as usize;
-    let mut rx = Rx {
+    let rx = Rx {
         codec,
-        sh: &sh,
+        sh,
         st: SubStats {
+            conn,
             topic,
             ..Default::default()
         },
@@ -101,59 +124,60 @@ pub async fn run(
         out: Vec::new(),
         rng,
     };
+    let mut sub = Sub { stream, rx, sink };
     let early = reader.into_leftover();
     if !early.is_empty() {
-        rx.on_chunk(&early, crate::now_ns());
+        sub.rx.on_chunk(&early, crate::now_ns());
     }
-    loop {
-        if rx.st.ended.is_some() || *stop.borrow() {
-            break;
-        }
-        if !rx.out.is_empty() {
-            if let Err(e) = stream.write_all(&rx.out).await {
-                rx.st.ended = Some(format!("write: {}", e.kind()));
-                break;
+    sub.serve().await;
+}
+
+impl Sub {
+    async fn serve(&mut self) {
+        let Sub { stream, rx, .. } = self;
+        while rx.st.ended.is_none() {
+            if !rx.out.is_empty() {
+                if let Err(e) = stream.write_all(&rx.out).await {
+                    rx.st.ended = Some(format!("write: {}", e.kind()));
+                    break;
+                }
+                rx.out.clear();
             }
-            rx.out.clear();
-        }
-        tokio::select! {
-            biased;
-            r = stop.changed() => if r.is_err() || *stop.borrow() { break },
-            r = stream.readable() => if let Err(e) = r {
+            if let Err(e) = stream.readable().await {
                 rx.st.ended = Some(format!("read: {}", e.kind()));
                 break;
-            },
-        }
-        let res = RBUF.with(|b| {
-            let mut b = b.borrow_mut();
-            match stream.try_read(&mut b[..]) {
-                Ok(0) => Err("connection closed by server (EOF)".to_string()),
-                Ok(n) => {
-                    rx.on_chunk(&b[..n], crate::now_ns());
-                    Ok(())
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-                Err(e) => Err(format!("read: {}", e.kind())),
             }
-        });
-        if let Err(e) = res {
-            rx.st.ended = Some(e);
+            // One read per wake-up. A short read means the socket is drained: answering
+            // WouldBlock from the closure makes tokio clear the readiness now, instead of after
+            // a second `read` that would only return WouldBlock (tokio's tick check keeps data
+            // that arrives meanwhile from being missed).
+            let res = stream.try_io(Interest::READABLE, || {
+                RBUF.with(|b| {
+                    let mut b = b.borrow_mut();
+                    let n = stream.try_read(&mut b[..])?;
+                    if n == 0 {
+                        rx.st.ended = Some("connection closed by server (EOF)".to_string());
+                        return Ok(());
+                    }
+                    rx.on_chunk(&b[..n], crate::now_ns());
+                    if n < b.len() {
+                        Err(std::io::ErrorKind::WouldBlock.into())
+                    } else {
+                        Ok(())
+                    }
+                })
+            });
+            match res {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => rx.st.ended = Some(format!("read: {}", e.kind())),
+            }
         }
     }
-    if rx.st.ended.is_none() {
-        close_politely(&stream, &mut rx.rng);
-    }
-    rx.st
 }
 
-/// Best effort: a close frame if the socket can take it right now.
-fn close_politely(stream: &TcpStream, rng: &mut MaskRng) {
-    let mut out = Vec::with_capacity(8);
-    wire::push_frame(&mut out, OP_CLOSE, &1000u16.to_be_bytes(), rng);
-    let _ = stream.try_write(&out);
-}
-
-impl Rx<'_> {
+impl Rx {
     fn on_chunk(&mut self, chunk: &[u8], now: u64) {
         self.st.bytes += chunk.len() as u64;
         let mut pos = 0;
@@ -199,6 +223,11 @@ impl Rx<'_> {
 
     fn flush(&mut self) {
         if self.fresh > 0 {
+            LAT.with(|l| {
+                let mut l = l.borrow_mut();
+                self.sh.hist.record_batch(&l);
+                l.clear();
+            });
             self.sh.delivered.fetch_add(self.fresh, Relaxed);
             self.sh.last_rx_ns.fetch_max(crate::now_ns(), Relaxed);
             self.fresh = 0;
@@ -269,19 +298,112 @@ impl Rx<'_> {
                     Some(h) if s < h => self.st.out_of_order += 1,
                     _ => self.highest = Some(s),
                 }
-                self.sh.hist.record(now.saturating_sub(t));
+                LAT.with(|l| l.borrow_mut().push(now.saturating_sub(t)));
             }
             Scan::ForeignMsg => self.st.foreign += 1,
             Scan::Other => {
-                if let Some(v) = codec::decode(self.codec, p) {
-                    if v.get("op").and_then(|o| o.as_str()) == Some("error") {
-                        self.st.server_errors += 1;
-                        if self.st.first_error.is_none() {
-                            self.st.first_error = Some(v.to_string().chars().take(160).collect());
-                        }
+                if let Some(v) = codec::decode(self.codec, p)
+                    && v.get("op").and_then(|o| o.as_str()) == Some("error")
+                {
+                    self.st.server_errors += 1;
+                    if self.st.first_error.is_none() {
+                        self.st.first_error = Some(v.to_string().chars().take(160).collect());
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+        out.push(0x80 | opcode);
+        if payload.len() < 126 {
+            out.push(payload.len() as u8);
+        } else {
+            out.push(126);
+            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        out.extend_from_slice(payload);
+    }
+
+    fn rx(nbits: u64) -> Rx {
+        Rx {
+            codec: Codec::Json,
+            sh: Arc::new(Shared {
+                hist: Recorder::new(1),
+                delivered: AtomicU64::new(0),
+                last_rx_ns: AtomicU64::new(0),
+            }),
+            st: SubStats::default(),
+            bits: vec![0; nbits.div_ceil(64) as usize],
+            nbits,
+            highest: None,
+            fresh: 0,
+            left: Vec::new(),
+            frag: Vec::new(),
+            out: Vec::new(),
+            rng: wire::MaskRng::new(),
+        }
+    }
+
+    #[test]
+    fn frames_split_anywhere_are_counted_once() {
+        let mut stream = Vec::new();
+        for s in 0..40u64 {
+            let pad = "x".repeat(if s % 3 == 0 { 200 } else { 5 });
+            let msg = format!(
+                r#"{{"op":"msg","topic":"b","offset":{s},"epoch":"e","data":{{"p":"{pad}","s":{s},"t":{}}}}}"#,
+                1000 + s
+            );
+            server_frame(&mut stream, OP_TEXT, msg.as_bytes());
+            if s == 7 {
+                server_frame(&mut stream, OP_PING, b"hi");
+            }
+        }
+        // Seq 5 again, and one beyond what was published.
+        for s in [5u64, 99] {
+            let msg = format!(
+                r#"{{"op":"msg","topic":"b","offset":1,"epoch":"e","data":{{"s":{s},"t":1}}}}"#
+            );
+            server_frame(&mut stream, OP_TEXT, msg.as_bytes());
+        }
+        for split in [1usize, 2, 3, 7, 64, 127, 1000, stream.len()] {
+            let mut r = rx(40);
+            for chunk in stream.chunks(split) {
+                r.on_chunk(chunk, 10_000);
+            }
+            assert_eq!(r.st.unique, 40, "split {split}");
+            assert_eq!(r.st.dups, 1, "split {split}");
+            assert_eq!(r.st.unexpected, 1, "split {split}");
+            assert_eq!(r.st.out_of_order, 0, "split {split}");
+            assert!(r.left.is_empty(), "split {split}");
+            assert_eq!(r.sh.delivered.load(Relaxed), 40);
+            assert_eq!(r.sh.hist.snapshot().count(), 40);
+            let pong = wire::head(&r.out).unwrap().unwrap();
+            assert_eq!((pong.opcode, pong.payload_len), (OP_PONG, 2));
+        }
+    }
+
+    #[test]
+    fn reordering_is_counted() {
+        let mut stream = Vec::new();
+        for s in [0u64, 2, 1, 3] {
+            let msg = format!(
+                r#"{{"op":"msg","topic":"b","offset":1,"epoch":"e","data":{{"s":{s},"t":1}}}}"#
+            );
+            server_frame(&mut stream, OP_TEXT, msg.as_bytes());
+        }
+        server_frame(&mut stream, OP_CLOSE, &4008u16.to_be_bytes());
+        let mut r = rx(10);
+        r.on_chunk(&stream, 5);
+        assert_eq!((r.st.unique, r.st.out_of_order), (4, 1));
+        assert_eq!(
+            r.st.ended.as_deref(),
+            Some("closed by server with code 4008")
+        );
     }
 }

@@ -30,11 +30,11 @@ pub fn ensure_nofile(needed: u64) -> anyhow::Result<()> {
         let pid = std::process::id().to_string();
         let arg = format!("--nofile={hard}:{hard}");
         let _ = Command::new("prlimit").args(["--pid", &pid, &arg]).output();
-        if let Some((soft, _)) = nofile_limits() {
-            if soft >= needed {
-                eprintln!("raised the open-file soft limit to {soft}");
-                return Ok(());
-            }
+        if let Some((soft, _)) = nofile_limits()
+            && soft >= needed
+        {
+            eprintln!("raised the open-file soft limit to {soft}");
+            return Ok(());
         }
     }
     anyhow::bail!(

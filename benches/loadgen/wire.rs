@@ -210,10 +210,10 @@ pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     let expect = base64::engine::general_purpose::STANDARD.encode(hasher.finalize());
     let mut accepted = false;
     for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("sec-websocket-accept") {
-                accepted = value.trim() == expect;
-            }
+        if let Some((name, value)) = line.split_once(':')
+            && name.trim().eq_ignore_ascii_case("sec-websocket-accept")
+        {
+            accepted = value.trim() == expect;
         }
     }
     if !accepted {
@@ -253,33 +253,33 @@ impl FrameReader {
     /// The next complete frame (any opcode). Close frames become `WireError::Closed`.
     pub async fn next<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> Result<Frame<'_>, WireError> {
         loop {
-            if let Some(h) = head(&self.buf[self.start..])? {
-                if self.buf.len() - self.start >= h.total() {
-                    let from = self.start + h.head_len;
-                    let to = self.start + h.total();
-                    self.start = to;
-                    if let Some(m) = h.mask {
-                        unmask(&mut self.buf[from..to], m);
-                    }
-                    if !h.fin || h.opcode == OP_CONT {
-                        return Err(WireError::Protocol(
-                            "fragmented frame on control path".into(),
-                        ));
-                    }
-                    if h.opcode == OP_CLOSE {
-                        let p = &self.buf[from..to];
-                        let code = if p.len() >= 2 {
-                            u16::from_be_bytes([p[0], p[1]])
-                        } else {
-                            1005
-                        };
-                        return Err(WireError::Closed(code));
-                    }
-                    return Ok(Frame {
-                        opcode: h.opcode,
-                        payload: &self.buf[from..to],
-                    });
+            if let Some(h) = head(&self.buf[self.start..])?
+                && self.buf.len() - self.start >= h.total()
+            {
+                let from = self.start + h.head_len;
+                let to = self.start + h.total();
+                self.start = to;
+                if let Some(m) = h.mask {
+                    unmask(&mut self.buf[from..to], m);
                 }
+                if !h.fin || h.opcode == OP_CONT {
+                    return Err(WireError::Protocol(
+                        "fragmented frame on control path".into(),
+                    ));
+                }
+                if h.opcode == OP_CLOSE {
+                    let p = &self.buf[from..to];
+                    let code = if p.len() >= 2 {
+                        u16::from_be_bytes([p[0], p[1]])
+                    } else {
+                        1005
+                    };
+                    return Err(WireError::Closed(code));
+                }
+                return Ok(Frame {
+                    opcode: h.opcode,
+                    payload: &self.buf[from..to],
+                });
             }
             if self.start > 0 && self.start >= self.buf.len() / 2 {
                 self.buf.drain(..self.start);
