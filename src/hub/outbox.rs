@@ -9,7 +9,7 @@
 //! the close frame.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -33,6 +33,8 @@ pub struct Subscriber {
 pub struct Outbox {
     /// Queue state; a plain mutex because every critical section is a few pointer moves.
     inner: Mutex<Inner>,
+    /// Mirrors `Inner::close.is_some()`, so the connection task can check it without the lock.
+    closing: AtomicBool,
     limit: usize,
 }
 
@@ -65,6 +67,7 @@ impl Outbox {
                 close: None,
                 waker: None,
             }),
+            closing: AtomicBool::new(false),
             limit,
         }
     }
@@ -80,6 +83,7 @@ impl Outbox {
             }
             if g.bytes + frame.len() > self.limit {
                 g.close = Some(CloseCode::SlowConsumer);
+                self.closing.store(true, Ordering::Relaxed);
                 g.queue = VecDeque::new();
                 waker = g.waker.take();
                 drop(g);
@@ -108,6 +112,7 @@ impl Outbox {
                 return;
             }
             g.close = Some(code);
+            self.closing.store(true, Ordering::Relaxed);
             if matches!(code, CloseCode::SlowConsumer | CloseCode::HeartbeatTimeout) {
                 g.queue = VecDeque::new();
             }
@@ -120,7 +125,7 @@ impl Outbox {
 
     /// True once the connection has been asked to close.
     pub fn is_closing(&self) -> bool {
-        self.inner.lock().close.is_some()
+        self.closing.load(Ordering::Relaxed)
     }
 
     /// Bytes queued or taken and not yet written.
