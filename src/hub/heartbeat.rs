@@ -1,20 +1,20 @@
-//! Heartbeats from one shared timer: no connection owns a timer. The timer ticks [`SLICES`]
-//! times per ping interval and visits one slice of the connections each tick, so pings to
-//! 10,000 sockets are spread over the interval instead of arriving as one burst of writes
-//! that would delay every message published during it. A visited connection gets the same
-//! shared ping frame, or is closed with 4000 when not heard from for two intervals.
+//! Heartbeats from one shared timer: no connection owns a timer. Once per ping interval the
+//! timer takes a snapshot of the open connections and works through it in [`SLICES`] ticks, so
+//! the pings to 10,000 sockets are spread over the interval rather than sent as one burst of
+//! writes that would delay every message published during it. A visited connection gets the
+//! same shared ping frame, or is closed with 4000 when not heard from for two intervals.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Hub;
+use super::{Hub, Subscriber};
 use crate::protocol::CloseCode;
 use crate::protocol::websocket::{OpCode, server_frame};
 
-/// Ticks per ping interval; each tick visits the connections whose id falls in its slice.
-pub const SLICES: u64 = 50;
+/// Ticks per ping interval (a tick every 50 ms with the default 25 s interval).
+pub const SLICES: usize = 500;
 
 /// Runs until `stop` is cancelled.
 pub async fn run(hub: Arc<Hub>, interval: Duration, stop: CancellationToken) {
@@ -23,15 +23,23 @@ pub async fn run(hub: Arc<Hub>, interval: Duration, stop: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let grace = (interval.as_secs() as u32).max(1) * 2;
-    let mut slice = 0u64;
+    // This interval's connections, and how far through them the ticks have got.
+    let mut round: Vec<Arc<Subscriber>> = Vec::new();
+    let mut at = 0;
+    let mut per_tick = 1;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        slice = (slice + 1) % SLICES;
+        if at >= round.len() {
+            round = hub.snapshot();
+            at = 0;
+            per_tick = round.len().div_ceil(SLICES).max(1);
+        }
         let now = hub.now_secs();
-        for s in hub.snapshot_slice(slice, SLICES) {
+        let end = (at + per_tick).min(round.len());
+        for s in &round[at..end] {
             let seen = s.last_seen.load(std::sync::atomic::Ordering::Relaxed);
             if now.saturating_sub(seen) > grace {
                 s.outbox.close(CloseCode::HeartbeatTimeout);
@@ -39,5 +47,6 @@ pub async fn run(hub: Arc<Hub>, interval: Duration, stop: CancellationToken) {
                 s.push(ping.clone());
             }
         }
+        at = end;
     }
 }

@@ -145,16 +145,6 @@ impl Hub {
         }
     }
 
-    /// The open connections whose id is `slice` modulo `slices` (for the heartbeat), cloned out
-    /// of the map so no shard lock is held while using them.
-    pub fn snapshot_slice(&self, slice: u64, slices: u64) -> Vec<Arc<Subscriber>> {
-        self.conns
-            .iter()
-            .filter(|r| *r.key() % slices == slice)
-            .map(|r| r.value().clone())
-            .collect()
-    }
-
     /// The open connections, cloned out of the map so no shard lock is held while using them.
     pub fn snapshot(&self) -> Vec<Arc<Subscriber>> {
         self.conns.iter().map(|r| r.value().clone()).collect()
