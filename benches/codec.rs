@@ -35,6 +35,12 @@ fn message(size: usize) -> Message {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs this without `--bench`, unoptimised: timings would mean
+    // nothing there, so only `cargo bench` measures.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("codec benchmarks: run them with `cargo bench --bench codec`");
+        return;
+    }
     let m = message(100);
     time(
         "encode msg frame, JSON (100 B payload)",

@@ -12,8 +12,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{JwtVerifier, MemoryTicketStore, Tickets};
+use crate::auth::{JwtVerifier, MemoryTicketStore, RedisTicketStore, TicketStore, Tickets};
 use crate::bus::local::LocalBus;
+use crate::bus::redis::RedisBus;
 use crate::bus::{Bus, Sink};
 use crate::config::Config;
 use crate::gateway::{self, Gateway};
@@ -23,6 +24,12 @@ use crate::protocol::CloseCode;
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// Redis could not be reached or refused the function library.
+    #[error(transparent)]
+    Redis(#[from] crate::bus::redis::RedisError),
+    /// The Redis ticket store could not connect.
+    #[error("ticket store: {0}")]
+    Tickets(#[source] crate::auth::AuthError),
     /// The TLS files could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::gateway::tls::TlsError),
@@ -68,8 +75,32 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let hub = Arc::new(Hub::new(config.outbox_bytes));
     let to_hub = hub.clone();
     let sink: Sink = Arc::new(move |m| to_hub.deliver(m));
-    let local = Arc::new(LocalBus::new(sink, config.history_size, config.history_ttl));
-    let bus: Arc<dyn Bus> = local.clone();
+    let stop = CancellationToken::new();
+    let (bus, tickets, local): (Arc<dyn Bus>, Arc<dyn TicketStore>, _) = match &config.redis {
+        None => {
+            let local = Arc::new(LocalBus::new(sink, config.history_size, config.history_ttl));
+            (
+                local.clone(),
+                Arc::new(MemoryTicketStore::new()),
+                Some(local),
+            )
+        }
+        Some(r) => {
+            let bus = RedisBus::connect(
+                &r.url,
+                &r.prefix,
+                config.history_size,
+                config.history_ttl,
+                sink,
+                stop.clone(),
+            )
+            .await?;
+            let store = RedisTicketStore::connect(&r.url, &r.prefix)
+                .await
+                .map_err(ServerError::Tickets)?;
+            (bus, Arc::new(store), None)
+        }
+    };
     let tls = match &config.tls {
         Some(files) => Some(crate::gateway::tls::acceptor(&files.cert, &files.key)?),
         None => None,
@@ -86,7 +117,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     })?;
     let gw = Arc::new(Gateway {
         jwt: JwtVerifier::hmac(&config.jwt_secret, config.jwt_leeway),
-        tickets: Tickets::new(Arc::new(MemoryTicketStore::new()), config.ticket_ttl),
+        tickets: Tickets::new(tickets, config.ticket_ttl),
         config: config.clone(),
         hub: hub.clone(),
         bus,
@@ -94,13 +125,14 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         conn_slots: AtomicUsize::new(0),
         tracker: TaskTracker::new(),
     });
-    let stop = CancellationToken::new();
     tokio::spawn(hub::heartbeat::run(
         hub.clone(),
         config.ping_interval,
         stop.clone(),
     ));
-    tokio::spawn(sweep(local, stop.clone()));
+    if let Some(local) = local {
+        tokio::spawn(sweep(local, stop.clone()));
+    }
     let done = tokio::spawn(drive(gw.clone(), listener, tls, stop.clone()));
     Ok(Running {
         addr,

@@ -161,9 +161,13 @@ impl Bus for LocalBus {
         Box::pin(std::future::ready(Ok(r)))
     }
 
-    fn watch(&self, _topic: &Topic) {}
+    fn watch(&self, _topic: &Topic) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 
-    fn unwatch(&self, _topic: &Topic) {}
+    fn unwatch(&self, _topic: &Topic) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 
     fn is_ready(&self) -> bool {
         true

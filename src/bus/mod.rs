@@ -1,9 +1,10 @@
 //! The bus: where a published message gets its offset and epoch, where history is kept for
-//! recovery, and where messages come from for the hub. A narrow trait with (for now) the
-//! in-process implementation; `server.rs` hands the bus a sink that feeds the hub, so the two
-//! never import each other.
+//! recovery, and where messages come from for the hub. A narrow trait with two implementations:
+//! the in-process bus (the embedded default) and Redis (a cluster of nodes). `server.rs` hands
+//! the bus a sink that feeds the hub, so the two never import each other.
 
 pub mod local;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -54,10 +55,11 @@ pub trait Bus: Send + Sync + 'static {
         topic: &Topic,
         since: Option<&Position>,
     ) -> BoxFuture<'_, Result<Replay, BusError>>;
-    /// This node now has a subscriber of `topic` (the first one).
-    fn watch(&self, topic: &Topic);
-    /// This node no longer has a subscriber of `topic`.
-    fn unwatch(&self, topic: &Topic);
+    /// One more local subscriber of `topic`; when this completes, every message published from
+    /// then on reaches the sink. Call once per subscription, before [`Bus::replay`].
+    fn watch(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BusError>>;
+    /// One local subscriber of `topic` fewer (one call per successful [`Bus::watch`]).
+    fn unwatch(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BusError>>;
     /// True while publishing and delivery work.
     fn is_ready(&self) -> bool;
 }

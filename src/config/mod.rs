@@ -21,10 +21,37 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use raw::{
     ALLOWED_ORIGINS, API_KEY, HISTORY_SIZE, HISTORY_TTL_SECS, JWT_LEEWAY_SECS, JWT_SECRET, LISTEN,
     MAX_CONNECTIONS, MAX_MESSAGE_BYTES, MAX_SUBSCRIPTIONS, NODE_ID, OUTBOX_BYTES,
-    PING_INTERVAL_SECS, RATE_BURST, RATE_LIMIT, SHUTDOWN_TIMEOUT_SECS, TICKET_TTL_SECS, TLS_CERT,
-    TLS_KEY,
+    PING_INTERVAL_SECS, RATE_BURST, RATE_LIMIT, REDIS_PREFIX, REDIS_URL, SHUTDOWN_TIMEOUT_SECS,
+    TICKET_TTL_SECS, TLS_CERT, TLS_KEY,
 };
 pub use raw::{KEYS, Key, RawConfig};
+
+/// Where a cluster's Redis is, and the prefix of Herald's keys and channels in it.
+#[derive(Clone)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://...`.
+    pub url: String,
+    /// Prefix of every key and channel (default `herald:`).
+    pub prefix: String,
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = match (self.url.find("://"), self.url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => {
+                format!("{}://***@{}", &self.url[..s], &self.url[at + 1..])
+            }
+            _ => self.url.clone(),
+        };
+        f.debug_struct("RedisSettings")
+            .field("url", &url)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// The default prefix of Redis keys and channels.
+pub const DEFAULT_REDIS_PREFIX: &str = "herald:";
 
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -336,6 +363,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Development mode: generated secrets, loopback origins, loopback listen only.
     pub dev_mode: bool,
+    /// Redis, when nodes form a cluster; `None`: the in-process bus.
+    pub redis: Option<RedisSettings>,
     /// The secrets generated for development mode.
     pub generated: GeneratedSecrets,
 }
@@ -448,6 +477,44 @@ impl Config {
 
         let allowed_origins = parse_origins(raw.allowed_origins, dev_mode)?;
 
+        let redis = match raw.redis_url {
+            None => {
+                if raw.redis_prefix.is_some() {
+                    return Err(ConfigError::Invalid {
+                        key: REDIS_PREFIX,
+                        problem: "set without redis_url (HERALD_REDIS_URL)".into(),
+                    });
+                }
+                None
+            }
+            Some(url) => {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(ConfigError::Invalid {
+                        key: REDIS_URL,
+                        problem: "expected redis://host:port[/db] or rediss://host:port[/db]"
+                            .into(),
+                    });
+                }
+                let prefix = raw
+                    .redis_prefix
+                    .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_owned());
+                let ok = !prefix.is_empty()
+                    && prefix.len() <= 64
+                    && prefix
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_:.-".contains(&b));
+                if !ok {
+                    return Err(ConfigError::Invalid {
+                        key: REDIS_PREFIX,
+                        problem: format!(
+                            "{prefix:?}: expected 1 to 64 of [A-Za-z0-9_:.-] (no braces or spaces)"
+                        ),
+                    });
+                }
+                Some(RedisSettings { url, prefix })
+            }
+        };
+
         let tls = match (raw.tls_cert, raw.tls_key) {
             (None, None) => None,
             (Some(cert), Some(key)) => {
@@ -508,6 +575,7 @@ impl Config {
             shutdown_timeout: secs(SHUTDOWN_TIMEOUT_SECS, raw.shutdown_timeout_secs, 10, 1, 600)?,
             tls,
             dev_mode,
+            redis,
             generated,
         };
         // A message must fit in an outbox (with its frame header and envelope), or it could

@@ -186,6 +186,10 @@ raw_config! {
     tls_key: PathBuf => TLS_KEY = "HERALD_TLS_KEY";
     /// Development mode on or off (default: on when no secrets are configured).
     dev: bool => DEV = "HERALD_DEV";
+    /// Redis for a cluster of nodes (`redis://` or `rediss://`); unset: the in-process bus.
+    redis_url: String => REDIS_URL = "HERALD_REDIS_URL";
+    /// Prefix of every Redis key and channel.
+    redis_prefix: String => REDIS_PREFIX = "HERALD_REDIS_PREFIX";
 }
 
 impl RawConfig {
@@ -302,7 +306,7 @@ mod tests {
                 format!("{ENV_PREFIX}{}", key.name.to_ascii_uppercase())
             );
         }
-        assert_eq!(KEYS.len(), 20);
+        assert_eq!(KEYS.len(), 22);
     }
 
     #[test]

@@ -154,8 +154,8 @@ pub async fn run<S>(
     };
     s.serve(&mut pump).await;
     for t in std::mem::take(&mut s.topics) {
-        if gw.hub.unsubscribe(&t, sub.id) == Some(true) {
-            gw.bus.unwatch(&t);
+        if gw.hub.unsubscribe(&t, sub.id).is_some() {
+            let _ = gw.bus.unwatch(&t).await;
         }
     }
     gw.hub.disconnect(sub.id);
@@ -433,10 +433,8 @@ impl Session {
                     let msg = "not subscribed to this topic";
                     self.error(Some(id), ErrorCode::NotSubscribed, msg)
                 }
-                Some(last) => {
-                    if last {
-                        self.gw.bus.unwatch(&topic);
-                    }
+                Some(_) => {
+                    let _ = self.gw.bus.unwatch(&topic).await;
                     self.topics.retain(|t| *t != topic);
                     self.replays.retain(|r| r.topic != topic);
                     self.reply(self.codec.ok(id, OkFields::default()));
@@ -481,11 +479,13 @@ impl Session {
                 self.error(id, ErrorCode::AlreadySubscribed, msg);
                 return;
             }
-            Subscribed::Added { first } => {
-                if first {
-                    self.gw.bus.watch(&topic);
-                }
-            }
+            Subscribed::Added { .. } => {}
+        }
+        // Live first (held by the hub until catch-up ends), then the replay: no gap between them.
+        if let Err(e) = self.gw.bus.watch(&topic).await {
+            self.gw.hub.unsubscribe(&topic, self.sub.id);
+            self.error(id, ErrorCode::Unavailable, &e.to_string());
+            return;
         }
         match self.gw.bus.replay(&topic, since.as_ref()).await {
             Ok(r) => {
@@ -519,8 +519,8 @@ impl Session {
                 self.feed_replays();
             }
             Err(e) => {
-                if self.gw.hub.unsubscribe(&topic, self.sub.id) == Some(true) {
-                    self.gw.bus.unwatch(&topic);
+                if self.gw.hub.unsubscribe(&topic, self.sub.id).is_some() {
+                    let _ = self.gw.bus.unwatch(&topic).await;
                 }
                 self.error(id, ErrorCode::Unavailable, &e.to_string());
             }

@@ -7,6 +7,7 @@ mod support;
 mod bad_input;
 mod cli;
 mod close_codes;
+mod cluster;
 mod fanout;
 mod frames;
 mod heartbeat;

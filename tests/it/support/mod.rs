@@ -5,6 +5,7 @@
 pub mod http;
 pub mod proc;
 pub mod raw;
+pub mod redis;
 pub mod ws;
 
 use std::net::SocketAddr;

@@ -1,0 +1,143 @@
+//! Tickets in Redis, for a cluster: minted on one node, redeemed once on any node. Redemption
+//! is one atomic `GETDEL`, so of two nodes racing for a ticket exactly one wins; a tombstone
+//! then answers `ticket_used` for a while. Tickets are stored only as their SHA-256 (hex) in
+//! the key. Besides `bus/redis.rs`, the only place Redis types appear.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+use super::ticket::REMEMBER_EXPIRED;
+use super::{AuthError, BoxFuture, Grants, Identity, RawGrants, TicketKey, TicketStore};
+
+/// The ticket store over Redis.
+pub struct RedisTicketStore {
+    /// A multiplexed connection (cheap to clone per call).
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    user: String,
+    grants: RawGrants,
+    /// The JWT's `exp`.
+    exp: u64,
+    /// When the ticket stops being redeemable, unix milliseconds.
+    until_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn hex(key: &TicketKey) -> String {
+    key.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn store_error(e: redis::RedisError) -> AuthError {
+    AuthError::StoreUnavailable(Box::new(e))
+}
+
+impl RedisTicketStore {
+    /// A store on `conn`, with keys `<prefix>ticket:<sha256 hex>`.
+    pub fn new(conn: ConnectionManager, prefix: &str) -> RedisTicketStore {
+        RedisTicketStore {
+            conn,
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Connects to `url` (for the store alone).
+    pub async fn connect(url: &str, prefix: &str) -> Result<RedisTicketStore, AuthError> {
+        let client = redis::Client::open(url).map_err(store_error)?;
+        let conn = ConnectionManager::new(client).await.map_err(store_error)?;
+        Ok(RedisTicketStore::new(conn, prefix))
+    }
+
+    fn key(&self, key: &TicketKey) -> String {
+        format!("{}ticket:{}", self.prefix, hex(key))
+    }
+
+    fn used_key(&self, key: &TicketKey) -> String {
+        format!("{}ticket-used:{}", self.prefix, hex(key))
+    }
+}
+
+impl TicketStore for RedisTicketStore {
+    fn put(
+        &self,
+        key: TicketKey,
+        identity: Identity,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), AuthError>> {
+        let mut c = self.conn.clone();
+        let k = self.key(&key);
+        Box::pin(async move {
+            let stored = Stored {
+                user: identity.user.to_string(),
+                grants: identity.grants.to_raw(),
+                exp: identity.expires_at,
+                until_ms: now_ms() + ttl.as_millis() as u64,
+            };
+            let value = serde_json::to_string(&stored).expect("tickets serialise");
+            // Kept past its expiry, so that a late redeem says `ticket_expired`.
+            let keep = (ttl + ttl.max(REMEMBER_EXPIRED)).as_millis() as u64;
+            let _: () = redis::cmd("SET")
+                .arg(&k)
+                .arg(value)
+                .arg("PX")
+                .arg(keep)
+                .query_async(&mut c)
+                .await
+                .map_err(store_error)?;
+            Ok(())
+        })
+    }
+
+    fn take(&self, key: TicketKey) -> BoxFuture<'_, Result<Identity, AuthError>> {
+        let mut c = self.conn.clone();
+        let (k, used) = (self.key(&key), self.used_key(&key));
+        Box::pin(async move {
+            let got: Option<String> = redis::cmd("GETDEL")
+                .arg(&k)
+                .query_async(&mut c)
+                .await
+                .map_err(store_error)?;
+            let Some(value) = got else {
+                let was_used: bool = redis::cmd("EXISTS")
+                    .arg(&used)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(store_error)?;
+                return Err(if was_used {
+                    AuthError::TicketUsed
+                } else {
+                    AuthError::InvalidTicket
+                });
+            };
+            let stored: Stored =
+                serde_json::from_str(&value).map_err(|_| AuthError::InvalidTicket)?;
+            let _: () = redis::cmd("SET")
+                .arg(&used)
+                .arg(1)
+                .arg("PX")
+                .arg(REMEMBER_EXPIRED.as_millis() as u64)
+                .query_async(&mut c)
+                .await
+                .map_err(store_error)?;
+            if now_ms() >= stored.until_ms {
+                return Err(AuthError::TicketExpired);
+            }
+            Ok(Identity {
+                user: Arc::from(stored.user),
+                grants: Arc::new(Grants::from_raw(&stored.grants)?),
+                expires_at: stored.exp,
+            })
+        })
+    }
+}

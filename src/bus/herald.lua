@@ -1,0 +1,116 @@
+#!lua name=herald
+-- Herald's Redis function library, version __VERSION__. Loaded by every node at start (and on
+-- reconnect) when missing or older: FUNCTION LOAD REPLACE. The only write path: nodes and
+-- backends publish with the same functions. Documented in proto/redis.md.
+--
+-- Keys of a topic T (one Redis Cluster slot, through the hash tag {T}):
+--   __PREFIX__{T}:meta   hash: epoch (set on first use), seq (last offset)
+--   __PREFIX__{T}:log    stream: entry id "<offset>-0", fields o (offset), d (data)
+-- Channel: __PREFIX__{T}:msg, payload "<offset> <epoch> <data>".
+-- A user U's directed messages go to the channel __PREFIX__{user:U}:direct, payload
+-- "<from> <data>" ("-" when the sender did not name itself).
+
+local PREFIX = '__PREFIX__'
+local VERSION = __VERSION__
+local HISTORY_SIZE = __HISTORY_SIZE__
+local HISTORY_TTL_MS = __HISTORY_TTL_MS__
+
+local function valid_name(name)
+  if type(name) ~= 'string' or #name == 0 or #name > 255 then return false end
+  for seg in string.gmatch(name .. '.', '([^.]*)%.') do
+    if #seg == 0 or string.find(seg, '[^%w_%-]') then return false end
+  end
+  return true
+end
+
+local function check_json(data)
+  if type(data) ~= 'string' or not pcall(cjson.decode, data) then
+    return redis.error_reply('ERR herald: the payload must be JSON')
+  end
+end
+
+local function epoch_of(meta)
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    local t = redis.call('TIME')
+    epoch = string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))
+    redis.call('HSET', meta, 'epoch', epoch)
+  end
+  return epoch
+end
+
+-- FCALL herald_publish 1 <topic> <json>  ->  {offset, epoch}
+local function publish(keys, args)
+  local topic, data = keys[1], args[1]
+  if not valid_name(topic) then
+    return redis.error_reply('ERR herald: bad topic name (dot-separated [A-Za-z0-9_-] segments, at most 255 bytes)')
+  end
+  local bad = check_json(data)
+  if bad then return bad end
+  local base = PREFIX .. '{' .. topic .. '}'
+  local meta = base .. ':meta'
+  local epoch = epoch_of(meta)
+  local offset = redis.call('HINCRBY', meta, 'seq', 1)
+  if HISTORY_SIZE > 0 then
+    local log = base .. ':log'
+    redis.call('XADD', log, 'MAXLEN', '~', HISTORY_SIZE, offset .. '-0', 'o', offset, 'd', data)
+    redis.call('PEXPIRE', log, HISTORY_TTL_MS)
+  end
+  redis.call('PUBLISH', base .. ':msg', offset .. ' ' .. epoch .. ' ' .. data)
+  return {offset, epoch}
+end
+
+-- FCALL herald_history 1 <topic> [after-offset]  ->  {epoch, latest, first-kept, o1, d1, ...}
+-- Creates the topic's epoch if it has none yet, so that a subscriber of a topic nobody has
+-- published to gets the epoch later messages will carry.
+-- The entries after <after-offset> (decimal digits), oldest first; none when it is absent or
+-- empty. first-kept is 0 when the log is empty.
+local function history(keys, args)
+  local topic = keys[1]
+  if not valid_name(topic) then
+    return redis.error_reply('ERR herald: bad topic name')
+  end
+  local base = PREFIX .. '{' .. topic .. '}'
+  local epoch = epoch_of(base .. ':meta')
+  local latest = tonumber(redis.call('HGET', base .. ':meta', 'seq') or '0')
+  local out = {epoch, latest, 0}
+  local log = base .. ':log'
+  local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
+  if #first > 0 then out[3] = tonumber(first[1][2][2]) end
+  local after = args[1]
+  if after == nil or after == '' then return out end
+  if not string.match(after, '^%d+$') or #after > 19 then
+    return redis.error_reply('ERR herald: the offset must be decimal digits')
+  end
+  local entries = redis.call('XRANGE', log, '(' .. after .. '-0', '+')
+  for _, e in ipairs(entries) do
+    out[#out + 1] = tonumber(e[2][2])
+    out[#out + 1] = e[2][4]
+  end
+  return out
+end
+
+-- FCALL herald_publish_user 1 <user> <json> [from]  ->  number of nodes that received it
+local function publish_user(keys, args)
+  local user, data, from = keys[1], args[1], args[2]
+  if type(user) ~= 'string' or #user == 0 or #user > 255 or string.find(user, '[%s{}]') then
+    return redis.error_reply('ERR herald: bad user name')
+  end
+  local bad = check_json(data)
+  if bad then return bad end
+  if from == nil or from == '' then from = '-' end
+  if string.find(from, '%s') then
+    return redis.error_reply('ERR herald: `from` may not contain spaces')
+  end
+  return redis.call('PUBLISH', PREFIX .. '{user:' .. user .. '}:direct', from .. ' ' .. data)
+end
+
+-- FCALL_RO herald_version 0  ->  the library's version
+local function version()
+  return VERSION
+end
+
+redis.register_function('herald_publish', publish)
+redis.register_function('herald_history', history)
+redis.register_function('herald_publish_user', publish_user)
+redis.register_function{function_name = 'herald_version', callback = version, flags = {'no-writes'}}

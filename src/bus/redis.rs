@@ -1,0 +1,397 @@
+//! The Redis bus: nodes share topics through one Redis. No Redis type leaves this file (and the
+//! Redis ticket store).
+//!
+//! - Writes go through the function library in `herald.lua` (loaded at start when missing or
+//!   older): `herald_publish` appends to the topic's stream and publishes the envelope in one
+//!   atomic step, so offsets, history and live delivery never disagree. Backends call the same
+//!   functions (`proto/redis.md`).
+//! - Publishing uses a multiplexed connection: concurrent publishes are pipelined, with no round
+//!   trip per message on the delivery path.
+//! - Live messages come from one RESP3 pub/sub connection. The node subscribes to a topic's
+//!   channel while it has local subscribers (one Redis subscription per topic per node), and
+//!   every message goes from the push callback straight into the sink (the hub).
+//! - A subscriber's replay is read atomically (`herald_history`) after its subscription is live,
+//!   so the hub's catch-up merges the two without a gap.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{PushInfo, PushKind, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::{BoxFuture, Bus, BusError, Replay, Sink};
+use crate::protocol::{Message, Position, Topic};
+
+/// The library's version: bump it whenever `herald.lua` changes, so that nodes replace an older
+/// library in Redis.
+pub const LIBRARY_VERSION: i64 = 2;
+
+/// Why the Redis bus could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    /// The URL is not a Redis URL.
+    #[error("bad Redis URL: {0}")]
+    Url(#[source] redis::RedisError),
+    /// Redis did not answer, or refused a command.
+    #[error("Redis at {url}: {source}")]
+    Command {
+        /// The URL, without credentials.
+        url: String,
+        /// The cause.
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+/// The bus over Redis.
+pub struct RedisBus {
+    /// Publishes and history reads; multiplexed, so concurrent requests are pipelined.
+    cmd: ConnectionManager,
+    /// The pub/sub connection (RESP3, resubscribes by itself after a reconnect).
+    sub: ConnectionManager,
+    /// Local watchers per topic: SUBSCRIBE on the first, UNSUBSCRIBE after the last. An async
+    /// mutex, held across the round trip, so that subscription changes never reorder.
+    watched: tokio::sync::Mutex<HashMap<Topic, usize>>,
+    prefix: String,
+    /// The library source with this node's settings, for (re)loading.
+    library: String,
+    /// False after the pub/sub connection dropped, until Redis answers again with the library.
+    ready: Arc<AtomicBool>,
+}
+
+/// The channel of `topic`.
+fn channel(prefix: &str, topic: &str) -> String {
+    format!("{prefix}{{{topic}}}:msg")
+}
+
+/// Parses a pub/sub message into a [`Message`]: channel `<prefix>{<topic>}:msg`, payload
+/// `<offset> <epoch> <data>`.
+fn parse_push(prefix: &str, data: &[Value]) -> Option<Message> {
+    let (Some(Value::BulkString(ch)), Some(Value::BulkString(payload))) =
+        (data.first(), data.get(1))
+    else {
+        return None;
+    };
+    let ch = std::str::from_utf8(ch).ok()?;
+    let name = ch
+        .strip_prefix(prefix)?
+        .strip_prefix('{')?
+        .strip_suffix("}:msg")?;
+    let topic = Topic::parse(name).ok()?;
+    let mut parts = payload.splitn(3, |b| *b == b' ');
+    let offset = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let epoch = std::str::from_utf8(parts.next()?).ok()?;
+    let body = parts.next()?;
+    Some(Message {
+        topic,
+        offset,
+        epoch: Arc::from(epoch),
+        data: Bytes::copy_from_slice(body),
+    })
+}
+
+fn unavailable(e: redis::RedisError) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+impl RedisBus {
+    /// Connects, loads the function library when missing or older, and starts the readiness
+    /// monitor (stopped by `stop`).
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        history_size: usize,
+        history_ttl: Duration,
+        sink: Sink,
+        stop: CancellationToken,
+    ) -> Result<Arc<RedisBus>, RedisError> {
+        let shown = redact(url);
+        let with_resp3 = if url.contains("protocol=") {
+            url.to_owned()
+        } else if url.contains('?') {
+            format!("{url}&protocol=resp3")
+        } else {
+            format!("{url}?protocol=resp3")
+        };
+        let client = redis::Client::open(with_resp3).map_err(RedisError::Url)?;
+        let err = |source| RedisError::Command {
+            url: shown.clone(),
+            source,
+        };
+        let base = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_max_delay(Duration::from_secs(2));
+        let cmd = ConnectionManager::new_with_config(client.clone(), base.clone())
+            .await
+            .map_err(err)?;
+        let ready = Arc::new(AtomicBool::new(false));
+        let push_prefix = prefix.to_owned();
+        let push_ready = ready.clone();
+        let on_push = move |p: PushInfo| -> Result<(), ()> {
+            match p.kind {
+                PushKind::Message => {
+                    if let Some(m) = parse_push(&push_prefix, &p.data) {
+                        sink(&m);
+                    }
+                }
+                PushKind::Disconnection => {
+                    tracing::warn!("Redis pub/sub connection lost; reconnecting");
+                    push_ready.store(false, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            Ok(())
+        };
+        let sub_config = base.set_push_sender(on_push).set_automatic_resubscription();
+        let sub = ConnectionManager::new_with_config(client, sub_config)
+            .await
+            .map_err(err)?;
+        let library = include_str!("herald.lua")
+            .replace("__PREFIX__", prefix)
+            .replace("__VERSION__", &LIBRARY_VERSION.to_string())
+            .replace("__HISTORY_SIZE__", &history_size.to_string())
+            .replace(
+                "__HISTORY_TTL_MS__",
+                &(history_ttl.as_millis().max(1)).to_string(),
+            );
+        let bus = Arc::new(RedisBus {
+            cmd,
+            sub,
+            watched: tokio::sync::Mutex::new(HashMap::new()),
+            prefix: prefix.to_owned(),
+            library,
+            ready,
+        });
+        bus.ensure_library().await.map_err(err)?;
+        bus.ready.store(true, Ordering::Relaxed);
+        tokio::spawn(monitor(bus.clone(), stop));
+        Ok(bus)
+    }
+
+    /// Loads the library unless Redis already has this version or a newer one.
+    async fn ensure_library(&self) -> redis::RedisResult<()> {
+        let mut c = self.cmd.clone();
+        let have: redis::RedisResult<i64> = redis::cmd("FCALL_RO")
+            .arg("herald_version")
+            .arg(0)
+            .query_async(&mut c)
+            .await;
+        if matches!(have, Ok(v) if v >= LIBRARY_VERSION) {
+            return Ok(());
+        }
+        let _: String = redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(&self.library)
+            .query_async(&mut c)
+            .await?;
+        tracing::info!("loaded the herald function library, version {LIBRARY_VERSION}");
+        Ok(())
+    }
+
+    /// The topic's epoch, latest offset, first offset kept, and the entries after `after`.
+    async fn history(&self, topic: &Topic, after: Option<u64>) -> Result<Vec<Value>, BusError> {
+        let mut c = self.cmd.clone();
+        redis::cmd("FCALL")
+            .arg("herald_history")
+            .arg(1)
+            .arg(topic.as_str())
+            .arg(after.map(|a| a.to_string()).unwrap_or_default())
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+}
+
+/// Re-checks Redis once a second while the bus is not ready: reloads the library if Redis
+/// came back without it, then marks the bus ready again.
+async fn monitor(bus: Arc<RedisBus>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if bus.ready.load(Ordering::Relaxed) {
+            continue;
+        }
+        let mut s = bus.sub.clone();
+        let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut s).await;
+        if ping.is_ok() && bus.ensure_library().await.is_ok() {
+            tracing::info!("Redis is back");
+            bus.ready.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The URL without a password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_str(v: &Value) -> Option<&str> {
+    match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+impl Bus for RedisBus {
+    fn publish(&self, topic: &Topic, data: Bytes) -> BoxFuture<'_, Result<Position, BusError>> {
+        let mut c = self.cmd.clone();
+        let topic = topic.as_str().to_owned();
+        Box::pin(async move {
+            let (offset, epoch): (u64, String) = redis::cmd("FCALL")
+                .arg("herald_publish")
+                .arg(1)
+                .arg(topic)
+                .arg(&data[..])
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            Ok(Position {
+                offset,
+                epoch: Arc::from(epoch),
+            })
+        })
+    }
+
+    fn replay(
+        &self,
+        topic: &Topic,
+        since: Option<&Position>,
+    ) -> BoxFuture<'_, Result<Replay, BusError>> {
+        let topic = topic.clone();
+        let since = since.cloned();
+        Box::pin(async move {
+            let out = self
+                .history(&topic, since.as_ref().map(|s| s.offset))
+                .await?;
+            let bad = || BusError::Unavailable("malformed answer from herald_history".into());
+            let epoch: Arc<str> = Arc::from(as_str(out.first().ok_or_else(bad)?).ok_or_else(bad)?);
+            let latest = as_u64(out.get(1).ok_or_else(bad)?).ok_or_else(bad)?;
+            let first_kept = as_u64(out.get(2).ok_or_else(bad)?).ok_or_else(bad)?;
+            let latest = Position {
+                offset: latest,
+                epoch: epoch.clone(),
+            };
+            let messages = since.and_then(|s| {
+                if *s.epoch != *latest.epoch || s.offset > latest.offset {
+                    return None;
+                }
+                let oldest = if first_kept == 0 {
+                    latest.offset + 1
+                } else {
+                    first_kept
+                };
+                if s.offset + 1 < oldest {
+                    return None;
+                }
+                let mut msgs = Vec::with_capacity((out.len() - 3) / 2);
+                for pair in out[3..].chunks(2) {
+                    let (Some(o), Some(Value::BulkString(d))) =
+                        (pair.first().and_then(as_u64), pair.get(1))
+                    else {
+                        return None;
+                    };
+                    msgs.push(Message {
+                        topic: topic.clone(),
+                        offset: o,
+                        epoch: epoch.clone(),
+                        data: Bytes::copy_from_slice(d),
+                    });
+                }
+                Some(msgs)
+            });
+            Ok(Replay { latest, messages })
+        })
+    }
+
+    fn watch(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BusError>> {
+        let topic = topic.clone();
+        Box::pin(async move {
+            let mut w = self.watched.lock().await;
+            let n = w.entry(topic.clone()).or_insert(0);
+            if *n == 0 {
+                let mut s = self.sub.clone();
+                s.subscribe(channel(&self.prefix, topic.as_str()))
+                    .await
+                    .map_err(unavailable)?;
+            }
+            *n += 1;
+            Ok(())
+        })
+    }
+
+    fn unwatch(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BusError>> {
+        let topic = topic.clone();
+        Box::pin(async move {
+            let mut w = self.watched.lock().await;
+            let Some(n) = w.get_mut(&topic) else {
+                return Ok(());
+            };
+            *n -= 1;
+            if *n == 0 {
+                w.remove(&topic);
+                let mut s = self.sub.clone();
+                s.unsubscribe(channel(&self.prefix, topic.as_str()))
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_parse_and_foreign_channels_are_ignored() {
+        let v = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let m = parse_push(
+            "herald:",
+            &[v("herald:{news.eu}:msg"), v("42 e1 {\"a\": 1}")],
+        )
+        .unwrap();
+        assert_eq!(
+            (m.topic.as_str(), m.offset, &*m.epoch),
+            ("news.eu", 42, "e1")
+        );
+        assert_eq!(&m.data[..], b"{\"a\": 1}");
+        assert!(parse_push("herald:", &[v("other:{news}:msg"), v("1 e x")]).is_none());
+        assert!(parse_push("herald:", &[v("herald:{news}:msg"), v("x e {}")]).is_none());
+    }
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            redact("redis://:secret@127.0.0.1:6379/0"),
+            "redis://***@127.0.0.1:6379/0"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

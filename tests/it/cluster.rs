@@ -1,0 +1,157 @@
+//! Nodes sharing topics through a real redis-server: backends publishing with the documented raw
+//! command, delivery across nodes in both codecs, resuming on another node without a gap while
+//! publishing continues, and tickets redeemed once across nodes.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::redis::RedisServer;
+use crate::support::{CODECS, Node};
+
+async fn node(redis: &RedisServer) -> Node {
+    Node::with(&[("HERALD_REDIS_URL", &redis.url())]).await
+}
+
+#[tokio::test]
+async fn a_backend_publishes_with_one_fcall_exactly_as_proto_redis_md_says() {
+    let redis = RedisServer::start();
+    let n = node(&redis).await;
+    for codec in CODECS {
+        let topic = format!("news.{}", crate::support::codec_name(codec));
+        let mut c = n.client(codec).await;
+        c.sub(1, &topic).await;
+        // What proto/redis.md tells a backend to run, with redis-cli and no Herald code.
+        let out = redis.cli(&[
+            "FCALL",
+            "herald_publish",
+            "1",
+            &topic,
+            r#"{"headline":"hi"}"#,
+        ]);
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some("1"), "the offset comes first: {out}");
+        let epoch = lines.next().expect("then the epoch").to_owned();
+        let m = c.next_msg(&topic).await;
+        assert_eq!(m["offset"], 1);
+        assert_eq!(m["epoch"], epoch.as_str());
+        assert_eq!(m["data"], json!({"headline": "hi"}));
+    }
+    let refused = redis.cli(&["FCALL", "herald_publish", "1", "news", "not json"]);
+    assert!(refused.contains("must be JSON"), "{refused}");
+    let refused = redis.cli(&["FCALL", "herald_publish", "1", "bad..topic", "{}"]);
+    assert!(refused.contains("bad topic"), "{refused}");
+}
+
+#[tokio::test]
+async fn messages_published_on_one_node_reach_subscribers_on_another_in_both_codecs() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut subs = Vec::new();
+    for codec in CODECS {
+        let mut c = a.client(codec).await;
+        c.sub(1, "room").await;
+        subs.push(c);
+    }
+    let mut publisher = b.client(CODECS[0]).await;
+    for i in 1..=100u64 {
+        if i % 2 == 0 {
+            b.publish("room", json!({"i": i})).await;
+        } else {
+            let r = publisher
+                .request(json!({"op": "pub", "id": i, "topic": "room", "data": {"i": i}}))
+                .await;
+            assert_eq!(r["op"], "ok", "{r}");
+        }
+    }
+    for c in &mut subs {
+        let got = c.expect_offsets("room", 1..=100).await;
+        let data: Vec<Value> = got.iter().map(|m| m["data"]["i"].clone()).collect();
+        assert_eq!(data, (1..=100).map(|i| json!(i)).collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_another_node_without_gap_while_publishing_continues() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    for codec in CODECS {
+        let topic = format!("live.{}", crate::support::codec_name(codec));
+        let mut c = a.client(codec).await;
+        let ok = c.sub(1, &topic).await;
+        let epoch = ok["epoch"].as_str().unwrap().to_owned();
+        for i in 0..20 {
+            b.publish(&topic, json!({"i": i})).await;
+        }
+        c.expect_offsets(&topic, 1..=20).await;
+        drop(c);
+        // Publishing goes on while the client is away and while it resubscribes.
+        let publisher = {
+            let http = crate::support::http::Http::new(b.addr);
+            let topic = topic.clone();
+            tokio::spawn(async move {
+                for i in 20..320 {
+                    let body = json!({"topic": topic, "data": {"i": i}}).to_string();
+                    let (s, _) = http
+                        .post("/v1/publish", Some(crate::support::API_KEY), &body)
+                        .await;
+                    assert_eq!(s, 200);
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut c = b.client(codec).await;
+        let ok = c.sub_since(2, &topic, 20, &epoch).await;
+        assert_eq!(ok["op"], "ok", "{ok}");
+        assert_eq!(ok["recovered"], true, "{ok}");
+        publisher.await.unwrap();
+        c.expect_offsets(&topic, 21..=320).await;
+    }
+}
+
+#[tokio::test]
+async fn a_ticket_minted_on_one_node_is_redeemed_once_on_any_node() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let ticket = a.ticket().await;
+    let (c, resp) = crate::support::ws::open(b.addr, &format!("/ws?ticket={ticket}"), None, &[])
+        .await
+        .expect("redeemed on the other node");
+    assert_eq!(resp.status(), 101);
+    drop(c);
+    let again = crate::support::raw::upgrade(a.addr, &format!("/ws?ticket={ticket}"), &[]).await;
+    assert_eq!(again.status, 401);
+    assert_eq!(again.body["error"], "ticket_used", "{:?}", again.body);
+
+    // Two nodes racing for one ticket: exactly one wins.
+    for _ in 0..20 {
+        let ticket = a.ticket().await;
+        let path = format!("/ws?ticket={ticket}");
+        let (ra, rb) = tokio::join!(
+            crate::support::raw::upgrade(a.addr, &path, &[]),
+            crate::support::raw::upgrade(b.addr, &path, &[]),
+        );
+        let wins = [ra.status, rb.status].iter().filter(|s| **s == 101).count();
+        assert_eq!(wins, 1, "statuses {} and {}", ra.status, rb.status);
+    }
+}
+
+#[tokio::test]
+async fn readiness_reports_the_bus_and_a_bad_redis_url_stops_the_start() {
+    let redis = RedisServer::start();
+    let n = node(&redis).await;
+    assert_eq!(n.http.get("/readyz").await.status, 200);
+    let env: Vec<(String, String)> = [
+        ("HERALD_LISTEN", "127.0.0.1:0"),
+        ("HERALD_API_KEY", crate::support::API_KEY),
+        ("HERALD_JWT_SECRET", crate::support::JWT_SECRET),
+        ("HERALD_REDIS_URL", "http://127.0.0.1:1"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let err = herald::config::Config::load(None, &env)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("HERALD_REDIS_URL"), "{err}");
+}
