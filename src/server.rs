@@ -95,9 +95,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
                 stop.clone(),
             )
             .await?;
-            let store = RedisTicketStore::connect(&r.url, &r.prefix)
-                .await
-                .map_err(ServerError::Tickets)?;
+            // Tickets share the bus's command connection, which its monitor keeps checked.
+            let store = RedisTicketStore::new(bus.command_connection(), &r.prefix);
             (bus, Arc::new(store), None)
         }
     };

@@ -12,6 +12,12 @@
 //!   every message goes from the push callback straight into the sink (the hub).
 //! - A subscriber's replay is read atomically (`herald_history`) after its subscription is live,
 //!   so the hub's catch-up merges the two without a gap.
+//! - Faults: pub/sub delivers at most once, so the bus remembers the last offset it delivered per
+//!   topic. When the pub/sub connection drops (or the liveness probe, a message the node sends
+//!   itself through Redis every second, stops coming back), the node turns not-ready; once Redis
+//!   answers again it reloads the library if Redis lost it, and for every watched topic reads what
+//!   it missed from the stream and delivers it before the live messages held meanwhile: every
+//!   message Redis accepted reaches the hub once, in order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,6 +53,41 @@ pub enum RedisError {
     },
 }
 
+/// What the bus has delivered of one watched topic.
+#[derive(Default)]
+struct Delivered {
+    /// The last position handed to the sink.
+    last: Option<Position>,
+    /// While a gap is being filled: live messages held until the fill is done.
+    held: Option<Vec<Message>>,
+}
+
+/// Per-topic delivery state, shared with the push callback. A plain mutex: held only while
+/// handing messages to the sink, never across `.await`.
+type DeliveryState = Arc<parking_lot::Mutex<HashMap<Topic, Delivered>>>;
+
+/// Hands `m` to the sink unless it was delivered already; holds it while its topic is filling.
+fn deliver(state: &mut HashMap<Topic, Delivered>, sink: &Sink, m: Message) {
+    let Some(d) = state.get_mut(&m.topic) else {
+        return; // no longer watched
+    };
+    if let Some(held) = &mut d.held {
+        held.push(m);
+        return;
+    }
+    let fresh = match &d.last {
+        None => true,
+        Some(p) => *p.epoch != *m.epoch || m.offset > p.offset,
+    };
+    if fresh {
+        sink(&m);
+        d.last = Some(Position {
+            offset: m.offset,
+            epoch: m.epoch.clone(),
+        });
+    }
+}
+
 /// The bus over Redis.
 pub struct RedisBus {
     /// Publishes and history reads; multiplexed, so concurrent requests are pipelined.
@@ -61,6 +102,17 @@ pub struct RedisBus {
     library: String,
     /// False after the pub/sub connection dropped, until Redis answers again with the library.
     ready: Arc<AtomicBool>,
+    /// False after a command failed to reach Redis, until the monitor's ping answers: publishes
+    /// and replays then fail at once instead of waiting on reconnection attempts.
+    reachable: AtomicBool,
+    /// What was delivered per watched topic (for deduplication and filling gaps).
+    state: DeliveryState,
+    /// Where messages go (the hub).
+    sink: Sink,
+    /// This node's probe channel, and the probe counter last sent and last received back.
+    probe_channel: String,
+    probe_sent: std::sync::atomic::AtomicU64,
+    probe_seen: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The channel of `topic`.
@@ -122,26 +174,46 @@ impl RedisBus {
             url: shown.clone(),
             source,
         };
+        // Fail fast while Redis is away (the monitor notices its return); a command never waits
+        // long behind reconnection attempts.
         let base = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(3)))
-            .set_response_timeout(Some(Duration::from_secs(3)))
-            .set_max_delay(Duration::from_secs(2));
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
         let cmd = ConnectionManager::new_with_config(client.clone(), base.clone())
             .await
             .map_err(err)?;
         let ready = Arc::new(AtomicBool::new(false));
+        let state: DeliveryState = Arc::default();
+        let probe_channel = format!("{prefix}{{node:{}}}:probe", node_probe_id());
+        let probe_seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let push_prefix = prefix.to_owned();
         let push_ready = ready.clone();
+        let push_state = state.clone();
+        let push_sink = sink.clone();
+        let push_probe = (probe_channel.clone(), probe_seen.clone());
         let on_push = move |p: PushInfo| -> Result<(), ()> {
             match p.kind {
                 PushKind::Message => {
                     if let Some(m) = parse_push(&push_prefix, &p.data) {
-                        sink(&m);
+                        deliver(&mut push_state.lock(), &push_sink, m);
+                    } else if let (Some(Value::BulkString(ch)), Some(Value::BulkString(n))) =
+                        (p.data.first(), p.data.get(1))
+                        && ch == push_probe.0.as_bytes()
+                        && let Some(n) = std::str::from_utf8(n).ok().and_then(|n| n.parse().ok())
+                    {
+                        push_probe.1.store(n, Ordering::Relaxed);
                     }
                 }
                 PushKind::Disconnection => {
                     tracing::warn!("Redis pub/sub connection lost; reconnecting");
                     push_ready.store(false, Ordering::Relaxed);
+                    // Hold live messages from now on: the manager may resubscribe before the gap
+                    // is filled, and a newer message must not overtake the missing ones.
+                    for d in push_state.lock().values_mut() {
+                        d.held.get_or_insert_with(Vec::new);
+                    }
                 }
                 _ => {}
             }
@@ -166,11 +238,47 @@ impl RedisBus {
             prefix: prefix.to_owned(),
             library,
             ready,
+            reachable: AtomicBool::new(true),
+            state,
+            sink,
+            probe_channel,
+            probe_sent: std::sync::atomic::AtomicU64::new(0),
+            probe_seen,
         });
         bus.ensure_library().await.map_err(err)?;
+        let mut s = bus.sub.clone();
+        s.subscribe(&bus.probe_channel).await.map_err(err)?;
         bus.ready.store(true, Ordering::Relaxed);
         tokio::spawn(monitor(bus.clone(), stop));
         Ok(bus)
+    }
+
+    /// The command connection, shared with the Redis ticket store: the monitor keeps it checked.
+    pub fn command_connection(&self) -> ConnectionManager {
+        self.cmd.clone()
+    }
+
+    /// An error at once while Redis is known to be away, rather than a wait on reconnects.
+    fn check_reachable(&self) -> Result<(), BusError> {
+        if self.reachable.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(BusError::Unavailable(
+                "Redis is unreachable; the node is reconnecting".into(),
+            ))
+        }
+    }
+
+    /// Turns a command's error into a bus error, noting when Redis could not be reached.
+    fn failed(&self, e: redis::RedisError) -> BusError {
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_timeout()
+            || e.is_connection_refusal()
+        {
+            self.reachable.store(false, Ordering::Relaxed);
+        }
+        unavailable(e)
     }
 
     /// Loads the library unless Redis already has this version or a newer one.
@@ -204,28 +312,157 @@ impl RedisBus {
             .arg(after.map(|a| a.to_string()).unwrap_or_default())
             .query_async(&mut c)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.failed(e))
     }
 }
 
-/// Re-checks Redis once a second while the bus is not ready: reloads the library if Redis
-/// came back without it, then marks the bus ready again.
+/// Once a second: sends the liveness probe and checks the previous one came back; while the
+/// bus is not ready, waits for Redis to answer, reloads the library if Redis lost it, fills the
+/// gaps of every watched topic, then marks the bus ready again.
 async fn monitor(bus: Arc<RedisBus>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Probes sent without coming back before the pub/sub path counts as broken.
+    const PROBES_MISSED: u64 = 3;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if bus.ready.load(Ordering::Relaxed) {
+        let sent = bus.probe_sent.load(Ordering::Relaxed);
+        let seen = bus.probe_seen.load(Ordering::Relaxed);
+        if bus.ready.load(Ordering::Relaxed) && sent > seen + PROBES_MISSED {
+            tracing::warn!("Redis pub/sub is silent (liveness probe lost); not ready");
+            bus.ready.store(false, Ordering::Relaxed);
+        }
+        if !bus.reachable.load(Ordering::Relaxed) {
+            let mut c = bus.cmd.clone();
+            let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c).await;
+            if ping.is_ok() {
+                bus.reachable.store(true, Ordering::Relaxed);
+            }
+        }
+        if !bus.ready.load(Ordering::Relaxed) {
+            let mut s = bus.sub.clone();
+            let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut s).await;
+            if ping.is_err() || bus.ensure_library().await.is_err() {
+                continue;
+            }
+            // Resubscribe explicitly too: harmless when the manager already did.
+            let watched: Vec<Topic> = bus.watched.lock().await.keys().cloned().collect();
+            for t in &watched {
+                let _ = s.subscribe(channel(&bus.prefix, t.as_str())).await;
+            }
+            let _ = s.subscribe(&bus.probe_channel).await;
+            if bus.fill_gaps(&watched).await.is_ok() {
+                tracing::info!("Redis is back; gaps of {} topics filled", watched.len());
+                bus.probe_seen
+                    .store(bus.probe_sent.load(Ordering::Relaxed), Ordering::Relaxed);
+                bus.ready.store(true, Ordering::Relaxed);
+            }
             continue;
         }
-        let mut s = bus.sub.clone();
-        let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut s).await;
-        if ping.is_ok() && bus.ensure_library().await.is_ok() {
-            tracing::info!("Redis is back");
-            bus.ready.store(true, Ordering::Relaxed);
+        let n = bus.probe_sent.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut c = bus.cmd.clone();
+        let _: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+            .arg(&bus.probe_channel)
+            .arg(n)
+            .query_async(&mut c)
+            .await;
+    }
+}
+
+/// A random id for this process's probe channel.
+fn node_probe_id() -> String {
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).expect("the OS gives random bytes");
+    format!("{:016x}", u64::from_le_bytes(r))
+}
+
+impl RedisBus {
+    /// The replay for `since`, read atomically with the topic's epoch and latest offset.
+    async fn replay_unchecked(
+        &self,
+        topic: &Topic,
+        since: Option<&Position>,
+    ) -> Result<Replay, BusError> {
+        let since = since.cloned();
+        let out = self
+            .history(topic, since.as_ref().map(|s| s.offset))
+            .await?;
+        let bad = || BusError::Unavailable("malformed answer from herald_history".into());
+        let epoch: Arc<str> = Arc::from(as_str(out.first().ok_or_else(bad)?).ok_or_else(bad)?);
+        let latest = as_u64(out.get(1).ok_or_else(bad)?).ok_or_else(bad)?;
+        let first_kept = as_u64(out.get(2).ok_or_else(bad)?).ok_or_else(bad)?;
+        let latest = Position {
+            offset: latest,
+            epoch: epoch.clone(),
+        };
+        let messages = since.and_then(|s| {
+            if *s.epoch != *latest.epoch || s.offset > latest.offset {
+                return None;
+            }
+            let oldest = if first_kept == 0 {
+                latest.offset + 1
+            } else {
+                first_kept
+            };
+            if s.offset + 1 < oldest {
+                return None;
+            }
+            let mut msgs = Vec::with_capacity((out.len() - 3) / 2);
+            for pair in out[3..].chunks(2) {
+                let (Some(o), Some(Value::BulkString(d))) =
+                    (pair.first().and_then(as_u64), pair.get(1))
+                else {
+                    return None;
+                };
+                msgs.push(Message {
+                    topic: topic.clone(),
+                    offset: o,
+                    epoch: epoch.clone(),
+                    data: Bytes::copy_from_slice(d),
+                });
+            }
+            Some(msgs)
+        });
+        Ok(Replay { latest, messages })
+    }
+
+    /// Delivers what `topics` missed while pub/sub was down: live messages are held meanwhile,
+    /// then follow the filled ones, without duplicates.
+    async fn fill_gaps(&self, topics: &[Topic]) -> Result<(), BusError> {
+        {
+            let mut st = self.state.lock();
+            for t in topics {
+                if let Some(d) = st.get_mut(t) {
+                    d.held.get_or_insert_with(Vec::new);
+                }
+            }
         }
+        let mut result = Ok(());
+        for t in topics {
+            let last = self.state.lock().get(t).and_then(|d| d.last.clone());
+            let missed = match self.replay_unchecked(t, last.as_ref()).await {
+                Ok(r) => r.messages.unwrap_or_else(|| {
+                    // Another epoch (Redis lost the topic) or history gone: deliver what is kept.
+                    Vec::new()
+                }),
+                Err(e) => {
+                    result = Err(e);
+                    Vec::new()
+                }
+            };
+            let mut st = self.state.lock();
+            let held = st
+                .get_mut(t)
+                .and_then(|d| d.held.take())
+                .unwrap_or_default();
+            for m in missed.into_iter().chain(held) {
+                deliver(&mut st, &self.sink, m);
+            }
+        }
+        result
     }
 }
 
@@ -259,6 +496,7 @@ impl Bus for RedisBus {
         let mut c = self.cmd.clone();
         let topic = topic.as_str().to_owned();
         Box::pin(async move {
+            self.check_reachable()?;
             let (offset, epoch): (u64, String) = redis::cmd("FCALL")
                 .arg("herald_publish")
                 .arg(1)
@@ -266,7 +504,7 @@ impl Bus for RedisBus {
                 .arg(&data[..])
                 .query_async(&mut c)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.failed(e))?;
             Ok(Position {
                 offset,
                 epoch: Arc::from(epoch),
@@ -282,46 +520,8 @@ impl Bus for RedisBus {
         let topic = topic.clone();
         let since = since.cloned();
         Box::pin(async move {
-            let out = self
-                .history(&topic, since.as_ref().map(|s| s.offset))
-                .await?;
-            let bad = || BusError::Unavailable("malformed answer from herald_history".into());
-            let epoch: Arc<str> = Arc::from(as_str(out.first().ok_or_else(bad)?).ok_or_else(bad)?);
-            let latest = as_u64(out.get(1).ok_or_else(bad)?).ok_or_else(bad)?;
-            let first_kept = as_u64(out.get(2).ok_or_else(bad)?).ok_or_else(bad)?;
-            let latest = Position {
-                offset: latest,
-                epoch: epoch.clone(),
-            };
-            let messages = since.and_then(|s| {
-                if *s.epoch != *latest.epoch || s.offset > latest.offset {
-                    return None;
-                }
-                let oldest = if first_kept == 0 {
-                    latest.offset + 1
-                } else {
-                    first_kept
-                };
-                if s.offset + 1 < oldest {
-                    return None;
-                }
-                let mut msgs = Vec::with_capacity((out.len() - 3) / 2);
-                for pair in out[3..].chunks(2) {
-                    let (Some(o), Some(Value::BulkString(d))) =
-                        (pair.first().and_then(as_u64), pair.get(1))
-                    else {
-                        return None;
-                    };
-                    msgs.push(Message {
-                        topic: topic.clone(),
-                        offset: o,
-                        epoch: epoch.clone(),
-                        data: Bytes::copy_from_slice(d),
-                    });
-                }
-                Some(msgs)
-            });
-            Ok(Replay { latest, messages })
+            self.check_reachable()?;
+            self.replay_unchecked(&topic, since.as_ref()).await
         })
     }
 
@@ -331,6 +531,7 @@ impl Bus for RedisBus {
             let mut w = self.watched.lock().await;
             let n = w.entry(topic.clone()).or_insert(0);
             if *n == 0 {
+                self.state.lock().entry(topic.clone()).or_default();
                 let mut s = self.sub.clone();
                 s.subscribe(channel(&self.prefix, topic.as_str()))
                     .await
@@ -351,6 +552,7 @@ impl Bus for RedisBus {
             *n -= 1;
             if *n == 0 {
                 w.remove(&topic);
+                self.state.lock().remove(&topic);
                 let mut s = self.sub.clone();
                 s.unsubscribe(channel(&self.prefix, topic.as_str()))
                     .await

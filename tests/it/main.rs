@@ -8,6 +8,7 @@ mod bad_input;
 mod cli;
 mod close_codes;
 mod cluster;
+mod cluster_faults;
 mod fanout;
 mod frames;
 mod heartbeat;

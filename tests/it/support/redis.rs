@@ -1,45 +1,82 @@
-//! A real `redis-server` for one test, on a free loopback port, without persistence; killed
-//! when dropped. `./test.sh` installs redis-server when it is missing.
+//! A real `redis-server` for one test, on a free loopback port, in its own directory; killed
+//! when dropped. It can be stopped and started again on the same port, with or without
+//! persistence (append-only file). `./test.sh` installs redis-server when it is missing.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::proc::free_addr;
 
-/// A running redis-server.
+/// A running (or stopped) redis-server.
 pub struct RedisServer {
-    child: Child,
+    child: Option<Child>,
     /// Its port on 127.0.0.1.
     pub port: u16,
+    dir: PathBuf,
+    persist: bool,
 }
 
 impl RedisServer {
-    /// Starts one and waits until it answers PING.
+    /// Starts one without persistence and waits until it answers PING.
     pub fn start() -> RedisServer {
-        let port = free_addr().port();
+        RedisServer::start_with(false)
+    }
+
+    /// Starts one, with an append-only file when `persist`, and waits until it answers PING.
+    pub fn start_with(persist: bool) -> RedisServer {
+        let mut r = [0u8; 8];
+        getrandom::fill(&mut r).unwrap();
+        let dir = std::env::temp_dir().join(format!("herald-redis-{:016x}", u64::from_le_bytes(r)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = RedisServer {
+            child: None,
+            port: free_addr().port(),
+            dir,
+            persist,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--protected-mode", "yes"])
+            .args(["--appendonly", if self.persist { "yes" } else { "no" }])
+            .args(["--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server runs (./test.sh installs it)");
-        let server = RedisServer { child, port };
+        self.child = Some(child);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
-            if server.cli(&["PING"]).trim() == "PONG" {
-                return server;
+            if self.cli(&["PING"]).trim() == "PONG" {
+                return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server on port {port} did not answer PING within 10 s");
+        panic!(
+            "redis-server on port {} did not answer PING within 10 s",
+            self.port
+        );
+    }
+
+    /// Kills the server (SIGKILL: no shutdown save).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -60,7 +97,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,0 +1,111 @@
+//! Redis faults made for real: the node's pub/sub connection killed while messages keep being
+//! published, and Redis restarted with and without persistence. Clients stay connected and see
+//! every message Redis accepted, once, in order.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::redis::RedisServer;
+use crate::support::{API_KEY, CODECS, Node};
+
+async fn node(redis: &RedisServer) -> Node {
+    Node::with(&[("HERALD_REDIS_URL", &redis.url())]).await
+}
+
+/// Polls `/readyz` until it answers `want` (bounded).
+async fn until_ready_is(n: &Node, want: u16) {
+    let start = Instant::now();
+    loop {
+        let status = n.http.get("/readyz").await.status;
+        if status == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "/readyz stayed {status}, never {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn messages_published_while_the_nodes_pubsub_connection_is_down_are_filled_in_order() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    for codec in CODECS {
+        let topic = format!("gap.{}", crate::support::codec_name(codec));
+        let mut c = a.client(codec).await;
+        c.sub(1, &topic).await;
+        let http = crate::support::http::Http::new(b.addr);
+        for i in 1..=400u64 {
+            let body = json!({"topic": topic, "data": {"i": i}}).to_string();
+            let (s, _) = http.post("/v1/publish", Some(API_KEY), &body).await;
+            assert_eq!(s, 200);
+            if i == 100 {
+                // Cut every pub/sub connection (node a's among them) mid-stream.
+                let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+                assert_ne!(killed.trim(), "0", "a pub/sub connection was killed");
+            }
+        }
+        c.expect_offsets(&topic, 1..=400).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_restarted_without_persistence_gives_a_new_epoch_and_clients_stay_connected() {
+    let mut redis = RedisServer::start_with(false);
+    let n = node(&redis).await;
+    let mut c = n.client(CODECS[0]).await;
+    let ok = c.sub(1, "restart").await;
+    let old_epoch = ok["epoch"].as_str().unwrap().to_owned();
+    n.publish("restart", json!({"before": 1})).await;
+    c.expect_offsets("restart", 1..=1).await;
+
+    redis.kill();
+    until_ready_is(&n, 503).await;
+    let body = json!({"topic": "restart", "data": {}}).to_string();
+    let (status, err) = n.http.post("/v1/publish", Some(API_KEY), &body).await;
+    assert_eq!(status, 503, "publishing without Redis fails clearly: {err}");
+    assert_eq!(err["error"], "unavailable");
+
+    redis.restart();
+    until_ready_is(&n, 200).await;
+    // Redis came back empty: the library was reloaded, and the topic has a new epoch.
+    let (offset, epoch) = n.publish("restart", json!({"after": 1})).await;
+    assert_eq!(offset, 1);
+    assert_ne!(epoch, old_epoch);
+    let m = c.next_msg("restart").await;
+    assert_eq!(
+        (m["offset"].as_u64(), m["epoch"].as_str()),
+        (Some(1), Some(epoch.as_str()))
+    );
+    // Resuming in the lost epoch is refused plainly, never replayed wrongly.
+    let mut d = n.client(CODECS[1]).await;
+    let r = d.sub_since(1, "restart", 1, &old_epoch).await;
+    assert_eq!(r["recovered"], false, "{r}");
+}
+
+#[tokio::test]
+async fn redis_restarted_with_persistence_keeps_history_and_offsets() {
+    let mut redis = RedisServer::start_with(true);
+    let n = node(&redis).await;
+    let mut c = n.client(CODECS[0]).await;
+    let ok = c.sub(1, "kept").await;
+    let epoch = ok["epoch"].as_str().unwrap().to_owned();
+    for i in 1..=5 {
+        n.publish("kept", json!({"i": i})).await;
+    }
+    c.expect_offsets("kept", 1..=5).await;
+    redis.kill();
+    until_ready_is(&n, 503).await;
+    redis.restart();
+    until_ready_is(&n, 200).await;
+    let (offset, e) = n.publish("kept", json!({"i": 6})).await;
+    assert_eq!((offset, e.as_str()), (6, epoch.as_str()));
+    c.expect_offsets("kept", 6..=6).await;
+    let mut d = n.client(CODECS[1]).await;
+    let r = d.sub_since(1, "kept", 2, &epoch).await;
+    assert_eq!(r["recovered"], true, "{r}");
+    d.expect_offsets("kept", 3..=6).await;
+}
