@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{JwtVerifier, MemoryTicketStore, RedisTicketStore, TicketStore, Tickets};
 use crate::bus::local::LocalBus;
 use crate::bus::redis::RedisBus;
-use crate::bus::{Bus, Sink};
+use crate::bus::{Bus, Direct, DirectSink, Sink};
 use crate::config::Config;
 use crate::gateway::{self, Gateway};
 use crate::hub::{self, Hub};
@@ -75,10 +75,19 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let hub = Arc::new(Hub::new(config.outbox_bytes));
     let to_hub = hub.clone();
     let sink: Sink = Arc::new(move |m| to_hub.deliver(m));
+    let to_hub = hub.clone();
+    let direct: DirectSink = Arc::new(move |d: &Direct| {
+        to_hub.deliver_direct(&d.user, d.from.as_deref(), &d.data);
+    });
     let stop = CancellationToken::new();
     let (bus, tickets, local): (Arc<dyn Bus>, Arc<dyn TicketStore>, _) = match &config.redis {
         None => {
-            let local = Arc::new(LocalBus::new(sink, config.history_size, config.history_ttl));
+            let local = Arc::new(LocalBus::new(
+                sink,
+                direct,
+                config.history_size,
+                config.history_ttl,
+            ));
             (
                 local.clone(),
                 Arc::new(MemoryTicketStore::new()),
@@ -92,6 +101,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
                 config.history_size,
                 config.history_ttl,
                 sink,
+                direct,
                 stop.clone(),
             )
             .await?;

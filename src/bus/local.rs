@@ -12,7 +12,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use super::{BoxFuture, Bus, BusError, Replay, Sink};
+use super::{BoxFuture, Bus, BusError, Direct, DirectSink, Replay, Sink};
 use crate::protocol::{Message, Position, Topic};
 
 /// One topic's log.
@@ -30,6 +30,8 @@ pub struct LocalBus {
     logs: DashMap<Arc<str>, Arc<Mutex<Log>>>,
     /// Where messages go (the hub), called under the topic's log lock so delivery follows offsets.
     sink: Sink,
+    /// Where directed messages go (the hub).
+    direct: DirectSink,
     history_size: usize,
     history_ttl: Duration,
     /// Random per process: the prefix of every epoch.
@@ -39,12 +41,18 @@ pub struct LocalBus {
 
 impl LocalBus {
     /// A bus keeping `history_size` messages per topic for at most `history_ttl`.
-    pub fn new(sink: Sink, history_size: usize, history_ttl: Duration) -> LocalBus {
+    pub fn new(
+        sink: Sink,
+        direct: DirectSink,
+        history_size: usize,
+        history_ttl: Duration,
+    ) -> LocalBus {
         let mut r = [0u8; 4];
         getrandom::fill(&mut r).expect("the OS gives random bytes");
         LocalBus {
             logs: DashMap::new(),
             sink,
+            direct,
             history_size,
             history_ttl,
             node_epoch: format!("{:08x}", u32::from_le_bytes(r)),
@@ -161,6 +169,19 @@ impl Bus for LocalBus {
         Box::pin(std::future::ready(Ok(r)))
     }
 
+    fn publish_direct(&self, direct: Direct) -> BoxFuture<'_, Result<(), BusError>> {
+        (self.direct)(&direct);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn watch_user(&self, _user: &str) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn unwatch_user(&self, _user: &str) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     fn watch(&self, _topic: &Topic) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(std::future::ready(Ok(())))
     }
@@ -182,7 +203,11 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
         let sink: Sink = Arc::new(move |m: &Message| s.lock().push(m.offset));
-        (LocalBus::new(sink, size, Duration::from_secs(60)), seen)
+        let direct: DirectSink = Arc::new(|_: &Direct| {});
+        (
+            LocalBus::new(sink, direct, size, Duration::from_secs(60)),
+            seen,
+        )
     }
 
     #[test]

@@ -20,6 +20,20 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Where the bus hands every message, in offset order per topic.
 pub type Sink = Arc<dyn Fn(&Message) + Send + Sync>;
 
+/// A message for one user, wherever the user is connected: not stored, at most once.
+#[derive(Debug, Clone)]
+pub struct Direct {
+    /// The user (a JWT's `sub`).
+    pub user: Arc<str>,
+    /// The backend that sent it, when it named itself.
+    pub from: Option<Arc<str>>,
+    /// The payload, JSON text.
+    pub data: Bytes,
+}
+
+/// Where the bus hands every directed message.
+pub type DirectSink = Arc<dyn Fn(&Direct) + Send + Sync>;
+
 /// What a subscriber gets when it joins a topic.
 #[derive(Debug, Clone)]
 pub struct Replay {
@@ -60,6 +74,12 @@ pub trait Bus: Send + Sync + 'static {
     fn watch(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BusError>>;
     /// One local subscriber of `topic` fewer (one call per successful [`Bus::watch`]).
     fn unwatch(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BusError>>;
+    /// Sends a directed message to every connection of its user, on every node.
+    fn publish_direct(&self, direct: Direct) -> BoxFuture<'_, Result<(), BusError>>;
+    /// One more local connection of `user` (call once per connection, before it can miss one).
+    fn watch_user(&self, user: &str) -> BoxFuture<'_, Result<(), BusError>>;
+    /// One local connection of `user` fewer (one call per successful [`Bus::watch_user`]).
+    fn unwatch_user(&self, user: &str) -> BoxFuture<'_, Result<(), BusError>>;
     /// True while publishing and delivery work.
     fn is_ready(&self) -> bool;
 }

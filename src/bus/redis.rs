@@ -29,7 +29,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::{BoxFuture, Bus, BusError, Replay, Sink};
+use super::{BoxFuture, Bus, BusError, Direct, DirectSink, Replay, Sink};
 use crate::protocol::{Message, Position, Topic};
 
 /// The library's version: bump it whenever `herald.lua` changes, so that nodes replace an older
@@ -94,9 +94,10 @@ pub struct RedisBus {
     cmd: ConnectionManager,
     /// The pub/sub connection (RESP3, resubscribes by itself after a reconnect).
     sub: ConnectionManager,
-    /// Local watchers per topic: SUBSCRIBE on the first, UNSUBSCRIBE after the last. An async
-    /// mutex, held across the round trip, so that subscription changes never reorder.
-    watched: tokio::sync::Mutex<HashMap<Topic, usize>>,
+    /// Local watchers per channel (a topic's, or a user's): SUBSCRIBE on the first, UNSUBSCRIBE
+    /// after the last. An async mutex, held across the round trip, so that subscription changes
+    /// never reorder.
+    watched: tokio::sync::Mutex<HashMap<String, usize>>,
     prefix: String,
     /// The library source with this node's settings, for (re)loading.
     library: String,
@@ -118,6 +119,34 @@ pub struct RedisBus {
 /// The channel of `topic`.
 fn channel(prefix: &str, topic: &str) -> String {
     format!("{prefix}{{{topic}}}:msg")
+}
+
+/// The channel of `user`'s directed messages.
+fn user_channel(prefix: &str, user: &str) -> String {
+    format!("{prefix}{{user:{user}}}:direct")
+}
+
+/// Parses a directed message: channel `<prefix>{user:<user>}:direct`, payload `<from> <data>`
+/// (`from` is `-` when the sender did not name itself).
+fn parse_direct(prefix: &str, data: &[Value]) -> Option<Direct> {
+    let (Some(Value::BulkString(ch)), Some(Value::BulkString(payload))) =
+        (data.first(), data.get(1))
+    else {
+        return None;
+    };
+    let ch = std::str::from_utf8(ch).ok()?;
+    let user = ch
+        .strip_prefix(prefix)?
+        .strip_prefix("{user:")?
+        .strip_suffix("}:direct")?;
+    let mut parts = payload.splitn(2, |b| *b == b' ');
+    let from = std::str::from_utf8(parts.next()?).ok()?;
+    let body = parts.next()?;
+    Some(Direct {
+        user: Arc::from(user),
+        from: (from != "-").then(|| Arc::from(from)),
+        data: Bytes::copy_from_slice(body),
+    })
 }
 
 /// Parses a pub/sub message into a [`Message`]: channel `<prefix>{<topic>}:msg`, payload
@@ -159,6 +188,7 @@ impl RedisBus {
         history_size: usize,
         history_ttl: Duration,
         sink: Sink,
+        direct: DirectSink,
         stop: CancellationToken,
     ) -> Result<Arc<RedisBus>, RedisError> {
         let shown = redact(url);
@@ -198,6 +228,8 @@ impl RedisBus {
                 PushKind::Message => {
                     if let Some(m) = parse_push(&push_prefix, &p.data) {
                         deliver(&mut push_state.lock(), &push_sink, m);
+                    } else if let Some(d) = parse_direct(&push_prefix, &p.data) {
+                        direct(&d);
                     } else if let (Some(Value::BulkString(ch)), Some(Value::BulkString(n))) =
                         (p.data.first(), p.data.get(1))
                         && ch == push_probe.0.as_bytes()
@@ -251,6 +283,37 @@ impl RedisBus {
         bus.ready.store(true, Ordering::Relaxed);
         tokio::spawn(monitor(bus.clone(), stop));
         Ok(bus)
+    }
+
+    /// One more local watcher of `ch`: SUBSCRIBE for the first.
+    async fn subscribe_counted(&self, ch: String) -> Result<(), BusError> {
+        let mut w = self.watched.lock().await;
+        let n = w.entry(ch.clone()).or_insert(0);
+        if *n == 0 {
+            let mut s = self.sub.clone();
+            if let Err(e) = s.subscribe(&ch).await {
+                w.remove(&ch);
+                return Err(self.failed(e));
+            }
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    /// One local watcher of `ch` fewer: UNSUBSCRIBE after the last. True when it was the last.
+    async fn unsubscribe_counted(&self, ch: String) -> Result<bool, BusError> {
+        let mut w = self.watched.lock().await;
+        let Some(n) = w.get_mut(&ch) else {
+            return Ok(false);
+        };
+        *n -= 1;
+        if *n > 0 {
+            return Ok(false);
+        }
+        w.remove(&ch);
+        let mut s = self.sub.clone();
+        s.unsubscribe(&ch).await.map_err(|e| self.failed(e))?;
+        Ok(true)
     }
 
     /// The command connection, shared with the Redis ticket store: the monitor keeps it checked.
@@ -349,13 +412,14 @@ async fn monitor(bus: Arc<RedisBus>, stop: CancellationToken) {
                 continue;
             }
             // Resubscribe explicitly too: harmless when the manager already did.
-            let watched: Vec<Topic> = bus.watched.lock().await.keys().cloned().collect();
-            for t in &watched {
-                let _ = s.subscribe(channel(&bus.prefix, t.as_str())).await;
+            let channels: Vec<String> = bus.watched.lock().await.keys().cloned().collect();
+            for ch in &channels {
+                let _ = s.subscribe(ch).await;
             }
             let _ = s.subscribe(&bus.probe_channel).await;
-            if bus.fill_gaps(&watched).await.is_ok() {
-                tracing::info!("Redis is back; gaps of {} topics filled", watched.len());
+            let topics: Vec<Topic> = bus.state.lock().keys().cloned().collect();
+            if bus.fill_gaps(&topics).await.is_ok() {
+                tracing::info!("Redis is back; gaps of {} topics filled", topics.len());
                 bus.probe_seen
                     .store(bus.probe_sent.load(Ordering::Relaxed), Ordering::Relaxed);
                 bus.ready.store(true, Ordering::Relaxed);
@@ -526,40 +590,47 @@ impl Bus for RedisBus {
     }
 
     fn watch(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BusError>> {
-        let topic = topic.clone();
-        Box::pin(async move {
-            let mut w = self.watched.lock().await;
-            let n = w.entry(topic.clone()).or_insert(0);
-            if *n == 0 {
-                self.state.lock().entry(topic.clone()).or_default();
-                let mut s = self.sub.clone();
-                s.subscribe(channel(&self.prefix, topic.as_str()))
-                    .await
-                    .map_err(unavailable)?;
-            }
-            *n += 1;
-            Ok(())
-        })
+        self.state.lock().entry(topic.clone()).or_default();
+        let ch = channel(&self.prefix, topic.as_str());
+        Box::pin(async move { self.subscribe_counted(ch).await })
     }
 
     fn unwatch(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BusError>> {
         let topic = topic.clone();
+        let ch = channel(&self.prefix, topic.as_str());
         Box::pin(async move {
-            let mut w = self.watched.lock().await;
-            let Some(n) = w.get_mut(&topic) else {
-                return Ok(());
-            };
-            *n -= 1;
-            if *n == 0 {
-                w.remove(&topic);
+            if self.unsubscribe_counted(ch).await? {
                 self.state.lock().remove(&topic);
-                let mut s = self.sub.clone();
-                s.unsubscribe(channel(&self.prefix, topic.as_str()))
-                    .await
-                    .map_err(unavailable)?;
             }
             Ok(())
         })
+    }
+
+    fn publish_direct(&self, d: Direct) -> BoxFuture<'_, Result<(), BusError>> {
+        let mut c = self.cmd.clone();
+        Box::pin(async move {
+            self.check_reachable()?;
+            let mut cmd = redis::cmd("FCALL");
+            cmd.arg("herald_publish_user")
+                .arg(1)
+                .arg(&*d.user)
+                .arg(&d.data[..]);
+            if let Some(from) = &d.from {
+                cmd.arg(&**from);
+            }
+            let _: i64 = cmd.query_async(&mut c).await.map_err(|e| self.failed(e))?;
+            Ok(())
+        })
+    }
+
+    fn watch_user(&self, user: &str) -> BoxFuture<'_, Result<(), BusError>> {
+        let ch = user_channel(&self.prefix, user);
+        Box::pin(async move { self.subscribe_counted(ch).await })
+    }
+
+    fn unwatch_user(&self, user: &str) -> BoxFuture<'_, Result<(), BusError>> {
+        let ch = user_channel(&self.prefix, user);
+        Box::pin(async move { self.unsubscribe_counted(ch).await.map(|_| ()) })
     }
 
     fn is_ready(&self) -> bool {

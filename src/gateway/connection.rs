@@ -132,6 +132,9 @@ pub async fn run<S>(
         topics: Vec::new(),
         replays: Vec::new(),
     };
+    // Directed messages to this user reach this connection from here on.
+    gw.hub.attach_user(&s.identity.user, &sub);
+    let user_watched = gw.bus.watch_user(&s.identity.user).await;
     let conn = format!("{}-{:x}", gw.config.node_id, sub.id);
     sub.push(codec.welcome(
         &conn,
@@ -139,6 +142,10 @@ pub async fn run<S>(
         &s.identity.user,
         gw.config.ping_interval.as_secs(),
     ));
+    if let Err(e) = &user_watched {
+        let msg = format!("directed messages to you may not arrive: {e}");
+        s.error(None, ErrorCode::Unavailable, &msg);
+    }
     if let Endpoint::Topic(topic, since) = endpoint {
         Box::pin(s.subscribe(None, topic, since)).await;
     }
@@ -157,6 +164,10 @@ pub async fn run<S>(
         if gw.hub.unsubscribe(&t, sub.id).is_some() {
             let _ = gw.bus.unwatch(&t).await;
         }
+    }
+    gw.hub.detach_user(&s.identity.user, sub.id);
+    if user_watched.is_ok() {
+        let _ = gw.bus.unwatch_user(&s.identity.user).await;
     }
     gw.hub.disconnect(sub.id);
     drop(slot);

@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use super::Gateway;
 use super::rejection::Rejection;
 use crate::auth;
+use crate::bus::Direct;
 use crate::protocol::Topic;
 
 fn authorization(req: &Request) -> Option<&str> {
@@ -45,13 +46,23 @@ fn refuse_when_draining(gw: &Gateway) -> Result<(), Rejection> {
 
 #[derive(Deserialize)]
 struct PublishBody<'a> {
-    topic: String,
+    /// A topic, or...
+    #[serde(default)]
+    topic: Option<String>,
+    /// ...a user (directed message).
+    #[serde(default)]
+    user: Option<String>,
+    /// With `user`: the sender's name, shown as the `direct` frame's `from`.
+    #[serde(default)]
+    from: Option<String>,
     /// Required; JSON `null` is a valid payload (hence not an `Option`, which would read it as absent).
     #[serde(borrow)]
     data: &'a RawValue,
 }
 
-/// `POST /v1/publish`: the server API (API key), `{"topic", "data"}` in, `{"offset", "epoch"}` out.
+/// `POST /v1/publish`: the server API (API key). `{"topic", "data"}` in, `{"offset", "epoch"}`
+/// out; or `{"user", "data"[, "from"]}` in (a directed message to every connection of that
+/// user, on every node; not stored), `{"sent": true}` out.
 pub async fn publish(State(gw): State<Arc<Gateway>>, req: Request) -> Result<Response, Rejection> {
     refuse_when_draining(&gw)?;
     auth::check_api_key(&gw.config.api_key, authorization(&req))?;
@@ -59,14 +70,49 @@ pub async fn publish(State(gw): State<Arc<Gateway>>, req: Request) -> Result<Res
     let body = read_body(req.into_body(), limit).await?;
     let parsed: PublishBody<'_> = serde_json::from_slice(&body).map_err(|e| {
         Rejection::BadRequest(format!(
-            "body must be {{\"topic\": \"...\", \"data\": <any JSON>}}: {e}"
+            "body must be {{\"topic\": \"...\", \"data\": <any JSON>}} or \
+             {{\"user\": \"...\", \"data\": <any JSON>}}: {e}"
         ))
     })?;
-    let topic = Topic::parse(&parsed.topic).map_err(Rejection::BadTopic)?;
     let data = Bytes::copy_from_slice(parsed.data.get().as_bytes());
-    let pos = gw.bus.publish(&topic, data).await?;
-    crate::metrics::published();
-    Ok(Json(serde_json::json!({"offset": pos.offset, "epoch": &*pos.epoch})).into_response())
+    match (parsed.topic, parsed.user) {
+        (Some(t), None) => {
+            let topic = Topic::parse(&t).map_err(Rejection::BadTopic)?;
+            let pos = gw.bus.publish(&topic, data).await?;
+            crate::metrics::published();
+            Ok(
+                Json(serde_json::json!({"offset": pos.offset, "epoch": &*pos.epoch}))
+                    .into_response(),
+            )
+        }
+        (None, Some(user)) => {
+            let bad_name = |s: &str| s.is_empty() || s.len() > 255 || s.contains([' ', '{', '}']);
+            if bad_name(&user) {
+                return Err(Rejection::BadRequest(
+                    "`user` must be 1 to 255 bytes without spaces or braces".into(),
+                ));
+            }
+            if parsed
+                .from
+                .as_deref()
+                .is_some_and(|f| bad_name(f) || f == "-")
+            {
+                return Err(Rejection::BadRequest(
+                    "`from` must be 1 to 255 bytes without spaces or braces".into(),
+                ));
+            }
+            let direct = Direct {
+                user: Arc::from(user),
+                from: parsed.from.map(Arc::from),
+                data,
+            };
+            gw.bus.publish_direct(direct).await?;
+            Ok(Json(serde_json::json!({"sent": true})).into_response())
+        }
+        _ => Err(Rejection::BadRequest(
+            "give exactly one of `topic` and `user`".into(),
+        )),
+    }
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, Rejection> {

@@ -41,6 +41,8 @@ pub struct Hub {
     topics: DashMap<Arc<str>, Arc<TopicSubs>>,
     /// Every open connection, for heartbeats and for closing all at shutdown.
     conns: DashMap<u64, Arc<Subscriber>>,
+    /// The connections of each user on this node, for directed messages.
+    users: DashMap<Arc<str>, Vec<Arc<Subscriber>>>,
     next_id: AtomicU64,
     outbox_limit: usize,
     started: Instant,
@@ -52,6 +54,7 @@ impl Hub {
         Hub {
             topics: DashMap::new(),
             conns: DashMap::new(),
+            users: DashMap::new(),
             next_id: AtomicU64::new(1),
             outbox_limit,
             started: Instant::now(),
@@ -75,6 +78,51 @@ impl Hub {
         self.conns.insert(id, sub.clone());
         crate::metrics::connections(self.conns.len());
         sub
+    }
+
+    /// Makes `sub` reachable by directed messages to `user`. Returns true for the user's first
+    /// connection on this node.
+    pub fn attach_user(&self, user: &Arc<str>, sub: &Arc<Subscriber>) -> bool {
+        let mut e = self.users.entry(user.clone()).or_default();
+        e.push(sub.clone());
+        e.len() == 1
+    }
+
+    /// Undoes [`Hub::attach_user`]. Returns true when it was the user's last connection here.
+    pub fn detach_user(&self, user: &Arc<str>, id: u64) -> bool {
+        match self.users.entry(user.clone()) {
+            Entry::Vacant(_) => false,
+            Entry::Occupied(mut e) => {
+                e.get_mut().retain(|s| s.id != id);
+                let last = e.get().is_empty();
+                if last {
+                    e.remove();
+                }
+                last
+            }
+        }
+    }
+
+    /// Queues a `direct` frame (encoded once per codec) to every connection of `user` here.
+    /// Returns the number of connections it was queued to.
+    pub fn deliver_direct(&self, user: &str, from: Option<&str>, data: &[u8]) -> usize {
+        let Some(conns) = self.users.get(user).map(|r| r.clone()) else {
+            return 0;
+        };
+        let mut json: Option<Bytes> = None;
+        let mut msgpack: Option<Bytes> = None;
+        let mut n = 0;
+        for s in &conns {
+            let frame = match s.codec {
+                Codec::Json => json.get_or_insert_with(|| Codec::Json.direct(from, data)),
+                Codec::MsgPack => msgpack.get_or_insert_with(|| Codec::MsgPack.direct(from, data)),
+            };
+            if s.push(frame.clone()) {
+                n += 1;
+            }
+        }
+        crate::metrics::deliveries(n);
+        n
     }
 
     /// Forgets a connection; the caller unsubscribes its topics first.

@@ -155,3 +155,37 @@ async fn readiness_reports_the_bus_and_a_bad_redis_url_stops_the_start() {
         .to_string();
     assert!(err.contains("HERALD_REDIS_URL"), "{err}");
 }
+
+#[tokio::test]
+async fn a_directed_message_reaches_its_user_on_every_node() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let all = crate::support::grants(&[">"], &[], &[]);
+    let mut on_a = a.client_for(CODECS[0], "bob", &all).await;
+    let mut on_b = b.client_for(CODECS[1], "bob", &all).await;
+    // What proto/redis.md tells a backend to run, with redis-cli and no Herald code.
+    let out = redis.cli(&["FCALL", "herald_publish_user", "1", "bob", r#"{"x":1}"#, "billing"]);
+    assert_eq!(out.trim(), "2", "both nodes got it: {out}");
+    for c in [&mut on_a, &mut on_b] {
+        let f = c.next_frame().await;
+        assert_eq!(f, json!({"op": "direct", "from": "billing", "data": {"x": 1}}));
+    }
+    // Through a node's HTTP API too, without `from`.
+    let body = json!({"user": "bob", "data": "hi"}).to_string();
+    let (status, _) = b.http.post("/v1/publish", Some(crate::support::API_KEY), &body).await;
+    assert_eq!(status, 200);
+    for c in [&mut on_a, &mut on_b] {
+        assert_eq!(c.next_frame().await, json!({"op": "direct", "data": "hi"}));
+    }
+    // Once bob has left a node, that node stops listening for him.
+    drop(on_a);
+    let start = std::time::Instant::now();
+    loop {
+        let out = redis.cli(&["FCALL", "herald_publish_user", "1", "bob", "{}"]);
+        if out.trim() == "1" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "node a kept bob's channel: {out}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

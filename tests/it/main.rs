@@ -7,6 +7,7 @@ mod support;
 mod bad_input;
 mod cli;
 mod close_codes;
+mod direct;
 mod cluster;
 mod cluster_faults;
 mod fanout;
