@@ -164,15 +164,28 @@ async fn a_directed_message_reaches_its_user_on_every_node() {
     let mut on_a = a.client_for(CODECS[0], "bob", &all).await;
     let mut on_b = b.client_for(CODECS[1], "bob", &all).await;
     // What proto/redis.md tells a backend to run, with redis-cli and no Herald code.
-    let out = redis.cli(&["FCALL", "herald_publish_user", "1", "bob", r#"{"x":1}"#, "billing"]);
+    let out = redis.cli(&[
+        "FCALL",
+        "herald_publish_user",
+        "1",
+        "bob",
+        r#"{"x":1}"#,
+        "billing",
+    ]);
     assert_eq!(out.trim(), "2", "both nodes got it: {out}");
     for c in [&mut on_a, &mut on_b] {
         let f = c.next_frame().await;
-        assert_eq!(f, json!({"op": "direct", "from": "billing", "data": {"x": 1}}));
+        assert_eq!(
+            f,
+            json!({"op": "direct", "from": "billing", "data": {"x": 1}})
+        );
     }
     // Through a node's HTTP API too, without `from`.
     let body = json!({"user": "bob", "data": "hi"}).to_string();
-    let (status, _) = b.http.post("/v1/publish", Some(crate::support::API_KEY), &body).await;
+    let (status, _) = b
+        .http
+        .post("/v1/publish", Some(crate::support::API_KEY), &body)
+        .await;
     assert_eq!(status, 200);
     for c in [&mut on_a, &mut on_b] {
         assert_eq!(c.next_frame().await, json!({"op": "direct", "data": "hi"}));
@@ -185,7 +198,10 @@ async fn a_directed_message_reaches_its_user_on_every_node() {
         if out.trim() == "1" {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "node a kept bob's channel: {out}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "node a kept bob's channel: {out}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

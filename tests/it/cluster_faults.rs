@@ -109,3 +109,94 @@ async fn redis_restarted_with_persistence_keeps_history_and_offsets() {
     assert_eq!(r["recovered"], true, "{r}");
     d.expect_offsets("kept", 3..=6).await;
 }
+
+/// A `herald serve` process on a free port, sharing `redis`.
+async fn process(redis: &RedisServer) -> (tokio::process::Child, Node) {
+    use crate::support::proc;
+    let addr = proc::free_addr();
+    let listen = addr.to_string();
+    let url = redis.url();
+    let mut child = proc::herald(
+        &["serve"],
+        &[
+            ("HERALD_LISTEN", listen.as_str()),
+            ("HERALD_API_KEY", API_KEY),
+            ("HERALD_JWT_SECRET", crate::support::JWT_SECRET),
+            ("HERALD_REDIS_URL", url.as_str()),
+        ],
+    )
+    .spawn()
+    .expect("spawning herald serve");
+    proc::stderr(&mut child).drain();
+    proc::stdout(&mut child).drain();
+    let node = Node::external(addr);
+    proc::wait_healthy(&node, Duration::from_secs(10)).await;
+    (child, node)
+}
+
+#[tokio::test]
+async fn a_node_killed_with_sigkill_loses_nothing_for_clients_that_move_to_another() {
+    let redis = RedisServer::start();
+    let (mut doomed, n1) = process(&redis).await;
+    let (_other, n2) = process(&redis).await;
+    let mut c = n1.client(CODECS[1]).await;
+    let ok = c.sub(1, "survive").await;
+    let epoch = ok["epoch"].as_str().unwrap().to_owned();
+    let http = crate::support::http::Http::new(n2.addr);
+    let publisher = tokio::spawn(async move {
+        for i in 1..=300u64 {
+            let body = json!({"topic": "survive", "data": {"i": i}}).to_string();
+            let (s, _) = http.post("/v1/publish", Some(API_KEY), &body).await;
+            assert_eq!(s, 200);
+        }
+    });
+    // Read a while, then kill the node under the client.
+    let mut last = 0;
+    for want in 1..=50u64 {
+        let m = c.next_msg("survive").await;
+        assert_eq!(m["offset"], want);
+        last = want;
+    }
+    doomed.start_kill().expect("kill -9");
+    doomed.wait().await.expect("reaped");
+    // The client notices, moves to the other node and resumes where it stopped.
+    while let Some(f) = c.next_or_gone().await {
+        if f["op"] == "msg" {
+            assert_eq!(f["offset"], last + 1, "no gap before the node died");
+            last += 1;
+        }
+    }
+    let mut c = n2.client(CODECS[1]).await;
+    let r = c.sub_since(1, "survive", last, &epoch).await;
+    assert_eq!(r["recovered"], true, "{r}");
+    publisher.await.unwrap();
+    c.expect_offsets("survive", last + 1..=300).await;
+}
+
+#[tokio::test]
+async fn a_node_holds_one_redis_subscription_per_topic_whatever_its_subscribers() {
+    let redis = RedisServer::start();
+    let n = Node::with(&[("HERALD_REDIS_URL", &redis.url())]).await;
+    let numsub = |redis: &RedisServer| {
+        let out = redis.cli(&["PUBSUB", "NUMSUB", "herald:{shared}:msg"]);
+        out.lines().nth(1).unwrap_or("").trim().to_owned()
+    };
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = n.client(CODECS[0]).await;
+        c.sub(1, "shared").await;
+        clients.push(c);
+    }
+    assert_eq!(
+        numsub(&redis),
+        "1",
+        "three local subscribers, one Redis subscription"
+    );
+    for c in &mut clients {
+        let r = c
+            .request(json!({"op": "unsub", "id": 2, "topic": "shared"}))
+            .await;
+        assert_eq!(r["op"], "ok");
+    }
+    assert_eq!(numsub(&redis), "0", "dropped after the last");
+}

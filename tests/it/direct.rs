@@ -18,14 +18,25 @@ async fn a_directed_message_reaches_every_connection_of_its_user_and_nobody_else
     assert_eq!(out, json!({"sent": true}));
     for c in [&mut bob_json, &mut bob_mp] {
         let f = c.next_frame().await;
-        assert_eq!(f, json!({"op": "direct", "from": "billing", "data": {"due": 12}}));
+        assert_eq!(
+            f,
+            json!({"op": "direct", "from": "billing", "data": {"due": 12}})
+        );
     }
     // Without `from`, the frame has none.
     let body = json!({"user": "bob", "data": [1]}).to_string();
-    assert_eq!(n.http.post("/v1/publish", Some(API_KEY), &body).await.0, 200);
-    assert_eq!(bob_json.next_frame().await, json!({"op": "direct", "data": [1]}));
+    assert_eq!(
+        n.http.post("/v1/publish", Some(API_KEY), &body).await.0,
+        200
+    );
+    assert_eq!(
+        bob_json.next_frame().await,
+        json!({"op": "direct", "data": [1]})
+    );
     // alice got nothing: the next frame she sees is the reply to her own request.
-    let r = alice.request(json!({"op": "unsub", "id": 9, "topic": "x"})).await;
+    let r = alice
+        .request(json!({"op": "unsub", "id": 9, "topic": "x"}))
+        .await;
     assert_eq!(r["code"], "not_subscribed", "{r}");
 }
 
@@ -36,9 +47,15 @@ async fn a_publish_body_must_name_exactly_one_target() {
         (json!({"topic": "a", "user": "bob", "data": 1}), "both"),
         (json!({"data": 1}), "neither"),
         (json!({"user": "b o b", "data": 1}), "a space in the user"),
-        (json!({"user": "bob", "from": "x y", "data": 1}), "a space in from"),
+        (
+            json!({"user": "bob", "from": "x y", "data": 1}),
+            "a space in from",
+        ),
     ] {
-        let (status, out) = n.http.post("/v1/publish", Some(API_KEY), &body.to_string()).await;
+        let (status, out) = n
+            .http
+            .post("/v1/publish", Some(API_KEY), &body.to_string())
+            .await;
         assert_eq!(status, 400, "{why}: {out}");
         assert_eq!(out["error"], "bad_request", "{why}: {out}");
     }

@@ -135,6 +135,24 @@ impl Client {
         }
     }
 
+    /// The next data frame, or `None` once the connection is gone (closed, reset, or ended, as
+    /// when its node is killed). Fails the test when nothing happens within [`WAIT`].
+    pub async fn next_or_gone(&mut self) -> Option<Value> {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("nothing within {WAIT:?}"));
+            match m {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+                Some(Ok(m)) => {
+                    if let Some(v) = decode(&m) {
+                        return Some(v);
+                    }
+                }
+            }
+        }
+    }
+
     /// Reads until the server's close frame and returns its code, skipping data frames. Fails the
     /// test when the connection ends without one or nothing arrives within [`WAIT`].
     pub async fn expect_close(&mut self) -> u16 {
