@@ -37,6 +37,13 @@ pub struct Args {
     /// Server base URL (loopback only).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// More nodes of the same cluster (repeatable): subscribers are spread round-robin over
+    /// `--url` and these. Tickets come from `--url` (a cluster redeems them on any node).
+    #[arg(long = "also-url")]
+    pub also_urls: Vec<String>,
+    /// Redis of the cluster, for `--publish-via redis` (loopback only).
+    #[arg(long)]
+    pub redis_url: Option<String>,
     /// Subscriber connections.
     #[arg(long, default_value_t = 100)]
     pub conns: usize,
@@ -55,7 +62,8 @@ pub struct Args {
     /// Subprotocol of subscribers and WebSocket publishers (herald.v1.json / herald.v1.msgpack).
     #[arg(long, value_enum, default_value = "json")]
     pub codec: codec::Codec,
-    /// Publish with `pub` over WebSocket (pipelined) or with `POST /v1/publish` (needs --api-key).
+    /// Publish with `pub` over WebSocket (pipelined), with `POST /v1/publish` (needs --api-key), or
+    /// with `FCALL herald_publish` straight to Redis (needs --redis-url), as a backend would.
     #[arg(long, value_enum, default_value = "ws")]
     pub publish_via: publish::Via,
     /// Publisher connections (each owns a share of the topics; at most one per topic).

@@ -21,6 +21,7 @@ use tokio::time::{Duration, Instant};
 pub enum Via {
     Ws,
     Http,
+    Redis,
 }
 
 pub struct Plan {
@@ -37,6 +38,8 @@ pub struct Plan {
     pub target: Target,
     pub tickets: Tickets,
     pub api_key: Option<String>,
+    /// For [`Via::Redis`].
+    pub redis_url: Option<String>,
     /// With `max`: most deliveries owed (published, not yet received) before publishing waits.
     pub backlog: Option<u64>,
     pub shared: Arc<Shared>,
@@ -150,6 +153,7 @@ pub async fn run(plan: Arc<Plan>, stats: Arc<PubStats>) -> Vec<String> {
             match plan.via {
                 Via::Ws => ws_publisher(&plan, &stats, sched, rate).await,
                 Via::Http => http_publisher(&plan, &stats, sched, rate).await,
+                Via::Redis => redis_publisher(&plan, &stats, sched, rate).await,
             }
         }));
     }
@@ -377,4 +381,71 @@ mod tests {
             assert_eq!(sum, total);
         }
     }
+}
+
+/// Publishes with `FCALL herald_publish 1 <topic> <json>`, in order: the messages due are sent
+/// as one pipeline (at most `inflight` calls) and the next batch waits for its answers, so a
+/// topic's messages reach Redis in the order they were stamped.
+async fn redis_publisher(
+    plan: &Plan,
+    stats: &Arc<PubStats>,
+    sched: impl Iterator<Item = u64>,
+    rate: Option<f64>,
+) -> Result<(), String> {
+    let url = plan
+        .redis_url
+        .as_deref()
+        .ok_or("--publish-via redis needs --redis-url")?;
+    let client = redis::Client::open(url).map_err(|e| format!("--redis-url: {e}"))?;
+    let mut conn =
+        tokio::time::timeout_at(plan.deadline, redis::aio::ConnectionManager::new(client))
+            .await
+            .map_err(|_| "timed out connecting to Redis".to_string())?
+            .map_err(|e| format!("connect to Redis: {e}"))?;
+    let start = Instant::now();
+    let topics = &plan.topics;
+    let max_batch = plan.inflight.max(1);
+    let mut pipe = redis::pipe();
+    let mut batch: Vec<u64> = Vec::with_capacity(max_batch);
+    let flush = async |pipe: &mut redis::Pipeline,
+                       batch: &mut Vec<u64>,
+                       conn: &mut redis::aio::ConnectionManager| {
+        if batch.is_empty() {
+            return;
+        }
+        let r: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(conn).await;
+        for &i in batch.iter() {
+            match &r {
+                Ok(_) => stats.ok_for(i),
+                Err(e) => stats.refused(Some(i), format!("redis: {e}")),
+            }
+        }
+        pipe.clear();
+        batch.clear();
+    };
+    for (j, i) in sched.enumerate() {
+        if Instant::now() >= plan.deadline {
+            break;
+        }
+        if !due_now(start, rate, j as u64) || batch.len() >= max_batch || plan.over_backlog(stats) {
+            flush(&mut pipe, &mut batch, &mut conn).await;
+        }
+        pace(start, rate, j as u64).await;
+        if !plan.backlog_room(stats).await {
+            break;
+        }
+        let (tp, seq) = ((i % topics.len() as u64) as usize, i / topics.len() as u64);
+        let t = crate::now_ns();
+        let mut data = Vec::with_capacity(plan.pad + 64);
+        codec::json_data(&mut data, t, seq, plan.pad);
+        stats.stamp(t, i);
+        pipe.cmd("FCALL")
+            .arg("herald_publish")
+            .arg(1)
+            .arg(&topics[tp])
+            .arg(data);
+        batch.push(i);
+    }
+    flush(&mut pipe, &mut batch, &mut conn).await;
+    Ok(())
 }

@@ -32,6 +32,21 @@ struct Subscribers {
 
 pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
     let target = Target::parse(&args.url)?;
+    // Subscribers go round-robin over every node given.
+    let mut targets = vec![target.clone()];
+    for u in &args.also_urls {
+        targets.push(Target::parse(u)?);
+    }
+    if let Some(r) = &args.redis_url {
+        let host = r
+            .strip_prefix("redis://")
+            .and_then(|h| h.split([':', '/']).next())
+            .unwrap_or("");
+        anyhow::ensure!(
+            matches!(host, "127.0.0.1" | "localhost" | "[::1]"),
+            "--redis-url must be a loopback redis:// URL, not {r:?}"
+        );
+    }
     let jwt = match (&args.token, &args.jwt_secret) {
         (Some(t), _) => t.clone(),
         (None, Some(s)) => {
@@ -84,7 +99,7 @@ pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
     };
     let subs = connect_all(
         &args,
-        &target,
+        &targets,
         &tickets,
         &topics,
         per_topic_msgs,
@@ -163,6 +178,7 @@ pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
             target: target.clone(),
             tickets: tickets.clone(),
             api_key: args.api_key.clone(),
+            redis_url: args.redis_url.clone(),
             backlog: (args.max_backlog > 0).then_some(args.max_backlog),
             shared: shared.clone(),
         });
@@ -345,7 +361,7 @@ fn progress(args: &Args, msg: std::fmt::Arguments<'_>) {
 /// Open and subscribe all connections, `connect_concurrency` at a time, no retries.
 async fn connect_all(
     args: &Args,
-    target: &Target,
+    targets: &[Target],
     tickets: &Tickets,
     topics: &Arc<Vec<String>>,
     per_topic_msgs: u64,
@@ -403,7 +419,7 @@ async fn connect_all(
             );
         }
         let (target, tickets, topics, shared, sink, ev_tx) = (
-            target.clone(),
+            targets[c % targets.len()].clone(),
             tickets.clone(),
             topics.clone(),
             shared.clone(),
