@@ -362,27 +362,6 @@ async fn http_publisher(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schedule_covers_every_message_once() {
-        for (total, topics, p) in [
-            (10u64, 3usize, 2usize),
-            (7, 10, 3),
-            (100, 1, 1),
-            (1000, 7, 4),
-        ] {
-            let mut all: Vec<u64> = (0..p).flat_map(|k| schedule(total, topics, k, p)).collect();
-            all.sort();
-            assert_eq!(all, (0..total).collect::<Vec<_>>());
-            let sum: u64 = (0..topics).map(|tp| per_topic(total, topics, tp)).sum();
-            assert_eq!(sum, total);
-        }
-    }
-}
-
 /// Publishes with `FCALL herald_publish 1 <topic> <json>`, in order: the messages due are sent
 /// as one pipeline (at most `inflight` calls) and the next batch waits for its answers, so a
 /// topic's messages reach Redis in the order they were stamped.
@@ -448,4 +427,25 @@ async fn redis_publisher(
     }
     flush(&mut pipe, &mut batch, &mut conn).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_covers_every_message_once() {
+        for (total, topics, p) in [
+            (10u64, 3usize, 2usize),
+            (7, 10, 3),
+            (100, 1, 1),
+            (1000, 7, 4),
+        ] {
+            let mut all: Vec<u64> = (0..p).flat_map(|k| schedule(total, topics, k, p)).collect();
+            all.sort();
+            assert_eq!(all, (0..total).collect::<Vec<_>>());
+            let sum: u64 = (0..topics).map(|tp| per_topic(total, topics, tp)).sum();
+            assert_eq!(sum, total);
+        }
+    }
 }
