@@ -126,15 +126,20 @@ fn user_channel(prefix: &str, user: &str) -> String {
     format!("{prefix}{{user:{user}}}:direct")
 }
 
+/// The channel name and payload of a pub/sub `message` push.
+fn channel_and_payload(data: &[Value]) -> Option<(&str, &[u8])> {
+    match (data.first(), data.get(1)) {
+        (Some(Value::BulkString(ch)), Some(Value::BulkString(payload))) => {
+            Some((std::str::from_utf8(ch).ok()?, payload))
+        }
+        _ => None,
+    }
+}
+
 /// Parses a directed message: channel `<prefix>{user:<user>}:direct`, payload `<from> <data>`
 /// (`from` is `-` when the sender did not name itself).
 fn parse_direct(prefix: &str, data: &[Value]) -> Option<Direct> {
-    let (Some(Value::BulkString(ch)), Some(Value::BulkString(payload))) =
-        (data.first(), data.get(1))
-    else {
-        return None;
-    };
-    let ch = std::str::from_utf8(ch).ok()?;
+    let (ch, payload) = channel_and_payload(data)?;
     let user = ch
         .strip_prefix(prefix)?
         .strip_prefix("{user:")?
@@ -152,12 +157,7 @@ fn parse_direct(prefix: &str, data: &[Value]) -> Option<Direct> {
 /// Parses a pub/sub message into a [`Message`]: channel `<prefix>{<topic>}:msg`, payload
 /// `<offset> <epoch> <data>`.
 fn parse_push(prefix: &str, data: &[Value]) -> Option<Message> {
-    let (Some(Value::BulkString(ch)), Some(Value::BulkString(payload))) =
-        (data.first(), data.get(1))
-    else {
-        return None;
-    };
-    let ch = std::str::from_utf8(ch).ok()?;
+    let (ch, payload) = channel_and_payload(data)?;
     let name = ch
         .strip_prefix(prefix)?
         .strip_prefix('{')?
