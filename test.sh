@@ -27,4 +27,11 @@ echo "== protocol goldens against their schemas"
 python3 proto/check_goldens.py
 
 echo "== unit, property and integration tests (benches are compiled by clippy above)"
-cargo test --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+# One closing line for the whole run: the sum of every test binary's summary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"

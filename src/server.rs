@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{JwtVerifier, MemoryTicketStore, RedisTicketStore, TicketStore, Tickets};
 use crate::bus::local::LocalBus;
-use crate::bus::redis::RedisBus;
+use crate::bus::redis::{RedisBus, Settings as RedisSettingsForBus};
 use crate::bus::{Bus, Direct, DirectSink, Sink};
 use crate::config::Config;
 use crate::gateway::{self, Gateway};
@@ -95,16 +95,14 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             )
         }
         Some(r) => {
-            let bus = RedisBus::connect(
-                &r.url,
-                &r.prefix,
-                config.history_size,
-                config.history_ttl,
-                sink,
-                direct,
-                stop.clone(),
-            )
-            .await?;
+            let settings = RedisSettingsForBus {
+                url: &r.url,
+                prefix: &r.prefix,
+                history_size: config.history_size,
+                history_ttl: config.history_ttl,
+                node_ttl: config.node_ttl,
+            };
+            let bus = RedisBus::connect(settings, sink, direct, stop.clone()).await?;
             // Tickets share the bus's command connection, which its monitor keeps checked.
             let store = RedisTicketStore::new(bus.command_connection(), &r.prefix);
             (bus, Arc::new(store), None)
@@ -132,6 +130,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         bus,
         draining: AtomicBool::new(false),
         conn_slots: AtomicUsize::new(0),
+        // Random upper half: keys stay unique across processes even if two nodes share an id.
+        next_conn_key: std::sync::atomic::AtomicU64::new(random_u32() << 32),
         tracker: TaskTracker::new(),
     });
     tokio::spawn(hub::heartbeat::run(
@@ -173,6 +173,13 @@ async fn drive(
             gw.config.shutdown_timeout
         );
     }
+}
+
+/// 32 random bits.
+fn random_u32() -> u64 {
+    let mut r = [0u8; 4];
+    getrandom::fill(&mut r).expect("the OS gives random bytes");
+    u64::from(u32::from_le_bytes(r))
 }
 
 /// Drops aged-out topic logs once a minute.

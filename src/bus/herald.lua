@@ -8,7 +8,8 @@
 --   __PREFIX__{T}:log    stream: entry id "<offset>-0", fields o (offset), d (data)
 -- Channel: __PREFIX__{T}:msg, payload "<offset> <epoch> <data>".
 -- A user U's directed messages go to the channel __PREFIX__{user:U}:direct, payload
--- "<from> <data>" ("-" when the sender did not name itself).
+-- "<from> <data>" ("-" when the sender did not name itself); U's open connections across the
+-- cluster are the sorted set __PREFIX__{user:U}:conns.
 
 local PREFIX = '__PREFIX__'
 local VERSION = __VERSION__
@@ -105,6 +106,42 @@ local function publish_user(keys, args)
   return redis.call('PUBLISH', PREFIX .. '{user:' .. user .. '}:direct', from .. ' ' .. data)
 end
 
+-- FCALL herald_conn_open 1 <user> <conn> <limit> <ttl-ms>  ->  1 (counted) or 0 (over the limit)
+-- A user's connections across the cluster: a sorted set of connection ids scored by the time
+-- they stop counting unless their node refreshes them (so a killed node's stop counting).
+local function conn_open(keys, args)
+  local key = PREFIX .. '{user:' .. keys[1] .. '}:conns'
+  local conn, limit, ttl = args[1], tonumber(args[2]), tonumber(args[3])
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  if redis.call('ZSCORE', key, conn) == false and redis.call('ZCARD', key) >= limit then
+    return 0
+  end
+  redis.call('ZADD', key, now + ttl, conn)
+  redis.call('PEXPIRE', key, ttl)
+  return 1
+end
+
+-- FCALL herald_conn_refresh 1 <user> <ttl-ms> <conn> [conn ...]  ->  connections refreshed
+local function conn_refresh(keys, args)
+  local key = PREFIX .. '{user:' .. keys[1] .. '}:conns'
+  local ttl = tonumber(args[1])
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local n = 0
+  for i = 2, #args do
+    n = n + redis.call('ZADD', key, 'CH', now + ttl, args[i])
+  end
+  redis.call('PEXPIRE', key, ttl)
+  return n
+end
+
+-- FCALL herald_conn_close 1 <user> <conn>  ->  1 if it was counted
+local function conn_close(keys, args)
+  return redis.call('ZREM', PREFIX .. '{user:' .. keys[1] .. '}:conns', args[1])
+end
+
 -- FCALL_RO herald_version 0  ->  the library's version
 local function version()
   return VERSION
@@ -113,4 +150,7 @@ end
 redis.register_function('herald_publish', publish)
 redis.register_function('herald_history', history)
 redis.register_function('herald_publish_user', publish_user)
+redis.register_function('herald_conn_open', conn_open)
+redis.register_function('herald_conn_refresh', conn_refresh)
+redis.register_function('herald_conn_close', conn_close)
 redis.register_function{function_name = 'herald_version', callback = version, flags = {'no-writes'}}

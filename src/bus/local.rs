@@ -37,6 +37,8 @@ pub struct LocalBus {
     /// Random per process: the prefix of every epoch.
     node_epoch: String,
     generation: AtomicU64,
+    /// Open connections per user, for the per-user limit.
+    user_conns: parking_lot::Mutex<std::collections::HashMap<Arc<str>, usize>>,
 }
 
 impl LocalBus {
@@ -57,6 +59,7 @@ impl LocalBus {
             history_ttl,
             node_epoch: format!("{:08x}", u32::from_le_bytes(r)),
             generation: AtomicU64::new(0),
+            user_conns: Default::default(),
         }
     }
 
@@ -171,6 +174,32 @@ impl Bus for LocalBus {
 
     fn publish_direct(&self, direct: Direct) -> BoxFuture<'_, Result<(), BusError>> {
         (self.direct)(&direct);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn open_conn(
+        &self,
+        user: &str,
+        _conn: &str,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<bool, BusError>> {
+        let mut m = self.user_conns.lock();
+        let n = m.entry(Arc::from(user)).or_insert(0);
+        let ok = *n < limit;
+        if ok {
+            *n += 1;
+        }
+        Box::pin(std::future::ready(Ok(ok)))
+    }
+
+    fn close_conn(&self, user: &str, _conn: &str) -> BoxFuture<'_, Result<(), BusError>> {
+        let mut m = self.user_conns.lock();
+        if let Some(n) = m.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(user);
+            }
+        }
         Box::pin(std::future::ready(Ok(())))
     }
 

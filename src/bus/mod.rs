@@ -80,6 +80,16 @@ pub trait Bus: Send + Sync + 'static {
     fn watch_user(&self, user: &str) -> BoxFuture<'_, Result<(), BusError>>;
     /// One local connection of `user` fewer (one call per successful [`Bus::watch_user`]).
     fn unwatch_user(&self, user: &str) -> BoxFuture<'_, Result<(), BusError>>;
+    /// Counts a new connection `conn` of `user` across the cluster; false (and not counted) when
+    /// the user already has `limit`.
+    fn open_conn(
+        &self,
+        user: &str,
+        conn: &str,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<bool, BusError>>;
+    /// Stops counting connection `conn` of `user`.
+    fn close_conn(&self, user: &str, conn: &str) -> BoxFuture<'_, Result<(), BusError>>;
     /// True while publishing and delivery work.
     fn is_ready(&self) -> bool;
 }

@@ -34,7 +34,7 @@ use crate::protocol::{Message, Position, Topic};
 
 /// The library's version: bump it whenever `herald.lua` changes, so that nodes replace an older
 /// library in Redis.
-pub const LIBRARY_VERSION: i64 = 2;
+pub const LIBRARY_VERSION: i64 = 3;
 
 /// Why the Redis bus could not start.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +88,20 @@ fn deliver(state: &mut HashMap<Topic, Delivered>, sink: &Sink, m: Message) {
     }
 }
 
+/// What the Redis bus is configured with.
+pub struct Settings<'a> {
+    /// `redis://...` or `rediss://...`.
+    pub url: &'a str,
+    /// Prefix of every key and channel.
+    pub prefix: &'a str,
+    /// Messages kept per topic (approximately, at least this many).
+    pub history_size: usize,
+    /// How long a topic's log lives without a publish.
+    pub history_ttl: Duration,
+    /// How long a killed node's connections keep counting towards the per-user limit.
+    pub node_ttl: Duration,
+}
+
 /// The bus over Redis.
 pub struct RedisBus {
     /// Publishes and history reads; multiplexed, so concurrent requests are pipelined.
@@ -114,6 +128,12 @@ pub struct RedisBus {
     probe_channel: String,
     probe_sent: std::sync::atomic::AtomicU64,
     probe_seen: Arc<std::sync::atomic::AtomicU64>,
+    /// This node's open connections per user: refreshed in Redis every third of `node_ttl`, so
+    /// that they keep counting towards the per-user limit while this node lives. Plain mutex,
+    /// never held across `.await` (the refresh copies it out).
+    user_conns: parking_lot::Mutex<HashMap<String, Vec<String>>>,
+    /// How long a connection counts without a refresh (a killed node's, then, stop counting).
+    node_ttl: Duration,
 }
 
 /// The channel of `topic`.
@@ -183,14 +203,18 @@ impl RedisBus {
     /// Connects, loads the function library when missing or older, and starts the readiness
     /// monitor (stopped by `stop`).
     pub async fn connect(
-        url: &str,
-        prefix: &str,
-        history_size: usize,
-        history_ttl: Duration,
+        settings: Settings<'_>,
         sink: Sink,
         direct: DirectSink,
         stop: CancellationToken,
     ) -> Result<Arc<RedisBus>, RedisError> {
+        let Settings {
+            url,
+            prefix,
+            history_size,
+            history_ttl,
+            node_ttl,
+        } = settings;
         let shown = redact(url);
         let with_resp3 = if url.contains("protocol=") {
             url.to_owned()
@@ -276,7 +300,10 @@ impl RedisBus {
             probe_channel,
             probe_sent: std::sync::atomic::AtomicU64::new(0),
             probe_seen,
+            user_conns: Default::default(),
+            node_ttl,
         });
+        tokio::spawn(refresh_conns(bus.clone(), stop.clone()));
         bus.ensure_library().await.map_err(err)?;
         let mut s = bus.sub.clone();
         s.subscribe(&bus.probe_channel).await.map_err(err)?;
@@ -433,6 +460,42 @@ async fn monitor(bus: Arc<RedisBus>, stop: CancellationToken) {
             .arg(n)
             .query_async(&mut c)
             .await;
+    }
+}
+
+/// Every third of `node_ttl`: pushes back the expiry of this node's connections in Redis.
+async fn refresh_conns(bus: Arc<RedisBus>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(bus.node_ttl / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let users: Vec<(String, Vec<String>)> = bus
+            .user_conns
+            .lock()
+            .iter()
+            .map(|(u, c)| (u.clone(), c.clone()))
+            .collect();
+        if users.is_empty() {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        for (user, conns) in &users {
+            pipe.cmd("FCALL")
+                .arg("herald_conn_refresh")
+                .arg(1)
+                .arg(user)
+                .arg(bus.node_ttl.as_millis() as u64)
+                .arg(conns)
+                .ignore();
+        }
+        let mut c = bus.cmd.clone();
+        let r: redis::RedisResult<()> = pipe.query_async(&mut c).await;
+        if let Err(e) = r {
+            tracing::warn!("refreshing this node's connections in Redis failed: {e}");
+        }
     }
 }
 
@@ -619,6 +682,58 @@ impl Bus for RedisBus {
                 cmd.arg(&**from);
             }
             let _: i64 = cmd.query_async(&mut c).await.map_err(|e| self.failed(e))?;
+            Ok(())
+        })
+    }
+
+    fn open_conn(
+        &self,
+        user: &str,
+        conn: &str,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<bool, BusError>> {
+        let (user, conn) = (user.to_owned(), conn.to_owned());
+        let mut c = self.cmd.clone();
+        Box::pin(async move {
+            self.check_reachable()?;
+            let ok: i64 = redis::cmd("FCALL")
+                .arg("herald_conn_open")
+                .arg(1)
+                .arg(&user)
+                .arg(&conn)
+                .arg(limit)
+                .arg(self.node_ttl.as_millis() as u64)
+                .query_async(&mut c)
+                .await
+                .map_err(|e| self.failed(e))?;
+            if ok == 1 {
+                self.user_conns.lock().entry(user).or_default().push(conn);
+            }
+            Ok(ok == 1)
+        })
+    }
+
+    fn close_conn(&self, user: &str, conn: &str) -> BoxFuture<'_, Result<(), BusError>> {
+        {
+            let mut m = self.user_conns.lock();
+            if let Some(v) = m.get_mut(user) {
+                v.retain(|c| c != conn);
+                if v.is_empty() {
+                    m.remove(user);
+                }
+            }
+        }
+        let (user, conn) = (user.to_owned(), conn.to_owned());
+        let mut c = self.cmd.clone();
+        Box::pin(async move {
+            let _: i64 = redis::cmd("FCALL")
+                .arg("herald_conn_close")
+                .arg(1)
+                .arg(&user)
+                .arg(&conn)
+                .query_async(&mut c)
+                .await
+                .map_err(|e| self.failed(e))?;
             Ok(())
         })
     }

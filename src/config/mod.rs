@@ -20,9 +20,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use raw::{
     ALLOWED_ORIGINS, API_KEY, HISTORY_SIZE, HISTORY_TTL_SECS, JWT_LEEWAY_SECS, JWT_SECRET, LISTEN,
-    MAX_CONNECTIONS, MAX_MESSAGE_BYTES, MAX_SUBSCRIPTIONS, NODE_ID, OUTBOX_BYTES,
-    PING_INTERVAL_SECS, RATE_BURST, RATE_LIMIT, REDIS_PREFIX, REDIS_URL, SHUTDOWN_TIMEOUT_SECS,
-    TICKET_TTL_SECS, TLS_CERT, TLS_KEY,
+    MAX_CONNECTIONS, MAX_CONNECTIONS_PER_USER, MAX_MESSAGE_BYTES, MAX_SUBSCRIPTIONS, NODE_ID,
+    NODE_TTL_SECS, OUTBOX_BYTES, PING_INTERVAL_SECS, RATE_BURST, RATE_LIMIT, REDIS_PREFIX,
+    REDIS_URL, SHUTDOWN_TIMEOUT_SECS, TICKET_TTL_SECS, TLS_CERT, TLS_KEY,
 };
 pub use raw::{KEYS, Key, RawConfig};
 
@@ -365,6 +365,10 @@ pub struct Config {
     pub dev_mode: bool,
     /// Redis, when nodes form a cluster; `None`: the in-process bus.
     pub redis: Option<RedisSettings>,
+    /// Connections one user may hold (across the cluster with Redis).
+    pub max_connections_per_user: usize,
+    /// How long a killed node's connections keep counting towards that limit.
+    pub node_ttl: Duration,
     /// The secrets generated for development mode.
     pub generated: GeneratedSecrets,
 }
@@ -576,6 +580,14 @@ impl Config {
             tls,
             dev_mode,
             redis,
+            max_connections_per_user: count(
+                MAX_CONNECTIONS_PER_USER,
+                raw.max_connections_per_user,
+                100,
+                (1, 1_000_000),
+                "a number of connections",
+            )?,
+            node_ttl: secs(NODE_TTL_SECS, raw.node_ttl_secs, 30, 3, 3600)?,
             generated,
         };
         // A message must fit in an outbox (with its frame header and envelope), or it could

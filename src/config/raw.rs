@@ -190,6 +190,10 @@ raw_config! {
     redis_url: String => REDIS_URL = "HERALD_REDIS_URL";
     /// Prefix of every Redis key and channel.
     redis_prefix: String => REDIS_PREFIX = "HERALD_REDIS_PREFIX";
+    /// Connections one user may hold, across the cluster.
+    max_connections_per_user: u64 => MAX_CONNECTIONS_PER_USER = "HERALD_MAX_CONNECTIONS_PER_USER";
+    /// How long a killed node's connections keep counting in the cluster.
+    node_ttl_secs: u64 => NODE_TTL_SECS = "HERALD_NODE_TTL_SECS";
 }
 
 impl RawConfig {
@@ -306,7 +310,7 @@ mod tests {
                 format!("{ENV_PREFIX}{}", key.name.to_ascii_uppercase())
             );
         }
-        assert_eq!(KEYS.len(), 22);
+        assert_eq!(KEYS.len(), 24);
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct Gateway {
     pub draining: AtomicBool,
     /// WebSocket connections open or being opened, against `max_connections`.
     pub conn_slots: AtomicUsize,
+    /// Numbers the connections counted against the per-user limit (with the node id: unique in
+    /// the cluster).
+    pub next_conn_key: std::sync::atomic::AtomicU64,
     /// Every connection task, so shutdown can wait for them to finish closing.
     pub tracker: TaskTracker,
 }

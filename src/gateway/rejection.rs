@@ -43,6 +43,11 @@ pub enum Rejection {
     /// Over the connection limit.
     #[error("connection limit ({0}) reached; try again later or another node")]
     TooManyConnections(usize),
+    /// The user holds the most connections allowed, across the cluster.
+    #[error(
+        "this user already has {0} connections open (max_connections_per_user); close one first"
+    )]
+    TooManyUserConnections(usize),
     /// The bus is down.
     #[error(transparent)]
     Unavailable(#[from] BusError),
@@ -62,7 +67,9 @@ impl Rejection {
             | Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
             Rejection::OriginNotAllowed(_) | Rejection::Forbidden(_) => StatusCode::FORBIDDEN,
             Rejection::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Rejection::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
+            Rejection::TooManyConnections(_) | Rejection::TooManyUserConnections(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
         }
     }
 
@@ -78,7 +85,9 @@ impl Rejection {
             Rejection::BadRequest(_) => "bad_request",
             Rejection::Forbidden(_) => "forbidden",
             Rejection::PayloadTooLarge(_) => "payload_too_large",
-            Rejection::TooManyConnections(_) => "too_many_connections",
+            Rejection::TooManyConnections(_) | Rejection::TooManyUserConnections(_) => {
+                "too_many_connections"
+            }
             Rejection::Unavailable(_) => "unavailable",
         }
     }

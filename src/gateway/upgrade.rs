@@ -180,6 +180,17 @@ async fn upgrade(
             "this ticket's grants do not allow subscribing to {t:?}"
         )));
     }
+    // Counted across the cluster before the 101; uncounted when the connection ends.
+    let conn_key = format!(
+        "{}-{:x}",
+        gw.config.node_id,
+        gw.next_conn_key.fetch_add(1, Ordering::Relaxed)
+    );
+    let limit = gw.config.max_connections_per_user;
+    if !gw.bus.open_conn(&identity.user, &conn_key, limit).await? {
+        return Err(Rejection::TooManyUserConnections(limit));
+    }
+    let user = identity.user.clone();
     let codec = chosen.unwrap_or(Codec::Json);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_gw = gw.clone();
@@ -188,9 +199,11 @@ async fn upgrade(
             Ok(u) => u,
             Err(e) => {
                 tracing::debug!("upgrade did not complete: {e}");
+                let _ = task_gw.bus.close_conn(&user, &conn_key).await;
                 return;
             }
         };
+        let bus = task_gw.bus.clone();
         match take_stream(upgraded) {
             Some(Taken::Plain(io, buf)) => {
                 connection::run(task_gw, io, buf, identity, codec, endpoint, slot).await
@@ -200,6 +213,7 @@ async fn upgrade(
             }
             None => tracing::error!("upgraded connection is neither TCP nor TLS over TCP"),
         }
+        let _ = bus.close_conn(&user, &conn_key).await;
     });
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -112,21 +112,28 @@ async fn redis_restarted_with_persistence_keeps_history_and_offsets() {
 
 /// A `herald serve` process on a free port, sharing `redis`.
 async fn process(redis: &RedisServer) -> (tokio::process::Child, Node) {
+    process_with(redis, &[]).await
+}
+
+/// [`process`] with more environment.
+async fn process_with(
+    redis: &RedisServer,
+    extra: &[(&str, &str)],
+) -> (tokio::process::Child, Node) {
     use crate::support::proc;
     let addr = proc::free_addr();
     let listen = addr.to_string();
     let url = redis.url();
-    let mut child = proc::herald(
-        &["serve"],
-        &[
-            ("HERALD_LISTEN", listen.as_str()),
-            ("HERALD_API_KEY", API_KEY),
-            ("HERALD_JWT_SECRET", crate::support::JWT_SECRET),
-            ("HERALD_REDIS_URL", url.as_str()),
-        ],
-    )
-    .spawn()
-    .expect("spawning herald serve");
+    let mut env = vec![
+        ("HERALD_LISTEN", listen.as_str()),
+        ("HERALD_API_KEY", API_KEY),
+        ("HERALD_JWT_SECRET", crate::support::JWT_SECRET),
+        ("HERALD_REDIS_URL", url.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let mut child = proc::herald(&["serve"], &env)
+        .spawn()
+        .expect("spawning herald serve");
     proc::stderr(&mut child).drain();
     proc::stdout(&mut child).drain();
     let node = Node::external(addr);
@@ -199,4 +206,85 @@ async fn a_node_holds_one_redis_subscription_per_topic_whatever_its_subscribers(
         assert_eq!(r["op"], "ok");
     }
     assert_eq!(numsub(&redis), "0", "dropped after the last");
+}
+
+#[tokio::test]
+async fn the_per_user_connection_limit_holds_across_nodes_and_a_killed_nodes_share_expires() {
+    let redis = RedisServer::start();
+    let limit = [("HERALD_MAX_CONNECTIONS_PER_USER", "2")];
+    let url = redis.url();
+    let env = |extra: &[(&'static str, &'static str)]| {
+        let mut v: Vec<(&str, &str)> = vec![("HERALD_REDIS_URL", url.as_str())];
+        v.extend_from_slice(extra);
+        v
+    };
+    let a = Node::with(&env(&limit)).await;
+    let b = Node::with(&env(&limit)).await;
+    let _on_a = a.client(CODECS[0]).await;
+    let on_b = b.client(CODECS[0]).await;
+    let third =
+        crate::support::raw::upgrade(a.addr, &format!("/ws?ticket={}", a.ticket().await), &[])
+            .await;
+    assert_eq!(third.status, 429, "{:?}", third.body);
+    assert_eq!(third.body["error"], "too_many_connections");
+    // One closes: a connection is accepted again (the count drops when the close is processed).
+    drop(on_b);
+    let start = Instant::now();
+    let _again = loop {
+        let path = format!("/ws?ticket={}", b.ticket().await);
+        match crate::support::ws::open(b.addr, &path, None, &[]).await {
+            Ok((c, _)) => break c,
+            Err(_) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "the closed one still counts"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    // A node killed with its connections: they stop counting after node_ttl_secs.
+    let redis2 = RedisServer::start();
+    let (mut doomed, n1) = process_with(
+        &redis2,
+        &[
+            ("HERALD_MAX_CONNECTIONS_PER_USER", "1"),
+            ("HERALD_NODE_TTL_SECS", "3"),
+        ],
+    )
+    .await;
+    let (_other, n2) = process_with(
+        &redis2,
+        &[
+            ("HERALD_MAX_CONNECTIONS_PER_USER", "1"),
+            ("HERALD_NODE_TTL_SECS", "3"),
+        ],
+    )
+    .await;
+    let _held = n1.client(CODECS[0]).await;
+    let refused =
+        crate::support::raw::upgrade(n2.addr, &format!("/ws?ticket={}", n2.ticket().await), &[])
+            .await;
+    assert_eq!(refused.status, 429);
+    doomed.start_kill().expect("kill -9");
+    doomed.wait().await.expect("reaped");
+    let start = Instant::now();
+    loop {
+        let r = crate::support::raw::upgrade(
+            n2.addr,
+            &format!("/ws?ticket={}", n2.ticket().await),
+            &[],
+        )
+        .await;
+        if r.status == 101 {
+            break;
+        }
+        assert_eq!(r.status, 429);
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the dead node's connection never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -263,3 +263,33 @@ async fn connections_over_the_limit_are_429_and_a_closed_one_frees_its_slot() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_user_over_max_connections_per_user_is_429_too_many_connections() {
+    let n = Node::with(&[("HERALD_MAX_CONNECTIONS_PER_USER", "2")]).await;
+    let _one = n.client(Codec::Json).await;
+    let two = n.client(Codec::Json).await;
+    let r = crate::support::raw::upgrade(n.addr, &format!("/ws?ticket={}", n.ticket().await), &[])
+        .await;
+    assert_eq!(r.status, 429, "{:?}", r.body);
+    assert_eq!(r.body["error"], "too_many_connections");
+    // Another user is not affected.
+    let bob = n.ticket_for("bob", &herald::auth::RawGrants::all()).await;
+    let r = crate::support::raw::upgrade(n.addr, &format!("/ws?ticket={bob}"), &[]).await;
+    assert_eq!(r.status, 101);
+    drop(two);
+    let start = std::time::Instant::now();
+    loop {
+        let r =
+            crate::support::raw::upgrade(n.addr, &format!("/ws?ticket={}", n.ticket().await), &[])
+                .await;
+        if r.status == 101 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "the closed one still counts"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
