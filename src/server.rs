@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{JwtVerifier, MemoryTicketStore, RedisTicketStore, TicketStore, Tickets};
 use crate::bus::local::LocalBus;
 use crate::bus::redis::{RedisBus, Settings as RedisSettingsForBus};
-use crate::bus::{Bus, Direct, DirectSink, Sink};
+use crate::bus::{Bus, Direct, DirectSink, PresenceEvent, PresenceSink, Sink, Sinks};
 use crate::config::Config;
 use crate::gateway::{self, Gateway};
 use crate::hub::{self, Hub};
@@ -79,12 +79,20 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let direct: DirectSink = Arc::new(move |d: &Direct| {
         to_hub.deliver_direct(&d.user, d.from.as_deref(), &d.data);
     });
+    let to_hub = hub.clone();
+    let presence: PresenceSink = Arc::new(move |e: &PresenceEvent| {
+        to_hub.deliver_presence(&e.topic, e.join, &e.conn, &e.user);
+    });
+    let sinks = Sinks {
+        messages: sink,
+        direct,
+        presence,
+    };
     let stop = CancellationToken::new();
     let (bus, tickets, local): (Arc<dyn Bus>, Arc<dyn TicketStore>, _) = match &config.redis {
         None => {
             let local = Arc::new(LocalBus::new(
-                sink,
-                direct,
+                sinks,
                 config.history_size,
                 config.history_ttl,
             ));
@@ -102,7 +110,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
                 history_ttl: config.history_ttl,
                 node_ttl: config.node_ttl,
             };
-            let bus = RedisBus::connect(settings, sink, direct, stop.clone()).await?;
+            let bus = RedisBus::connect(settings, sinks, stop.clone()).await?;
             // Tickets share the bus's command connection, which its monitor keeps checked.
             let store = RedisTicketStore::new(bus.command_connection(), &r.prefix);
             (bus, Arc::new(store), None)

@@ -106,6 +106,54 @@ local function publish_user(keys, args)
   return redis.call('PUBLISH', PREFIX .. '{user:' .. user .. '}:direct', from .. ' ' .. data)
 end
 
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Presence of topic T: the sorted set __PREFIX__{T}:presence, members "<conn> <user>" scored by
+-- when they expire unless their node refreshes them; joins and leaves are published on the
+-- topic's channel as "J <conn> <user>" and "L <conn> <user>".
+
+-- FCALL herald_presence_join 1 <topic> <conn> <user> <ttl-ms>  ->  1 if new
+local function presence_join(keys, args)
+  local base = PREFIX .. '{' .. keys[1] .. '}'
+  local member = args[1] .. ' ' .. args[2]
+  local ttl = tonumber(args[3])
+  local added = redis.call('ZADD', base .. ':presence', now_ms() + ttl, member)
+  redis.call('PEXPIRE', base .. ':presence', ttl)
+  if added == 1 then redis.call('PUBLISH', base .. ':msg', 'J ' .. member) end
+  return added
+end
+
+-- FCALL herald_presence_leave 1 <topic> <conn> <user>  ->  1 if it was present
+local function presence_leave(keys, args)
+  local base = PREFIX .. '{' .. keys[1] .. '}'
+  local member = args[1] .. ' ' .. args[2]
+  local removed = redis.call('ZREM', base .. ':presence', member)
+  if removed == 1 then redis.call('PUBLISH', base .. ':msg', 'L ' .. member) end
+  return removed
+end
+
+-- FCALL herald_presence 1 <topic> [ttl-ms member ...]  ->  the members "<conn> <user>"
+-- Refreshes the given members first (the caller's own), then drops the expired ones (a killed
+-- node's) with a leave each.
+local function presence(keys, args)
+  local base = PREFIX .. '{' .. keys[1] .. '}'
+  local key = base .. ':presence'
+  local now = now_ms()
+  if #args >= 2 then
+    local ttl = tonumber(args[1])
+    for i = 2, #args do redis.call('ZADD', key, 'XX', now + ttl, args[i]) end
+    redis.call('PEXPIRE', key, ttl)
+  end
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', now)) do
+    redis.call('ZREM', key, m)
+    redis.call('PUBLISH', base .. ':msg', 'L ' .. m)
+  end
+  return redis.call('ZRANGE', key, 0, -1)
+end
+
 -- FCALL herald_conn_open 1 <user> <conn> <limit> <ttl-ms>  ->  1 (counted) or 0 (over the limit)
 -- A user's connections across the cluster: a sorted set of connection ids scored by the time
 -- they stop counting unless their node refreshes them (so a killed node's stop counting).
@@ -150,6 +198,9 @@ end
 redis.register_function('herald_publish', publish)
 redis.register_function('herald_history', history)
 redis.register_function('herald_publish_user', publish_user)
+redis.register_function('herald_presence_join', presence_join)
+redis.register_function('herald_presence_leave', presence_leave)
+redis.register_function('herald_presence', presence)
 redis.register_function('herald_conn_open', conn_open)
 redis.register_function('herald_conn_refresh', conn_refresh)
 redis.register_function('herald_conn_close', conn_close)

@@ -3,7 +3,7 @@
 //! epoch is fresh per process (and per topic log), so a client that resumes across a restart gets
 //! `recovered: false` rather than a wrong replay.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -12,8 +12,11 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use super::{BoxFuture, Bus, BusError, Direct, DirectSink, Replay, Sink};
+use super::{BoxFuture, Bus, BusError, Direct, PresenceEvent, Replay, Sinks};
 use crate::protocol::{Message, Position, Topic};
+
+/// A presence topic's members: connection to user.
+type Members = std::collections::BTreeMap<Arc<str>, Arc<str>>;
 
 /// One topic's log.
 struct Log {
@@ -28,10 +31,11 @@ struct Log {
 pub struct LocalBus {
     /// Topic to its log. References are cloned out before locking the log.
     logs: DashMap<Arc<str>, Arc<Mutex<Log>>>,
-    /// Where messages go (the hub), called under the topic's log lock so delivery follows offsets.
-    sink: Sink,
-    /// Where directed messages go (the hub).
-    direct: DirectSink,
+    /// Where messages go (the hub); messages are handed over under the topic's log lock, so
+    /// delivery follows offsets.
+    sinks: Sinks,
+    /// Presence per topic: connection to user.
+    presence: parking_lot::Mutex<HashMap<Topic, Members>>,
     history_size: usize,
     history_ttl: Duration,
     /// Random per process: the prefix of every epoch.
@@ -43,18 +47,13 @@ pub struct LocalBus {
 
 impl LocalBus {
     /// A bus keeping `history_size` messages per topic for at most `history_ttl`.
-    pub fn new(
-        sink: Sink,
-        direct: DirectSink,
-        history_size: usize,
-        history_ttl: Duration,
-    ) -> LocalBus {
+    pub fn new(sinks: Sinks, history_size: usize, history_ttl: Duration) -> LocalBus {
         let mut r = [0u8; 4];
         getrandom::fill(&mut r).expect("the OS gives random bytes");
         LocalBus {
             logs: DashMap::new(),
-            sink,
-            direct,
+            sinks,
+            presence: Default::default(),
             history_size,
             history_ttl,
             node_epoch: format!("{:08x}", u32::from_le_bytes(r)),
@@ -104,7 +103,7 @@ impl LocalBus {
             epoch: l.epoch.clone(),
             data,
         };
-        (self.sink)(&m);
+        (self.sinks.messages)(&m);
         let pos = Position {
             offset: m.offset,
             epoch: m.epoch.clone(),
@@ -173,8 +172,67 @@ impl Bus for LocalBus {
     }
 
     fn publish_direct(&self, direct: Direct) -> BoxFuture<'_, Result<(), BusError>> {
-        (self.direct)(&direct);
+        (self.sinks.direct)(&direct);
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn presence_join(
+        &self,
+        topic: &Topic,
+        conn: &str,
+        user: &str,
+    ) -> BoxFuture<'_, Result<(), BusError>> {
+        let (conn, user): (Arc<str>, Arc<str>) = (Arc::from(conn), Arc::from(user));
+        let mut p = self.presence.lock();
+        let members = p.entry(topic.clone()).or_default();
+        if members.insert(conn.clone(), user.clone()).is_none() {
+            let e = PresenceEvent {
+                topic: topic.clone(),
+                join: true,
+                conn,
+                user,
+            };
+            (self.sinks.presence)(&e);
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn presence_leave(
+        &self,
+        topic: &Topic,
+        conn: &str,
+        _user: &str,
+    ) -> BoxFuture<'_, Result<(), BusError>> {
+        let mut p = self.presence.lock();
+        if let Some(members) = p.get_mut(topic) {
+            if let Some((conn, user)) = members.remove_entry(conn) {
+                let e = PresenceEvent {
+                    topic: topic.clone(),
+                    join: false,
+                    conn,
+                    user,
+                };
+                (self.sinks.presence)(&e);
+            }
+            if members.is_empty() {
+                p.remove(topic);
+            }
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn presence(&self, topic: &Topic) -> BoxFuture<'_, Result<Vec<(String, String)>, BusError>> {
+        let list = self
+            .presence
+            .lock()
+            .get(topic)
+            .map(|m| {
+                m.iter()
+                    .map(|(c, u)| (c.to_string(), u.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Box::pin(std::future::ready(Ok(list)))
     }
 
     fn open_conn(
@@ -227,16 +285,18 @@ impl Bus for LocalBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::Sink;
 
     fn bus(size: usize) -> (LocalBus, Arc<Mutex<Vec<u64>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
         let sink: Sink = Arc::new(move |m: &Message| s.lock().push(m.offset));
-        let direct: DirectSink = Arc::new(|_: &Direct| {});
-        (
-            LocalBus::new(sink, direct, size, Duration::from_secs(60)),
-            seen,
-        )
+        let sinks = Sinks {
+            messages: sink,
+            direct: Arc::new(|_: &Direct| {}),
+            presence: Arc::new(|_: &PresenceEvent| {}),
+        };
+        (LocalBus::new(sinks, size, Duration::from_secs(60)), seen)
     }
 
     #[test]

@@ -34,6 +34,33 @@ pub struct Direct {
 /// Where the bus hands every directed message.
 pub type DirectSink = Arc<dyn Fn(&Direct) + Send + Sync>;
 
+/// Someone joined or left a presence topic.
+#[derive(Debug, Clone)]
+pub struct PresenceEvent {
+    /// The topic.
+    pub topic: Topic,
+    /// True for a join, false for a leave.
+    pub join: bool,
+    /// The connection.
+    pub conn: Arc<str>,
+    /// Its user.
+    pub user: Arc<str>,
+}
+
+/// Where the bus hands every presence change.
+pub type PresenceSink = Arc<dyn Fn(&PresenceEvent) + Send + Sync>;
+
+/// Everything the bus delivers to, in one place (the hub, wired by `server.rs`).
+#[derive(Clone)]
+pub struct Sinks {
+    /// Published messages.
+    pub messages: Sink,
+    /// Directed messages.
+    pub direct: DirectSink,
+    /// Presence changes.
+    pub presence: PresenceSink,
+}
+
 /// What a subscriber gets when it joins a topic.
 #[derive(Debug, Clone)]
 pub struct Replay {
@@ -80,6 +107,22 @@ pub trait Bus: Send + Sync + 'static {
     fn watch_user(&self, user: &str) -> BoxFuture<'_, Result<(), BusError>>;
     /// One local connection of `user` fewer (one call per successful [`Bus::watch_user`]).
     fn unwatch_user(&self, user: &str) -> BoxFuture<'_, Result<(), BusError>>;
+    /// Adds connection `conn` of `user` to `topic`'s presence; every subscriber gets a `join`.
+    fn presence_join(
+        &self,
+        topic: &Topic,
+        conn: &str,
+        user: &str,
+    ) -> BoxFuture<'_, Result<(), BusError>>;
+    /// Removes it; every subscriber gets a `leave`.
+    fn presence_leave(
+        &self,
+        topic: &Topic,
+        conn: &str,
+        user: &str,
+    ) -> BoxFuture<'_, Result<(), BusError>>;
+    /// Who is in `topic`'s presence, across the cluster: `(conn, user)` pairs.
+    fn presence(&self, topic: &Topic) -> BoxFuture<'_, Result<Vec<(String, String)>, BusError>>;
     /// Counts a new connection `conn` of `user` across the cluster; false (and not counted) when
     /// the user already has `limit`.
     fn open_conn(

@@ -29,12 +29,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::{BoxFuture, Bus, BusError, Direct, DirectSink, Replay, Sink};
+use super::{BoxFuture, Bus, BusError, Direct, PresenceEvent, Replay, Sink, Sinks};
 use crate::protocol::{Message, Position, Topic};
 
 /// The library's version: bump it whenever `herald.lua` changes, so that nodes replace an older
 /// library in Redis.
-pub const LIBRARY_VERSION: i64 = 3;
+pub const LIBRARY_VERSION: i64 = 4;
 
 /// Why the Redis bus could not start.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +132,9 @@ pub struct RedisBus {
     /// that they keep counting towards the per-user limit while this node lives. Plain mutex,
     /// never held across `.await` (the refresh copies it out).
     user_conns: parking_lot::Mutex<HashMap<String, Vec<String>>>,
+    /// This node's presence members ("<conn> <user>") per topic, refreshed with the connections.
+    /// Plain mutex, never held across `.await`.
+    presence_members: parking_lot::Mutex<HashMap<Topic, Vec<String>>>,
     /// How long a connection counts without a refresh (a killed node's, then, stop counting).
     node_ttl: Duration,
 }
@@ -154,6 +157,28 @@ fn channel_and_payload(data: &[Value]) -> Option<(&str, &[u8])> {
         }
         _ => None,
     }
+}
+
+/// Parses a presence change on a topic's channel: payload `J <conn> <user>` or `L <conn> <user>`.
+fn parse_presence(prefix: &str, data: &[Value]) -> Option<PresenceEvent> {
+    let (ch, payload) = channel_and_payload(data)?;
+    let join = match payload.get(..2)? {
+        b"J " => true,
+        b"L " => false,
+        _ => return None,
+    };
+    let name = ch
+        .strip_prefix(prefix)?
+        .strip_prefix('{')?
+        .strip_suffix("}:msg")?;
+    let rest = std::str::from_utf8(&payload[2..]).ok()?;
+    let (conn, user) = rest.split_once(' ')?;
+    Some(PresenceEvent {
+        topic: Topic::parse(name).ok()?,
+        join,
+        conn: Arc::from(conn),
+        user: Arc::from(user),
+    })
 }
 
 /// Parses a directed message: channel `<prefix>{user:<user>}:direct`, payload `<from> <data>`
@@ -204,8 +229,7 @@ impl RedisBus {
     /// monitor (stopped by `stop`).
     pub async fn connect(
         settings: Settings<'_>,
-        sink: Sink,
-        direct: DirectSink,
+        sinks: Sinks,
         stop: CancellationToken,
     ) -> Result<Arc<RedisBus>, RedisError> {
         let Settings {
@@ -245,15 +269,17 @@ impl RedisBus {
         let push_prefix = prefix.to_owned();
         let push_ready = ready.clone();
         let push_state = state.clone();
-        let push_sink = sink.clone();
+        let push_sinks = sinks.clone();
         let push_probe = (probe_channel.clone(), probe_seen.clone());
         let on_push = move |p: PushInfo| -> Result<(), ()> {
             match p.kind {
                 PushKind::Message => {
-                    if let Some(m) = parse_push(&push_prefix, &p.data) {
-                        deliver(&mut push_state.lock(), &push_sink, m);
+                    if let Some(e) = parse_presence(&push_prefix, &p.data) {
+                        (push_sinks.presence)(&e);
+                    } else if let Some(m) = parse_push(&push_prefix, &p.data) {
+                        deliver(&mut push_state.lock(), &push_sinks.messages, m);
                     } else if let Some(d) = parse_direct(&push_prefix, &p.data) {
-                        direct(&d);
+                        (push_sinks.direct)(&d);
                     } else if let (Some(Value::BulkString(ch)), Some(Value::BulkString(n))) =
                         (p.data.first(), p.data.get(1))
                         && ch == push_probe.0.as_bytes()
@@ -296,11 +322,12 @@ impl RedisBus {
             ready,
             reachable: AtomicBool::new(true),
             state,
-            sink,
+            sink: sinks.messages.clone(),
             probe_channel,
             probe_sent: std::sync::atomic::AtomicU64::new(0),
             probe_seen,
             user_conns: Default::default(),
+            presence_members: Default::default(),
             node_ttl,
         });
         tokio::spawn(refresh_conns(bus.clone(), stop.clone()));
@@ -478,10 +505,26 @@ async fn refresh_conns(bus: Arc<RedisBus>, stop: CancellationToken) {
             .iter()
             .map(|(u, c)| (u.clone(), c.clone()))
             .collect();
-        if users.is_empty() {
+        let presence: Vec<(Topic, Vec<String>)> = bus
+            .presence_members
+            .lock()
+            .iter()
+            .map(|(t, m)| (t.clone(), m.clone()))
+            .collect();
+        if users.is_empty() && presence.is_empty() {
             continue;
         }
         let mut pipe = redis::pipe();
+        for (topic, members) in &presence {
+            // Refreshes this node's members and sweeps expired ones (a killed node's) with leaves.
+            pipe.cmd("FCALL")
+                .arg("herald_presence")
+                .arg(1)
+                .arg(topic.as_str())
+                .arg(bus.node_ttl.as_millis() as u64)
+                .arg(members)
+                .ignore();
+        }
         for (user, conns) in &users {
             pipe.cmd("FCALL")
                 .arg("herald_conn_refresh")
@@ -683,6 +726,86 @@ impl Bus for RedisBus {
             }
             let _: i64 = cmd.query_async(&mut c).await.map_err(|e| self.failed(e))?;
             Ok(())
+        })
+    }
+
+    fn presence_join(
+        &self,
+        topic: &Topic,
+        conn: &str,
+        user: &str,
+    ) -> BoxFuture<'_, Result<(), BusError>> {
+        let (topic, conn, user) = (topic.clone(), conn.to_owned(), user.to_owned());
+        let mut c = self.cmd.clone();
+        Box::pin(async move {
+            self.check_reachable()?;
+            let _: i64 = redis::cmd("FCALL")
+                .arg("herald_presence_join")
+                .arg(1)
+                .arg(topic.as_str())
+                .arg(&conn)
+                .arg(&user)
+                .arg(self.node_ttl.as_millis() as u64)
+                .query_async(&mut c)
+                .await
+                .map_err(|e| self.failed(e))?;
+            self.presence_members
+                .lock()
+                .entry(topic)
+                .or_default()
+                .push(format!("{conn} {user}"));
+            Ok(())
+        })
+    }
+
+    fn presence_leave(
+        &self,
+        topic: &Topic,
+        conn: &str,
+        user: &str,
+    ) -> BoxFuture<'_, Result<(), BusError>> {
+        let member = format!("{conn} {user}");
+        {
+            let mut m = self.presence_members.lock();
+            if let Some(v) = m.get_mut(topic) {
+                v.retain(|x| *x != member);
+                if v.is_empty() {
+                    m.remove(topic);
+                }
+            }
+        }
+        let (topic, conn, user) = (topic.clone(), conn.to_owned(), user.to_owned());
+        let mut c = self.cmd.clone();
+        Box::pin(async move {
+            let _: i64 = redis::cmd("FCALL")
+                .arg("herald_presence_leave")
+                .arg(1)
+                .arg(topic.as_str())
+                .arg(&conn)
+                .arg(&user)
+                .query_async(&mut c)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(())
+        })
+    }
+
+    fn presence(&self, topic: &Topic) -> BoxFuture<'_, Result<Vec<(String, String)>, BusError>> {
+        let topic = topic.clone();
+        let mut c = self.cmd.clone();
+        Box::pin(async move {
+            self.check_reachable()?;
+            let members: Vec<String> = redis::cmd("FCALL")
+                .arg("herald_presence")
+                .arg(1)
+                .arg(topic.as_str())
+                .query_async(&mut c)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(members
+                .into_iter()
+                .filter_map(|m| m.split_once(' ').map(|(c, u)| (c.to_owned(), u.to_owned())))
+                .collect())
         })
     }
 

@@ -21,8 +21,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use raw::{
     ALLOWED_ORIGINS, API_KEY, HISTORY_SIZE, HISTORY_TTL_SECS, JWT_LEEWAY_SECS, JWT_SECRET, LISTEN,
     MAX_CONNECTIONS, MAX_CONNECTIONS_PER_USER, MAX_MESSAGE_BYTES, MAX_SUBSCRIPTIONS, NODE_ID,
-    NODE_TTL_SECS, OUTBOX_BYTES, PING_INTERVAL_SECS, RATE_BURST, RATE_LIMIT, REDIS_PREFIX,
-    REDIS_URL, SHUTDOWN_TIMEOUT_SECS, TICKET_TTL_SECS, TLS_CERT, TLS_KEY,
+    NODE_TTL_SECS, OUTBOX_BYTES, PING_INTERVAL_SECS, PRESENCE_TOPICS, RATE_BURST, RATE_LIMIT,
+    REDIS_PREFIX, REDIS_URL, SHUTDOWN_TIMEOUT_SECS, TICKET_TTL_SECS, TLS_CERT, TLS_KEY,
 };
 pub use raw::{KEYS, Key, RawConfig};
 
@@ -367,8 +367,11 @@ pub struct Config {
     pub redis: Option<RedisSettings>,
     /// Connections one user may hold (across the cluster with Redis).
     pub max_connections_per_user: usize,
-    /// How long a killed node's connections keep counting towards that limit.
+    /// How long a killed node's connections keep counting towards that limit (and its presence
+    /// entries, towards presence).
     pub node_ttl: Duration,
+    /// Topics whose subscribers are tracked for presence.
+    pub presence_topics: Vec<crate::protocol::Pattern>,
     /// The secrets generated for development mode.
     pub generated: GeneratedSecrets,
 }
@@ -588,6 +591,17 @@ impl Config {
                 "a number of connections",
             )?,
             node_ttl: secs(NODE_TTL_SECS, raw.node_ttl_secs, 30, 3, 3600)?,
+            presence_topics: raw
+                .presence_topics
+                .unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    crate::protocol::Pattern::parse(p).map_err(|e| ConfigError::Invalid {
+                        key: PRESENCE_TOPICS,
+                        problem: format!("{p:?} is not a topic pattern: {e}"),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
             generated,
         };
         // A message must fit in an outbox (with its frame header and envelope), or it could
@@ -603,6 +617,11 @@ impl Config {
             });
         }
         Ok(config)
+    }
+
+    /// True when subscribers of `topic` are tracked for presence.
+    pub fn presence_enabled(&self, topic: &str) -> bool {
+        self.presence_topics.iter().any(|p| p.matches(topic))
     }
 
     /// True when a WebSocket upgrade with this `Origin` header value may proceed: an exact match

@@ -194,6 +194,8 @@ raw_config! {
     max_connections_per_user: u64 => MAX_CONNECTIONS_PER_USER = "HERALD_MAX_CONNECTIONS_PER_USER";
     /// How long a killed node's connections keep counting in the cluster.
     node_ttl_secs: u64 => NODE_TTL_SECS = "HERALD_NODE_TTL_SECS";
+    /// Topic patterns whose subscribers are tracked for presence (env: comma-separated).
+    presence_topics: Vec<String> => PRESENCE_TOPICS = "HERALD_PRESENCE_TOPICS";
 }
 
 impl RawConfig {
@@ -310,7 +312,7 @@ mod tests {
                 format!("{ENV_PREFIX}{}", key.name.to_ascii_uppercase())
             );
         }
-        assert_eq!(KEYS.len(), 24);
+        assert_eq!(KEYS.len(), 25);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use super::upgrade::Slot;
 use crate::auth::Identity;
 use crate::hub::{Subscribed, Subscriber, Take};
 use crate::protocol::codec::OkFields;
+use crate::protocol::frame::Member;
 use crate::protocol::websocket::{
     Assembler, Incoming, OpCode, Step, WsError, close_frame, server_frame,
 };
@@ -90,6 +91,8 @@ struct Replaying {
 
 struct Session {
     gw: Arc<Gateway>,
+    /// The connection's id, as in its `welcome` (and in presence).
+    conn: Arc<str>,
     sub: Arc<Subscriber>,
     identity: Identity,
     codec: Codec,
@@ -116,7 +119,9 @@ pub async fn run<S>(
     let sub = gw.hub.connect(codec);
     crate::metrics::connection_opened();
     let cfg = &gw.config;
+    let conn: Arc<str> = Arc::from(format!("{}-{:x}", gw.config.node_id, sub.id));
     let mut s = Session {
+        conn: conn.clone(),
         limiter: RateLimiter {
             tokens: cfg.rate_burst as f64,
             rate: cfg.rate_limit as f64,
@@ -135,7 +140,6 @@ pub async fn run<S>(
     // Directed messages to this user reach this connection from here on.
     gw.hub.attach_user(&s.identity.user, &sub);
     let user_watched = gw.bus.watch_user(&s.identity.user).await;
-    let conn = format!("{}-{:x}", gw.config.node_id, sub.id);
     sub.push(codec.welcome(
         &conn,
         &gw.config.node_id,
@@ -163,6 +167,9 @@ pub async fn run<S>(
     for t in std::mem::take(&mut s.topics) {
         if gw.hub.unsubscribe(&t, sub.id).is_some() {
             let _ = gw.bus.unwatch(&t).await;
+        }
+        if gw.config.presence_enabled(t.as_str()) {
+            let _ = gw.bus.presence_leave(&t, &conn, &s.identity.user).await;
         }
     }
     gw.hub.detach_user(&s.identity.user, sub.id);
@@ -446,6 +453,10 @@ impl Session {
                 }
                 Some(_) => {
                     let _ = self.gw.bus.unwatch(&topic).await;
+                    if self.gw.config.presence_enabled(topic.as_str()) {
+                        let user = &self.identity.user;
+                        let _ = self.gw.bus.presence_leave(&topic, &self.conn, user).await;
+                    }
                     self.topics.retain(|t| *t != topic);
                     self.replays.retain(|r| r.topic != topic);
                     self.reply(self.codec.ok(id, OkFields::default()));
@@ -465,6 +476,26 @@ impl Session {
                             recovered: None,
                         };
                         self.reply(self.codec.ok(id, f));
+                    }
+                    Err(e) => self.error(Some(id), ErrorCode::Unavailable, &e.to_string()),
+                }
+            }
+            Request::Presence { id, topic } => {
+                if !grants.can_subscribe(topic.as_str()) {
+                    let msg = format!("your grants do not allow subscribing to {topic:?}");
+                    return self.error(Some(id), ErrorCode::Forbidden, &msg);
+                }
+                if !self.gw.config.presence_enabled(topic.as_str()) {
+                    let msg = format!("presence is not enabled for {topic:?} (presence_topics)");
+                    return self.error(Some(id), ErrorCode::BadRequest, &msg);
+                }
+                match self.gw.bus.presence(&topic).await {
+                    Ok(list) => {
+                        let members: Vec<Member> = list
+                            .into_iter()
+                            .map(|(conn, user)| Member { user, conn })
+                            .collect();
+                        self.reply(self.codec.ok_presence(id, &members));
                     }
                     Err(e) => self.error(Some(id), ErrorCode::Unavailable, &e.to_string()),
                 }
@@ -524,6 +555,12 @@ impl Session {
                         self.gw
                             .hub
                             .go_live(&topic, self.sub.id, None, Vec::new(), start);
+                    }
+                }
+                if self.gw.config.presence_enabled(topic.as_str()) {
+                    let user = &self.identity.user;
+                    if let Err(e) = self.gw.bus.presence_join(&topic, &self.conn, user).await {
+                        tracing::warn!("presence join of {topic}: {e}");
                     }
                 }
                 self.topics.push(topic);

@@ -186,6 +186,15 @@ impl Hub {
         }
     }
 
+    /// Tells this node's subscribers of `topic` that `user` (connection `conn`) joined or left.
+    pub fn deliver_presence(&self, topic: &Topic, join: bool, conn: &str, user: &str) {
+        let t = self.topics.get(topic.as_arc()).map(|r| r.clone());
+        if let Some(t) = t {
+            let n = t.broadcast(|c| c.presence_event(join, topic.as_str(), user, conn));
+            crate::metrics::deliveries(n);
+        }
+    }
+
     /// Asks every connection to close with `code` (shutdown).
     pub fn close_all(&self, code: CloseCode) {
         for s in self.snapshot() {

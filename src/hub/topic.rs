@@ -129,6 +129,24 @@ impl TopicSubs {
         true
     }
 
+    /// Queues a frame made by `make` (once per codec in use) to every subscriber.
+    pub fn broadcast(&self, make: impl Fn(Codec) -> Bytes) -> usize {
+        let mut json: Option<Bytes> = None;
+        let mut msgpack: Option<Bytes> = None;
+        let s = self.state.lock();
+        let mut n = 0;
+        for e in &s.entries {
+            let frame = match e.sub.codec {
+                Codec::Json => json.get_or_insert_with(|| make(Codec::Json)),
+                Codec::MsgPack => msgpack.get_or_insert_with(|| make(Codec::MsgPack)),
+            };
+            if e.sub.push(frame.clone()) {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Fans `m` out to every subscriber: encoded once per codec in use. Returns deliveries queued.
     pub fn deliver(&self, m: &Message) -> usize {
         let mut json: Option<Bytes> = None;

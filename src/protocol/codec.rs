@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use super::Message;
 use super::Request;
 use super::error_code::ErrorCode;
-use super::frame::{RequestError, ServerFrame, request_from_value};
+use super::frame::{Member, RequestError, ServerFrame, request_from_value};
 use super::websocket::{FrameBuf, OpCode};
 
 /// A connection's codec, chosen by subprotocol at the upgrade.
@@ -68,6 +68,8 @@ struct Out<'a, D: Serialize> {
     #[serde(skip_serializing_if = "Option::is_none")]
     recovered: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    presence: Option<&'a [Member]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<D>,
 }
 
@@ -88,6 +90,7 @@ impl<D: Serialize> Out<'_, D> {
             offset: None,
             epoch: None,
             recovered: None,
+            presence: None,
             data: None,
         }
     }
@@ -230,6 +233,23 @@ impl Codec {
                 self.frame(&o, m.data.len() + 64)
             }
         }
+    }
+
+    /// `{"op":"ok","id":..,"presence":[{"user":..,"conn":..},...]}`.
+    pub fn ok_presence(self, id: u64, members: &[Member]) -> Bytes {
+        let mut o = Out::<()>::new("ok");
+        o.id = Some(id);
+        o.presence = Some(members);
+        self.frame(&o, 32 + members.len() * 48)
+    }
+
+    /// `{"op":"join"|"leave","topic":..,"user":..,"conn":..}`.
+    pub fn presence_event(self, join: bool, topic: &str, user: &str, conn: &str) -> Bytes {
+        let mut o = Out::<()>::new(if join { "join" } else { "leave" });
+        o.topic = Some(topic);
+        o.user = Some(user);
+        o.conn = Some(conn);
+        self.frame(&o, 64 + topic.len() + user.len())
     }
 
     /// `{"op":"direct","from":..,"data":..}` for a message a backend sent to one user.

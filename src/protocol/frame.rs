@@ -54,6 +54,13 @@ pub enum Request {
         /// The payload as compact JSON text.
         data: Bytes,
     },
+    /// `{"op":"presence","id":5,"topic":"room"}`: who is subscribed, across the cluster.
+    Presence {
+        /// Request id.
+        id: u64,
+        /// The topic.
+        topic: Topic,
+    },
     /// `{"op":"send","id":4,"to":"orders","data":{...}}`
     Send {
         /// Request id.
@@ -72,6 +79,7 @@ impl Request {
             Request::Sub { id, .. }
             | Request::Unsub { id, .. }
             | Request::Pub { id, .. }
+            | Request::Presence { id, .. }
             | Request::Send { id, .. } => *id,
         }
     }
@@ -143,6 +151,10 @@ pub fn request_from_value(value: Value) -> Result<Request, RequestError> {
             id,
             topic: take_topic(&map, id)?,
         }),
+        "presence" => Ok(Request::Presence {
+            id,
+            topic: take_topic(&map, id)?,
+        }),
         "pub" => {
             let topic = take_topic(&map, id)?;
             let data = take_data(&mut map, id)?;
@@ -161,7 +173,7 @@ pub fn request_from_value(value: Value) -> Result<Request, RequestError> {
             Ok(Request::Send { id, to, data })
         }
         other => Err(bad(format!(
-            "unknown op {:?} (expected sub, unsub, pub or send)",
+            "unknown op {:?} (expected sub, unsub, pub, send or presence)",
             truncate(other)
         ))),
     }
@@ -219,6 +231,15 @@ fn parse_since(v: &Value) -> Result<Position, String> {
     Ok(Position { offset, epoch })
 }
 
+/// One connection subscribed to a presence topic.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct Member {
+    /// The user (the JWT's `sub`).
+    pub user: String,
+    /// The connection (as in its `welcome`).
+    pub conn: String,
+}
+
 /// A server frame as a client decodes it.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
@@ -247,6 +268,9 @@ pub enum ServerFrame {
         /// Only for a `sub` with `since`: whether the missed messages follow.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
+        /// Only for `presence`: who is subscribed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        presence: Option<Vec<Member>>,
     },
     /// A request (or the connection) failed.
     Error {
@@ -278,6 +302,24 @@ pub enum ServerFrame {
         id: u64,
         /// The answer.
         data: Value,
+    },
+    /// Someone subscribed to a presence topic.
+    Join {
+        /// The topic.
+        topic: String,
+        /// Who.
+        user: String,
+        /// Their connection.
+        conn: String,
+    },
+    /// Someone left a presence topic (unsubscribed, disconnected, or their node died).
+    Leave {
+        /// The topic.
+        topic: String,
+        /// Who.
+        user: String,
+        /// Their connection.
+        conn: String,
     },
     /// A message a backend sent to this user.
     Direct {

@@ -288,3 +288,57 @@ async fn the_per_user_connection_limit_holds_across_nodes_and_a_killed_nodes_sha
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn presence_spans_nodes_and_a_killed_nodes_members_leave_after_node_ttl() {
+    let redis = RedisServer::start();
+    let env = [
+        ("HERALD_PRESENCE_TOPICS", "room.*"),
+        ("HERALD_NODE_TTL_SECS", "3"),
+    ];
+    let (_a_proc, a) = process_with(&redis, &env).await;
+    let (mut doomed, b) = process_with(&redis, &env).await;
+    let all = crate::support::grants(&[">"], &[], &[]);
+    let mut alice = a.client_for(CODECS[0], "alice", &all).await;
+    alice.sub(1, "room.1").await;
+    let mut carol = b.client_for(CODECS[1], "carol", &all).await;
+    carol.sub(1, "room.1").await;
+    let mut seen = Vec::new();
+    while !seen.contains(&"carol".to_string()) {
+        let f = alice.next_frame().await;
+        if f["op"] == "join" {
+            seen.push(f["user"].as_str().unwrap().to_owned());
+        }
+    }
+    let list = alice
+        .request(json!({"op": "presence", "id": 2, "topic": "room.1"}))
+        .await;
+    let mut users: Vec<&str> = list["presence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user"].as_str().unwrap())
+        .collect();
+    users.sort();
+    assert_eq!(users, ["alice", "carol"], "{list}");
+    // carol's node dies without a word: her entry expires and alice gets the leave.
+    doomed.start_kill().expect("kill -9");
+    doomed.wait().await.expect("reaped");
+    drop(carol);
+    let start = Instant::now();
+    loop {
+        let f = alice.next_frame().await;
+        if f["op"] == "leave" {
+            assert_eq!(f["user"], "carol", "{f}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no leave for carol"
+        );
+    }
+    let list = alice
+        .request(json!({"op": "presence", "id": 3, "topic": "room.1"}))
+        .await;
+    assert_eq!(list["presence"].as_array().unwrap().len(), 1, "{list}");
+}

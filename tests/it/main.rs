@@ -14,6 +14,7 @@ mod fanout;
 mod frames;
 mod heartbeat;
 mod http_api;
+mod presence;
 mod recovery;
 mod shutdown;
 mod slow_consumer;

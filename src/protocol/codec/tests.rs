@@ -117,9 +117,17 @@ fn encode_server(codec: Codec, f: &ServerFrame) -> Bytes {
         } => codec.welcome(conn, node, user, *ping),
         ServerFrame::Ok {
             id,
+            presence: Some(p),
+            ..
+        } => codec.ok_presence(*id, p),
+        ServerFrame::Join { topic, user, conn } => codec.presence_event(true, topic, user, conn),
+        ServerFrame::Leave { topic, user, conn } => codec.presence_event(false, topic, user, conn),
+        ServerFrame::Ok {
+            id,
             offset,
             epoch,
             recovered,
+            presence: None,
         } => codec.ok(
             *id,
             OkFields {
