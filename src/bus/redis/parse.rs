@@ -1,0 +1,149 @@
+//! Names and envelopes on the Redis side: the channels of topics and users, and the parsing of
+//! what arrives on them (messages, presence changes, directed messages), plus small helpers to
+//! read Redis values. Pure functions.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use redis::Value;
+
+use crate::bus::{Direct, PresenceEvent};
+use crate::protocol::{Message, Topic};
+
+/// The channel of `topic`.
+pub(super) fn channel(prefix: &str, topic: &str) -> String {
+    format!("{prefix}{{{topic}}}:msg")
+}
+
+/// The channel of `user`'s directed messages.
+pub(super) fn user_channel(prefix: &str, user: &str) -> String {
+    format!("{prefix}{{user:{user}}}:direct")
+}
+
+/// The channel name and payload of a pub/sub `message` push.
+pub(super) fn channel_and_payload(data: &[Value]) -> Option<(&str, &[u8])> {
+    match (data.first(), data.get(1)) {
+        (Some(Value::BulkString(ch)), Some(Value::BulkString(payload))) => {
+            Some((std::str::from_utf8(ch).ok()?, payload))
+        }
+        _ => None,
+    }
+}
+
+/// Parses a presence change on a topic's channel: payload `J <conn> <user>` or `L <conn> <user>`.
+pub(super) fn parse_presence(prefix: &str, data: &[Value]) -> Option<PresenceEvent> {
+    let (ch, payload) = channel_and_payload(data)?;
+    let join = match payload.get(..2)? {
+        b"J " => true,
+        b"L " => false,
+        _ => return None,
+    };
+    let name = ch
+        .strip_prefix(prefix)?
+        .strip_prefix('{')?
+        .strip_suffix("}:msg")?;
+    let rest = std::str::from_utf8(&payload[2..]).ok()?;
+    let (conn, user) = rest.split_once(' ')?;
+    Some(PresenceEvent {
+        topic: Topic::parse(name).ok()?,
+        join,
+        conn: Arc::from(conn),
+        user: Arc::from(user),
+    })
+}
+
+/// Parses a directed message: channel `<prefix>{user:<user>}:direct`, payload `<from> <data>`
+/// (`from` is `-` when the sender did not name itself).
+pub(super) fn parse_direct(prefix: &str, data: &[Value]) -> Option<Direct> {
+    let (ch, payload) = channel_and_payload(data)?;
+    let user = ch
+        .strip_prefix(prefix)?
+        .strip_prefix("{user:")?
+        .strip_suffix("}:direct")?;
+    let mut parts = payload.splitn(2, |b| *b == b' ');
+    let from = std::str::from_utf8(parts.next()?).ok()?;
+    let body = parts.next()?;
+    Some(Direct {
+        user: Arc::from(user),
+        from: (from != "-").then(|| Arc::from(from)),
+        data: Bytes::copy_from_slice(body),
+    })
+}
+
+/// Parses a pub/sub message into a [`Message`]: channel `<prefix>{<topic>}:msg`, payload
+/// `<offset> <epoch> <data>`.
+pub(super) fn parse_push(prefix: &str, data: &[Value]) -> Option<Message> {
+    let (ch, payload) = channel_and_payload(data)?;
+    let name = ch
+        .strip_prefix(prefix)?
+        .strip_prefix('{')?
+        .strip_suffix("}:msg")?;
+    let topic = Topic::parse(name).ok()?;
+    let mut parts = payload.splitn(3, |b| *b == b' ');
+    let offset = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let epoch = std::str::from_utf8(parts.next()?).ok()?;
+    let body = parts.next()?;
+    Some(Message {
+        topic,
+        offset,
+        epoch: Arc::from(epoch),
+        data: Bytes::copy_from_slice(body),
+    })
+}
+
+/// The URL without a password, for messages.
+pub(super) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+pub(super) fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+pub(super) fn as_str(v: &Value) -> Option<&str> {
+    match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    #[test]
+    fn envelopes_parse_and_foreign_channels_are_ignored() {
+        let v = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let m = parse_push(
+            "herald:",
+            &[v("herald:{news.eu}:msg"), v("42 e1 {\"a\": 1}")],
+        )
+        .unwrap();
+        assert_eq!(
+            (m.topic.as_str(), m.offset, &*m.epoch),
+            ("news.eu", 42, "e1")
+        );
+        assert_eq!(&m.data[..], b"{\"a\": 1}");
+        assert!(parse_push("herald:", &[v("other:{news}:msg"), v("1 e x")]).is_none());
+        assert!(parse_push("herald:", &[v("herald:{news}:msg"), v("x e {}")]).is_none());
+    }
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            redact("redis://:secret@127.0.0.1:6379/0"),
+            "redis://***@127.0.0.1:6379/0"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}
