@@ -28,5 +28,6 @@ pub mod gateway;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;
+pub mod proxy;
 pub mod server;
 pub mod shutdown;

@@ -133,6 +133,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let gw = Arc::new(Gateway {
         jwt: JwtVerifier::hmac(&config.jwt_secret, config.jwt_leeway),
         tickets: Tickets::new(tickets, config.ticket_ttl),
+        proxy: crate::proxy::Proxy::new(&config.services, config.max_message_bytes, &stop),
         config: config.clone(),
         hub: hub.clone(),
         bus,

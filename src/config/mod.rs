@@ -9,6 +9,7 @@
 
 mod origins;
 pub mod raw;
+pub mod services;
 
 use std::fmt;
 use std::fs::File;
@@ -113,6 +114,14 @@ pub enum ConfigError {
         name: String,
         /// A suggestion, or empty.
         hint: String,
+    },
+    /// A `[services.NAME]` table that is wrong.
+    #[error("services.{name}: {problem}")]
+    Service {
+        /// The service's name.
+        name: String,
+        /// What is wrong and what is expected.
+        problem: String,
     },
     /// A value that is missing, of the wrong type, or out of range.
     #[error("{key}: {problem}")]
@@ -251,6 +260,8 @@ pub struct Config {
     pub node_ttl: Duration,
     /// Topics whose subscribers are tracked for presence.
     pub presence_topics: Vec<crate::protocol::Pattern>,
+    /// Backend services that clients `send` to, by name.
+    pub services: Vec<services::ServiceConfig>,
     /// The secrets generated for development mode.
     pub generated: GeneratedSecrets,
 }
@@ -470,6 +481,7 @@ impl Config {
                 "a number of connections",
             )?,
             node_ttl: secs(NODE_TTL_SECS, raw.node_ttl_secs, 30, 3, 3600)?,
+            services: services::validate(raw.services.unwrap_or_default())?,
             presence_topics: raw
                 .presence_topics
                 .unwrap_or_default()

@@ -96,6 +96,9 @@ macro_rules! raw_config {
         #[serde(deny_unknown_fields)]
         pub struct RawConfig {
             $($(#[doc = $doc])* pub $field: Option<$ty>,)*
+            /// Backend services, by name: `[services.NAME]` tables (file only).
+            #[serde(default)]
+            pub services: Option<std::collections::BTreeMap<String, RawService>>,
         }
 
         $(
@@ -116,6 +119,7 @@ macro_rules! raw_config {
                         d.field(stringify!($field), &self.$field);
                     }
                 )*
+                d.field("services", &self.services);
                 d.finish()
             }
         }
@@ -139,6 +143,9 @@ macro_rules! raw_config {
                         self.$field = top.$field;
                     }
                 )*
+                if top.services.is_some() {
+                    self.services = top.services;
+                }
                 self
             }
         }
@@ -218,6 +225,10 @@ impl RawConfig {
         })?;
         let mut raw = RawConfig::default();
         for (name, value) in table {
+            if name == "services" {
+                raw.services = Some(parse_services(value, path)?);
+                continue;
+            }
             let Some(&key) = KEYS.iter().find(|k| k.name == name) else {
                 return Err(ConfigError::UnknownFileKey {
                     path: path.to_owned(),
@@ -263,6 +274,68 @@ impl RawConfig {
         }
         Ok(raw)
     }
+}
+
+/// One `[services.NAME]` table, unvalidated.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    /// Base URLs, `http://host:port`.
+    pub endpoints: Vec<String>,
+    /// Path appended to each endpoint for `send` (default `/herald`).
+    pub path: Option<String>,
+    /// `round_robin` (default), `least_requests` or `user_hash`.
+    pub balance: Option<String>,
+    /// Per-request timeout (default 2000).
+    pub timeout_ms: Option<u64>,
+    /// Requests in flight to the service at once (default 256); over it: `overloaded`.
+    pub max_concurrency: Option<u64>,
+    /// Whether a request that may have reached a backend can be retried on another.
+    pub idempotent: Option<bool>,
+    /// Upgrade-request headers passed on to the backend (never `X-Herald-*`).
+    pub forward_headers: Option<Vec<String>>,
+    /// Active health check.
+    pub health: Option<RawHealth>,
+}
+
+/// `[services.NAME.health]`, unvalidated.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// Path of the check, e.g. `/healthz` (GET, 2xx is healthy).
+    pub path: String,
+    /// Time between checks (default 1000).
+    pub interval_ms: Option<u64>,
+    /// Consecutive failures that take an endpoint out (default 2).
+    pub fall: Option<u32>,
+    /// Consecutive successes that bring it back (default 2).
+    pub rise: Option<u32>,
+}
+
+fn parse_services(
+    value: toml::Value,
+    path: &Path,
+) -> Result<std::collections::BTreeMap<String, RawService>, ConfigError> {
+    let toml::Value::Table(t) = value else {
+        return Err(ConfigError::Service {
+            name: String::new(),
+            problem: format!(
+                "`services` in {} must be a table of [services.NAME]",
+                path.display()
+            ),
+        });
+    };
+    let mut out = std::collections::BTreeMap::new();
+    for (name, v) in t {
+        let s: RawService = v
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Service {
+                name: name.clone(),
+                problem: format!("in {}: {}", path.display(), e.message()),
+            })?;
+        out.insert(name, s);
+    }
+    Ok(out)
 }
 
 /// `" (did you mean `x`?)"` for the closest candidate within a third of the name's length in

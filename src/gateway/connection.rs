@@ -91,6 +91,8 @@ struct Replaying {
 
 struct Session {
     gw: Arc<Gateway>,
+    /// The upgrade request's headers that some service forwards (shared with `send` tasks).
+    forwarded: Arc<[(String, String)]>,
     /// The connection's id, as in its `welcome` (and in presence).
     conn: Arc<str>,
     sub: Arc<Subscriber>,
@@ -109,7 +111,7 @@ pub async fn run<S>(
     gw: Arc<Gateway>,
     stream: S,
     leftover: Bytes,
-    identity: Identity,
+    (identity, forwarded): (Identity, Vec<(String, String)>),
     codec: Codec,
     endpoint: Endpoint,
     slot: Slot,
@@ -121,6 +123,7 @@ pub async fn run<S>(
     let cfg = &gw.config;
     let conn: Arc<str> = Arc::from(format!("{}-{:x}", gw.config.node_id, sub.id));
     let mut s = Session {
+        forwarded: forwarded.into(),
         conn: conn.clone(),
         limiter: RateLimiter {
             tokens: cfg.rate_burst as f64,
@@ -500,13 +503,33 @@ impl Session {
                     Err(e) => self.error(Some(id), ErrorCode::Unavailable, &e.to_string()),
                 }
             }
-            Request::Send { id, to, .. } => {
+            Request::Send { id, to, data } => {
                 if !grants.can_send(&to) {
                     let msg = format!("your grants do not allow sending to {to:?}");
                     return self.error(Some(id), ErrorCode::Forbidden, &msg);
                 }
-                let msg = format!("no service named {to:?} is configured on this node");
-                self.error(Some(id), ErrorCode::UnknownService, &msg);
+                // In its own task: a slow backend must not stall this connection's other traffic.
+                // Bounded by the service's max_concurrency (overloaded at once beyond it).
+                let (gw, sub, codec) = (self.gw.clone(), self.sub.clone(), self.codec);
+                let (user, conn, headers) = (
+                    self.identity.user.clone(),
+                    self.conn.clone(),
+                    self.forwarded.clone(),
+                );
+                tokio::spawn(async move {
+                    let out = crate::proxy::Outgoing {
+                        id,
+                        user: &user,
+                        conn: &conn,
+                        data: &data,
+                        headers: &headers,
+                    };
+                    let frame = match gw.proxy.send(&to, out).await {
+                        Ok(reply) => codec.reply(id, &reply),
+                        Err(e) => codec.error(Some(id), e.code(), &e.to_string(), e.status()),
+                    };
+                    sub.push(frame);
+                });
             }
         }
     }

@@ -37,6 +37,8 @@ pub struct Gateway {
     pub jwt: JwtVerifier,
     /// Issues and redeems one-time tickets.
     pub tickets: Tickets,
+    /// Forwards clients' `send` to backend services.
+    pub proxy: crate::proxy::Proxy,
     /// Set when shutdown starts: upgrades get 503 and `/readyz` turns 503.
     pub draining: AtomicBool,
     /// WebSocket connections open or being opened, against `max_connections`.

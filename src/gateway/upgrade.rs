@@ -191,6 +191,16 @@ async fn upgrade(
         return Err(Rejection::TooManyUserConnections(limit));
     }
     let user = identity.user.clone();
+    // The headers some service forwards, as the client sent them at the upgrade.
+    let forwarded: Vec<(String, String)> = gw
+        .proxy
+        .forwarded_headers()
+        .iter()
+        .filter_map(|name| {
+            let v = req.headers().get(name.as_str())?.to_str().ok()?;
+            Some((name.clone(), v.to_owned()))
+        })
+        .collect();
     let codec = chosen.unwrap_or(Codec::Json);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_gw = gw.clone();
@@ -206,10 +216,12 @@ async fn upgrade(
         let bus = task_gw.bus.clone();
         match take_stream(upgraded) {
             Some(Taken::Plain(io, buf)) => {
-                connection::run(task_gw, io, buf, identity, codec, endpoint, slot).await
+                let who = (identity, forwarded);
+                connection::run(task_gw, io, buf, who, codec, endpoint, slot).await
             }
             Some(Taken::Tls(io, buf)) => {
-                connection::run(task_gw, io, buf, identity, codec, endpoint, slot).await
+                let who = (identity, forwarded);
+                connection::run(task_gw, io, buf, who, codec, endpoint, slot).await
             }
             None => tracing::error!("upgraded connection is neither TCP nor TLS over TCP"),
         }

@@ -15,6 +15,7 @@ mod frames;
 mod heartbeat;
 mod http_api;
 mod presence;
+mod proxy;
 mod recovery;
 mod shutdown;
 mod slow_consumer;

@@ -2,6 +2,7 @@
 //! tickets, an HTTP client, a WebSocket client speaking either codec, and a raw socket client for
 //! what a well-behaved library would never send.
 
+pub mod backend;
 pub mod http;
 pub mod proc;
 pub mod raw;
@@ -49,6 +50,21 @@ impl Node {
 
     /// A node whose environment is the test defaults overridden by `overrides`.
     pub async fn with(overrides: &[(&str, &str)]) -> Node {
+        Node::with_file(None, overrides).await
+    }
+
+    /// [`Node::with`] plus a TOML config file with `toml` in it (for `[services.*]`).
+    pub async fn with_toml(toml: &str, overrides: &[(&str, &str)]) -> Node {
+        let mut r = [0u8; 8];
+        getrandom::fill(&mut r).unwrap();
+        let path = std::env::temp_dir().join(format!("herald-{:016x}.toml", u64::from_le_bytes(r)));
+        std::fs::write(&path, toml).expect("writing the config file");
+        let node = Node::with_file(Some(&path), overrides).await;
+        let _ = std::fs::remove_file(&path);
+        node
+    }
+
+    async fn with_file(file: Option<&std::path::Path>, overrides: &[(&str, &str)]) -> Node {
         let mut env: Vec<(String, String)> = [
             ("HERALD_LISTEN", "127.0.0.1:0"),
             ("HERALD_API_KEY", API_KEY),
@@ -62,7 +78,7 @@ impl Node {
             env.retain(|(name, _)| name != k);
             env.push((k.to_string(), v.to_string()));
         }
-        let config = Config::load(None, &env).expect("the test configuration is valid");
+        let config = Config::load(file, &env).expect("the test configuration is valid");
         let running = herald::server::start(config)
             .await
             .expect("the node starts");

@@ -1,0 +1,308 @@
+//! The proxy: a client's `send` becomes `POST {endpoint}{path}` to one healthy endpoint of the
+//! named service, and the backend's answer becomes the `reply`. No WebSocket types here.
+//!
+//! Pooled HTTP/1.1 keep-alive connections per endpoint; balancing in [`balance`] (pure); health
+//! in [`health`]. Failure policy: a connection refused or reset before the request was sent
+//! marks the endpoint suspect and is retried once on another; a request that may have reached a
+//! backend is retried only for an `idempotent` service. Over `max_concurrency`, `overloaded` at
+//! once (no queue). Every error knows its `error` code.
+
+pub mod balance;
+pub mod health;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::services::ServiceConfig;
+use crate::protocol::ErrorCode;
+use health::Endpoint;
+
+/// Why a `send` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No service has that name.
+    #[error("no service named {0:?} is configured on this node")]
+    UnknownService(String),
+    /// Every endpoint is down.
+    #[error("no healthy endpoint of {0:?}")]
+    Unavailable(String),
+    /// Over the service's concurrency limit.
+    #[error("{0:?} has its maximum of requests in flight; try again")]
+    Overloaded(String),
+    /// The backend did not answer in time.
+    #[error("{service:?} did not answer within {ms} ms")]
+    Timeout {
+        /// The service.
+        service: String,
+        /// The timeout.
+        ms: u128,
+    },
+    /// The backend answered with a status other than 2xx.
+    #[error("{service:?} answered {status}")]
+    Status {
+        /// The service.
+        service: String,
+        /// Its status.
+        status: u16,
+    },
+    /// The answer was unusable (too big, not JSON) or the exchange broke after the request left.
+    #[error("{service:?}: {problem}")]
+    Broken {
+        /// The service.
+        service: String,
+        /// What went wrong.
+        problem: String,
+    },
+}
+
+impl ProxyError {
+    /// The `error` frame's code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ProxyError::UnknownService(_) => ErrorCode::UnknownService,
+            ProxyError::Unavailable(_) => ErrorCode::UpstreamUnavailable,
+            ProxyError::Overloaded(_) => ErrorCode::Overloaded,
+            ProxyError::Timeout { .. } => ErrorCode::UpstreamTimeout,
+            ProxyError::Status { .. } | ProxyError::Broken { .. } => ErrorCode::UpstreamError,
+        }
+    }
+
+    /// The backend's status, for `upstream_error`.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ProxyError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A `send` on its way to a service.
+pub struct Outgoing<'a> {
+    /// The request's id (echoed to the backend).
+    pub id: u64,
+    /// The user (from the ticket; never from the client's data).
+    pub user: &'a str,
+    /// The connection's id.
+    pub conn: &'a str,
+    /// The payload, JSON text.
+    pub data: &'a [u8],
+    /// The upgrade request's headers (name lowercase, value), filtered per service.
+    pub headers: &'a [(String, String)],
+}
+
+struct Service {
+    config: ServiceConfig,
+    endpoints: Vec<Arc<Endpoint>>,
+    /// Round-robin turn.
+    turn: AtomicUsize,
+    /// Requests in flight, bounded by `max_concurrency`: a permit per request, `overloaded` when
+    /// none is left.
+    permits: Arc<Semaphore>,
+}
+
+/// All configured services.
+pub struct Proxy {
+    services: HashMap<String, Service>,
+    /// Every header name some service forwards, captured at the upgrade.
+    forwarded: Vec<String>,
+    /// Pooled keep-alive connections to every endpoint.
+    client: Client<HttpConnector, Full<Bytes>>,
+    max_reply: usize,
+}
+
+impl Proxy {
+    /// The services of the config, with their health checks running until `stop`.
+    pub fn new(configs: &[ServiceConfig], max_reply: usize, stop: &CancellationToken) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .build(connector.clone());
+        let checker: Client<HttpConnector, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(connector);
+        let mut services = HashMap::new();
+        for c in configs {
+            let endpoints: Vec<Arc<Endpoint>> = c
+                .endpoints
+                .iter()
+                .map(|e| Arc::new(Endpoint::new(e.clone())))
+                .collect();
+            if let Some(h) = &c.health {
+                tokio::spawn(health::run(
+                    checker.clone(),
+                    endpoints.clone(),
+                    h.clone(),
+                    stop.clone(),
+                ));
+            }
+            services.insert(
+                c.name.clone(),
+                Service {
+                    permits: Arc::new(Semaphore::new(c.max_concurrency)),
+                    config: c.clone(),
+                    endpoints,
+                    turn: AtomicUsize::new(0),
+                },
+            );
+        }
+        let mut forwarded: Vec<String> = configs
+            .iter()
+            .flat_map(|s| s.forward_headers.iter().cloned())
+            .collect();
+        forwarded.sort();
+        forwarded.dedup();
+        Proxy {
+            services,
+            forwarded,
+            client,
+            max_reply,
+        }
+    }
+
+    /// Every header name some service forwards (to capture at the upgrade).
+    pub fn forwarded_headers(&self) -> &[String] {
+        &self.forwarded
+    }
+
+    /// Forwards `out` to service `name`; the backend's answer (JSON text) on success.
+    pub async fn send(&self, name: &str, out: Outgoing<'_>) -> Result<Bytes, ProxyError> {
+        let s = self
+            .services
+            .get(name)
+            .ok_or_else(|| ProxyError::UnknownService(name.to_owned()))?;
+        let _permit = s
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ProxyError::Overloaded(name.to_owned()))?;
+        let body = Bytes::from(request_body(&out));
+        let mut failed: Option<usize> = None;
+        loop {
+            let views: Vec<balance::View<'_>> = s
+                .endpoints
+                .iter()
+                .map(|e| balance::View {
+                    base: &e.base,
+                    up: e.is_up(),
+                    in_flight: e.in_flight.load(Ordering::Relaxed),
+                })
+                .collect();
+            let turn = s.turn.fetch_add(1, Ordering::Relaxed);
+            let Some(i) = balance::pick(s.config.balance, &views, turn, out.user, failed) else {
+                return Err(ProxyError::Unavailable(name.to_owned()));
+            };
+            let e = &s.endpoints[i];
+            e.in_flight.fetch_add(1, Ordering::Relaxed);
+            let r = self.attempt(s, e, &out, body.clone()).await;
+            e.in_flight.fetch_sub(1, Ordering::Relaxed);
+            match r {
+                Attempt::Done(r) => return r,
+                Attempt::Retry(err) => {
+                    if failed.is_some() {
+                        return Err(err);
+                    }
+                    failed = Some(i);
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self, s: &Service, e: &Endpoint, out: &Outgoing<'_>, body: Bytes) -> Attempt {
+        let name = &s.config.name;
+        let broken = |problem: String| ProxyError::Broken {
+            service: name.clone(),
+            problem,
+        };
+        let uri = format!("{}{}", e.base, s.config.path);
+        let mut req = hyper::Request::post(uri)
+            .header("content-type", "application/json")
+            .header("x-herald-user", out.user)
+            .header("x-herald-conn", out.conn)
+            .header("x-request-id", format!("{}-{}", out.conn, out.id));
+        for (k, v) in out.headers {
+            if s.config.forward_headers.iter().any(|h| h == k) {
+                req = req.header(k.as_str(), v.as_str());
+            }
+        }
+        let req = match req.body(Full::new(body)) {
+            Ok(r) => r,
+            Err(err) => return Attempt::Done(Err(broken(format!("bad request: {err}")))),
+        };
+        let timeout = s.config.timeout;
+        let answer = tokio::time::timeout(timeout, async {
+            let resp = self.client.request(req).await?;
+            let status = resp.status();
+            let body = Limited::new(resp.into_body(), self.max_reply)
+                .collect()
+                .await;
+            Ok::<_, hyper_util::client::legacy::Error>((status, body))
+        })
+        .await;
+        match answer {
+            Err(_) => Attempt::Done(Err(ProxyError::Timeout {
+                service: name.clone(),
+                ms: timeout.as_millis(),
+            })),
+            Ok(Err(err)) if err.is_connect() => {
+                // Never reached the backend: safe to try another endpoint.
+                e.suspect();
+                Attempt::Retry(ProxyError::Unavailable(name.clone()))
+            }
+            Ok(Err(err)) if s.config.idempotent => {
+                Attempt::Retry(broken(format!("the exchange broke: {err}")))
+            }
+            Ok(Err(err)) => Attempt::Done(Err(broken(format!(
+                "the exchange broke after the request was sent (not retried: the service is \
+                 not idempotent): {err}"
+            )))),
+            Ok(Ok((status, _))) if !status.is_success() => Attempt::Done(Err(ProxyError::Status {
+                service: name.clone(),
+                status: status.as_u16(),
+            })),
+            Ok(Ok((_, Err(_)))) => Attempt::Done(Err(broken(format!(
+                "its reply is over the limit of {} bytes (or broke off); not forwarded",
+                self.max_reply
+            )))),
+            Ok(Ok((_, Ok(collected)))) => {
+                let bytes = collected.to_bytes();
+                if bytes.iter().all(u8::is_ascii_whitespace) {
+                    return Attempt::Done(Ok(Bytes::from_static(b"null")));
+                }
+                match serde_json::from_slice::<&serde_json::value::RawValue>(&bytes) {
+                    Ok(_) => Attempt::Done(Ok(bytes)),
+                    Err(_) => Attempt::Done(Err(broken("its reply is not JSON".into()))),
+                }
+            }
+        }
+    }
+}
+
+enum Attempt {
+    Done(Result<Bytes, ProxyError>),
+    /// Failed in a way that may be retried once on another endpoint.
+    Retry(ProxyError),
+}
+
+/// `{"id", "user", "conn", "data"}`, with `data` as the client sent it.
+fn request_body(out: &Outgoing<'_>) -> Vec<u8> {
+    let mut b = Vec::with_capacity(out.data.len() + 96);
+    b.extend_from_slice(b"{\"id\":");
+    b.extend_from_slice(out.id.to_string().as_bytes());
+    b.extend_from_slice(b",\"user\":");
+    serde_json::to_writer(&mut b, out.user).expect("a string serialises");
+    b.extend_from_slice(b",\"conn\":");
+    serde_json::to_writer(&mut b, out.conn).expect("a string serialises");
+    b.extend_from_slice(b",\"data\":");
+    b.extend_from_slice(out.data);
+    b.push(b'}');
+    b
+}

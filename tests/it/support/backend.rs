@@ -1,0 +1,128 @@
+//! Real HTTP backends for the proxy tests, in-process on 127.0.0.1:0 (axum). Each echoes what it
+//! received (which endpoint, the body, the headers that matter) and can be told to be slow, to
+//! answer a status, to answer too much or no JSON, to fail its health check, or to die.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+/// How a backend behaves; changed by tests while it runs.
+#[derive(Default)]
+pub struct Behaviour {
+    /// Milliseconds to wait before answering `POST /herald`.
+    pub delay_ms: AtomicU64,
+    /// A status to answer instead of 200 (0: 200).
+    pub status: AtomicU16,
+    /// Answer this many bytes of JSON (0: the echo).
+    pub big: AtomicUsize,
+    /// Answer text that is not JSON.
+    pub not_json: AtomicBool,
+    /// `GET /healthz` answers 500.
+    pub unhealthy: AtomicBool,
+    /// Requests to `POST /herald` so far.
+    pub hits: AtomicUsize,
+}
+
+/// A running backend.
+pub struct Backend {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its behaviour.
+    pub b: Arc<Behaviour>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    /// Starts one; `name` is echoed as `endpoint`.
+    pub async fn start(name: &'static str) -> Backend {
+        let b = Arc::new(Behaviour::default());
+        let (bs, bh) = (b.clone(), b.clone());
+        let app = Router::new()
+            .route(
+                "/herald",
+                post(move |headers: HeaderMap, body: String| {
+                    let b = bs.clone();
+                    async move { answer(name, &b, headers, body).await }
+                }),
+            )
+            .route(
+                "/healthz",
+                get(move || {
+                    let b = bh.clone();
+                    async move {
+                        if b.unhealthy.load(Ordering::Relaxed) {
+                            StatusCode::INTERNAL_SERVER_ERROR
+                        } else {
+                            StatusCode::OK
+                        }
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Backend { addr, b, task }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops it: its port refuses connections from now on.
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(
+    name: &str,
+    b: &Behaviour,
+    headers: HeaderMap,
+    body: String,
+) -> axum::response::Response {
+    b.hits.fetch_add(1, Ordering::Relaxed);
+    let delay = b.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let status = b.status.load(Ordering::Relaxed);
+    if status != 0 {
+        return (StatusCode::from_u16(status).unwrap(), "no").into_response();
+    }
+    if b.not_json.load(Ordering::Relaxed) {
+        return "this is not json".into_response();
+    }
+    let big = b.big.load(Ordering::Relaxed);
+    if big > 0 {
+        return format!("\"{}\"", "x".repeat(big)).into_response();
+    }
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let req: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    axum::Json(json!({
+        "endpoint": name,
+        "request": req,
+        "headers": {
+            "x-herald-user": h("x-herald-user"),
+            "x-herald-conn": h("x-herald-conn"),
+            "x-request-id": h("x-request-id"),
+            "cookie": h("cookie"),
+            "x-custom": h("x-custom"),
+        },
+    }))
+    .into_response()
+}
