@@ -7,6 +7,7 @@ mod conn;
 mod hist;
 mod http;
 mod msgpack;
+mod proxy;
 mod publish;
 mod report;
 mod run;
@@ -44,6 +45,23 @@ pub struct Args {
     /// Redis of the cluster, for `--publish-via redis` (loopback only).
     #[arg(long)]
     pub redis_url: Option<String>,
+    /// Proxy scenarios instead of fan-out: `send` (through the node to `--service`), `direct`
+    /// (the same requests to `--backend-url`), or `backend` (an echo backend on `--listen`).
+    #[arg(long, value_enum)]
+    pub proxy: Option<proxy::Mode>,
+    /// With `--proxy send`: the service name.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// With `--proxy direct`: the backend's base URL (loopback).
+    #[arg(long)]
+    pub backend_url: Option<String>,
+    /// With `--proxy backend`: where to listen (127.0.0.1:<port>).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// With `--proxy send|direct`: requests in total (spread over `--conns` connections, at
+    /// `--publish-rate` per second in all).
+    #[arg(long, default_value_t = 10_000)]
+    pub requests: u64,
     /// Subscriber connections.
     #[arg(long, default_value_t = 100)]
     pub conns: usize,
@@ -203,6 +221,21 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(mode) = args.proxy {
+        let jwt = args.token.clone().or_else(|| {
+            let s = args.jwt_secret.as_deref()?;
+            http::mint_jwt(s.as_bytes(), "bench", std::time::Duration::from_secs(3600)).ok()
+        });
+        let r = rt.block_on(proxy::run(&args, mode, jwt));
+        rt.shutdown_timeout(std::time::Duration::from_secs(2));
+        return match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("herald-bench: {e:#}");
+                ExitCode::from(3)
+            }
+        };
+    }
     match rt.block_on(run::run(args.clone(), threads)) {
         Ok((report, clean)) => {
             if args.json {
