@@ -30,6 +30,9 @@ pub enum ServerError {
     /// The Redis ticket store could not connect.
     #[error("ticket store: {0}")]
     Tickets(#[source] crate::auth::AuthError),
+    /// A backend service's settings could not be used.
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ProxyError),
     /// The TLS files could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::gateway::tls::TlsError),
@@ -133,7 +136,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let gw = Arc::new(Gateway {
         jwt: JwtVerifier::hmac(&config.jwt_secret, config.jwt_leeway),
         tickets: Tickets::new(tickets, config.ticket_ttl),
-        proxy: crate::proxy::Proxy::new(&config.services, config.max_message_bytes, &stop),
+        proxy: crate::proxy::Proxy::new(&config.services, config.max_message_bytes, &stop)?,
         config: config.clone(),
         hub: hub.clone(),
         bus,

@@ -296,6 +296,8 @@ pub struct RawService {
     pub forward_headers: Option<Vec<String>>,
     /// Active health check.
     pub health: Option<RawHealth>,
+    /// PEM file of the CA(s) to trust for `https://` endpoints (default: the public web roots).
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// `[services.NAME.health]`, unvalidated.

@@ -52,6 +52,8 @@ pub struct ServiceConfig {
     pub forward_headers: Vec<String>,
     /// The active health check, if any.
     pub health: Option<HealthConfig>,
+    /// CA file for `https://` endpoints (`None`: the public web roots).
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Headers Herald sets or that belong to the connection, never forwarded from a client.
@@ -90,17 +92,14 @@ fn one(name: String, s: RawService) -> Result<ServiceConfig, ConfigError> {
     }
     let mut endpoints = Vec::new();
     for e in &s.endpoints {
-        if e.starts_with("https://") {
-            return Err(bad(format!(
-                "endpoints: {e:?}: https endpoints are not supported yet; use http:// (on a \
-                 private network) or terminate TLS in front of the backend"
-            )));
-        }
         let ok = e
             .strip_prefix("http://")
+            .or_else(|| e.strip_prefix("https://"))
             .is_some_and(|rest| !rest.is_empty() && !rest.contains(['/', '?', '#', ' ']));
         if !ok {
-            return Err(bad(format!("endpoints: {e:?}: expected http://host:port")));
+            return Err(bad(format!(
+                "endpoints: {e:?}: expected http://host:port or https://host:port"
+            )));
         }
         endpoints.push(e.trim_end_matches('/').to_owned());
     }
@@ -146,6 +145,11 @@ fn one(name: String, s: RawService) -> Result<ServiceConfig, ConfigError> {
         forward_headers.push(lower);
     }
     let health = s.health.map(|h| health(&bad, h)).transpose()?;
+    if let Some(ca) = &s.tls_ca
+        && let Err(e) = std::fs::File::open(ca)
+    {
+        return Err(bad(format!("tls_ca: cannot read {}: {e}", ca.display())));
+    }
     Ok(ServiceConfig {
         name: name.clone(),
         endpoints,
@@ -156,6 +160,7 @@ fn one(name: String, s: RawService) -> Result<ServiceConfig, ConfigError> {
         idempotent: s.idempotent.unwrap_or(false),
         forward_headers,
         health,
+        tls_ca: s.tls_ca,
     })
 }
 

@@ -82,7 +82,7 @@ impl Endpoint {
 
 /// Checks `endpoints` every interval until `stop`.
 pub async fn run(
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
     endpoints: Vec<Arc<Endpoint>>,
     check: HealthConfig,
     stop: CancellationToken,

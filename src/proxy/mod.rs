@@ -1,7 +1,8 @@
 //! The proxy: a client's `send` becomes `POST {endpoint}{path}` to one healthy endpoint of the
 //! named service, and the backend's answer becomes the `reply`. No WebSocket types here.
 //!
-//! Pooled HTTP/1.1 keep-alive connections per endpoint; balancing in [`balance`] (pure); health
+//! Pooled keep-alive connections per endpoint (HTTP/1.1, or HTTP/2 when an `https://` endpoint
+//! offers it by ALPN); balancing in [`balance`] (pure); health
 //! in [`health`]. Failure policy: a connection refused or reset before the request was sent
 //! marks the endpoint suspect and is retried once on another; a request that may have reached a
 //! backend is retried only for an `idempotent` service. Over `max_concurrency`, `overloaded` at
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -54,6 +56,14 @@ pub enum ProxyError {
         /// Its status.
         status: u16,
     },
+    /// A service's TLS settings could not be loaded (at start).
+    #[error("services.{service}: {problem}")]
+    Setup {
+        /// The service.
+        service: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// The answer was unusable (too big, not JSON) or the exchange broke after the request left.
     #[error("{service:?}: {problem}")]
     Broken {
@@ -73,6 +83,7 @@ impl ProxyError {
             ProxyError::Overloaded(_) => ErrorCode::Overloaded,
             ProxyError::Timeout { .. } => ErrorCode::UpstreamTimeout,
             ProxyError::Status { .. } | ProxyError::Broken { .. } => ErrorCode::UpstreamError,
+            ProxyError::Setup { .. } => ErrorCode::Internal,
         }
     }
 
@@ -99,8 +110,13 @@ pub struct Outgoing<'a> {
     pub headers: &'a [(String, String)],
 }
 
+/// The connector of every client: `https://` (rustls, ALPN h2 or http/1.1) or `http://`.
+type Connector = HttpsConnector<HttpConnector>;
+
 struct Service {
     config: ServiceConfig,
+    /// Pooled keep-alive connections to its endpoints.
+    client: Client<Connector, Full<Bytes>>,
     endpoints: Vec<Arc<Endpoint>>,
     /// Round-robin turn.
     turn: AtomicUsize,
@@ -114,31 +130,71 @@ pub struct Proxy {
     services: HashMap<String, Service>,
     /// Every header name some service forwards, captured at the upgrade.
     forwarded: Vec<String>,
-    /// Pooled keep-alive connections to every endpoint.
-    client: Client<HttpConnector, Full<Bytes>>,
     max_reply: usize,
+}
+
+/// A connector trusting `ca` (a PEM file), or the public web roots.
+fn connector(service: &str, ca: Option<&std::path::Path>) -> Result<Connector, ProxyError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let setup = |problem: String| ProxyError::Setup {
+        service: service.to_owned(),
+        problem,
+    };
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let builder = match ca {
+        None => HttpsConnectorBuilder::new().with_webpki_roots(),
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| setup(format!("tls_ca {}: {e}", path.display())))?;
+            for c in certs {
+                let c = c.map_err(|e| setup(format!("tls_ca {}: {e}", path.display())))?;
+                roots
+                    .add(c)
+                    .map_err(|e| setup(format!("tls_ca {}: {e}", path.display())))?;
+            }
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let tls = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| setup(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            HttpsConnectorBuilder::new().with_tls_config(tls)
+        }
+    };
+    Ok(builder
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http))
 }
 
 impl Proxy {
     /// The services of the config, with their health checks running until `stop`.
-    pub fn new(configs: &[ServiceConfig], max_reply: usize, stop: &CancellationToken) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
-            .build(connector.clone());
-        let checker: Client<HttpConnector, Empty<Bytes>> =
-            Client::builder(TokioExecutor::new()).build(connector);
+    pub fn new(
+        configs: &[ServiceConfig],
+        max_reply: usize,
+        stop: &CancellationToken,
+    ) -> Result<Proxy, ProxyError> {
         let mut services = HashMap::new();
         for c in configs {
+            let conn = connector(&c.name, c.tls_ca.as_deref())?;
+            let client = Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(std::time::Duration::from_secs(60))
+                .build(conn.clone());
             let endpoints: Vec<Arc<Endpoint>> = c
                 .endpoints
                 .iter()
                 .map(|e| Arc::new(Endpoint::new(e.clone())))
                 .collect();
             if let Some(h) = &c.health {
+                let checker: Client<Connector, Empty<Bytes>> =
+                    Client::builder(TokioExecutor::new()).build(conn);
                 tokio::spawn(health::run(
-                    checker.clone(),
+                    checker,
                     endpoints.clone(),
                     h.clone(),
                     stop.clone(),
@@ -149,6 +205,7 @@ impl Proxy {
                 Service {
                     permits: Arc::new(Semaphore::new(c.max_concurrency)),
                     config: c.clone(),
+                    client,
                     endpoints,
                     turn: AtomicUsize::new(0),
                 },
@@ -160,12 +217,11 @@ impl Proxy {
             .collect();
         forwarded.sort();
         forwarded.dedup();
-        Proxy {
+        Ok(Proxy {
             services,
             forwarded,
-            client,
             max_reply,
-        }
+        })
     }
 
     /// Every header name some service forwards (to capture at the upgrade).
@@ -239,7 +295,7 @@ impl Proxy {
         };
         let timeout = s.config.timeout;
         let answer = tokio::time::timeout(timeout, async {
-            let resp = self.client.request(req).await?;
+            let resp = s.client.request(req).await?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), self.max_reply)
                 .collect()

@@ -157,7 +157,7 @@ async fn a_killed_endpoint_costs_no_request_and_health_checks_take_one_out_and_b
     let mut cl = n
         .client_for(CODECS[0], "u", &grants(&[], &[], &[">"]))
         .await;
-    a.kill();
+    a.kill().await;
     // Connection refused before anything was sent: retried on another endpoint, never seen.
     for i in 1..=30 {
         let r = cl.request(send(i, json!(i))).await;
@@ -234,7 +234,7 @@ async fn timeouts_statuses_and_bad_answers_get_their_error_codes() {
     let r = cl.request(send(4, json!(4))).await;
     assert_eq!(r["code"], "upstream_error", "{r}");
     a.b.not_json.store(false, Ordering::Relaxed);
-    a.kill();
+    a.kill().await;
     let r = cl.request(send(5, json!(5))).await;
     assert_eq!(r["code"], "upstream_unavailable", "{r}");
 }
@@ -309,4 +309,37 @@ async fn a_config_that_forwards_an_x_herald_header_is_refused_at_start() {
         err.contains("services.orders") && err.contains("X-Herald"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn https_endpoints_are_reached_over_http2_with_the_configured_ca() {
+    let dir = crate::tls::tempdir();
+    let (cert, key) = crate::tls::make_cert(&dir);
+    let backend = Backend::start_tls("secure", &cert, &key).await;
+    let toml = format!(
+        "[services.orders]\nendpoints = [{:?}]\ntls_ca = {cert:?}\n",
+        backend.https_url()
+    );
+    let n = node(&toml).await;
+    let mut cl = n
+        .client_for(CODECS[0], "u", &grants(&[], &[], &[">"]))
+        .await;
+    for i in 1..=3 {
+        let r = cl.request(send(i, json!({"i": i}))).await;
+        assert_eq!(endpoint_of(&r), "secure");
+        assert_eq!(r["data"]["version"], "HTTP/2.0", "ALPN picked HTTP/2: {r}");
+    }
+    // Without the CA, the backend's certificate is not trusted: nothing reaches it.
+    let untrusted = format!(
+        "[services.orders]\nendpoints = [{:?}]\n",
+        backend.https_url()
+    );
+    let n = node(&untrusted).await;
+    let mut cl = n
+        .client_for(CODECS[0], "u", &grants(&[], &[], &[">"]))
+        .await;
+    let r = cl.request(send(9, json!({}))).await;
+    assert_eq!(r["op"], "error", "{r}");
+    assert_eq!(backend.b.hits.load(Ordering::Relaxed), 3);
+    let _ = std::fs::remove_dir_all(&dir);
 }

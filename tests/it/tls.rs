@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::support::{Node, WAIT};
 
 /// A self-signed leaf certificate for 127.0.0.1 (CA:FALSE, which rustls requires of a leaf).
-fn make_cert(dir: &Path) -> (String, String) {
+pub(crate) fn make_cert(dir: &Path) -> (String, String) {
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     let status = std::process::Command::new("openssl")
@@ -169,7 +169,7 @@ async fn a_key_that_does_not_match_is_refused_at_start() {
     assert!(err.to_string().contains("TLS"), "{err}");
 }
 
-fn tempdir() -> std::path::PathBuf {
+pub(crate) fn tempdir() -> std::path::PathBuf {
     let mut r = [0u8; 8];
     getrandom::fill(&mut r).unwrap();
     let d = std::env::temp_dir().join(format!("herald-tls-{:016x}", u64::from_le_bytes(r)));

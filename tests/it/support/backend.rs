@@ -42,15 +42,41 @@ pub struct Backend {
 impl Backend {
     /// Starts one; `name` is echoed as `endpoint`.
     pub async fn start(name: &'static str) -> Backend {
+        Backend::start_with(name, None).await
+    }
+
+    /// One serving HTTPS (HTTP/2 or HTTP/1.1 by ALPN) with the PEM `cert` and `key`.
+    pub async fn start_tls(name: &'static str, cert: &str, key: &str) -> Backend {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Backend::start_with(name, Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))).await
+    }
+
+    async fn start_with(name: &'static str, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
         let b = Arc::new(Behaviour::default());
         let (bs, bh) = (b.clone(), b.clone());
         let app = Router::new()
             .route(
                 "/herald",
-                post(move |headers: HeaderMap, body: String| {
-                    let b = bs.clone();
-                    async move { answer(name, &b, headers, body).await }
-                }),
+                post(
+                    move |version: axum::http::Version, headers: HeaderMap, body: String| {
+                        let b = bs.clone();
+                        async move { answer(name, &b, version, headers, body).await }
+                    },
+                ),
             )
             .route(
                 "/healthz",
@@ -67,9 +93,26 @@ impl Backend {
             );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let task = match tls {
+            None => tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }),
+            Some(acceptor) => tokio::spawn(async move {
+                use hyper_util::rt::{TokioExecutor, TokioIo};
+                use hyper_util::service::TowerToHyperService;
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let (acceptor, app) = (acceptor.clone(), app.clone());
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
+                            .await;
+                    });
+                }
+            }),
+        };
         Backend { addr, b, task }
     }
 
@@ -78,15 +121,27 @@ impl Backend {
         format!("http://{}", self.addr)
     }
 
-    /// Stops it: its port refuses connections from now on.
-    pub fn kill(&self) {
+    /// `https://127.0.0.1:<port>`.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Stops it, and waits until its port refuses connections (the abort takes effect when the
+    /// server task is next polled).
+    pub async fn kill(&self) {
         self.task.abort();
+        let start = std::time::Instant::now();
+        while tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            assert!(start.elapsed() < Duration::from_secs(5), "{} kept accepting", self.addr);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
 async fn answer(
     name: &str,
     b: &Behaviour,
+    version: axum::http::Version,
     headers: HeaderMap,
     body: String,
 ) -> axum::response::Response {
@@ -115,6 +170,7 @@ async fn answer(
     let req: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     axum::Json(json!({
         "endpoint": name,
+        "version": format!("{version:?}"),
         "request": req,
         "headers": {
             "x-herald-user": h("x-herald-user"),
