@@ -132,7 +132,11 @@ impl Backend {
         self.task.abort();
         let start = std::time::Instant::now();
         while tokio::net::TcpStream::connect(self.addr).await.is_ok() {
-            assert!(start.elapsed() < Duration::from_secs(5), "{} kept accepting", self.addr);
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{} kept accepting",
+                self.addr
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
