@@ -11,18 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 nodes=${NODES:-2}
 base=${BENCH_PORT:-28100}
-export HERALD_JWT_SECRET=bench-secret-bench-secret-bench-secret-0123
-export HERALD_API_KEY=bench-api-key-0123456789
-ulimit -n 65536 2>/dev/null || true
-rport=$((base + 99))
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
+. benches/lib.sh
 taskset -c 0 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
     --dir "$dir" > "$dir/redis.log" 2>&1 &
 pids+=($!)

@@ -9,16 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base=${BENCH_PORT:-28200}
-export HERALD_JWT_SECRET=bench-secret-bench-secret-bench-secret-0123
-export HERALD_API_KEY=bench-api-key-0123456789
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
+. benches/lib.sh
 backend=127.0.0.1:$((base + 1))
 taskset -c 1 target/release/herald-bench --proxy backend --listen "$backend" --duration-limit 300 \
     > "$dir/backend.log" 2>&1 &
