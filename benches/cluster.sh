@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 nodes=${NODES:-2}
 base=${BENCH_PORT:-28100}
 . benches/lib.sh
+rport=$((base + 99))
 taskset -c 0 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
     --dir "$dir" > "$dir/redis.log" 2>&1 &
 pids+=($!)
