@@ -39,16 +39,18 @@ pub struct RedisSettings {
     pub prefix: String,
 }
 
+/// `url` without its credentials (`scheme://***@host...`), for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
 impl fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let url = match (self.url.find("://"), self.url.rfind('@')) {
-            (Some(s), Some(at)) if at > s => {
-                format!("{}://***@{}", &self.url[..s], &self.url[at + 1..])
-            }
-            _ => self.url.clone(),
-        };
         f.debug_struct("RedisSettings")
-            .field("url", &url)
+            .field("url", &redact_url(&self.url))
             .field("prefix", &self.prefix)
             .finish()
     }

@@ -438,3 +438,15 @@ fn origins_accept_app_schemes() {
     assert!(c.origin_allowed("capacitor://localhost"));
     assert!(c.origin_allowed("chrome-extension://abcdef"));
 }
+
+#[test]
+fn passwords_are_not_shown() {
+    assert_eq!(
+        redact_url("redis://:secret@127.0.0.1:6379/0"),
+        "redis://***@127.0.0.1:6379/0"
+    );
+    assert_eq!(
+        redact_url("redis://127.0.0.1:6379"),
+        "redis://127.0.0.1:6379"
+    );
+}

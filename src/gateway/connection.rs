@@ -583,7 +583,10 @@ impl Session {
                 if self.gw.config.presence_enabled(topic.as_str()) {
                     let user = &self.identity.user;
                     if let Err(e) = self.gw.bus.presence_join(&topic, &self.conn, user).await {
-                        tracing::warn!("presence join of {topic}: {e}");
+                        // Subscribed, but others will not see this connection in presence.
+                        let msg =
+                            format!("subscribed to {topic:?}, but presence is not updated: {e}");
+                        self.error(None, ErrorCode::Unavailable, &msg);
                     }
                 }
                 self.topics.push(topic);

@@ -35,7 +35,7 @@ mod parse;
 use super::{BoxFuture, Bus, BusError, Direct, Replay, Sink, Sinks};
 use crate::protocol::{Message, Position, Topic};
 use monitor::{monitor, node_probe_id, refresh_conns};
-use parse::{channel, parse_direct, parse_presence, parse_push, redact, user_channel};
+use parse::{channel, parse_direct, parse_presence, parse_push, user_channel};
 
 /// The library's version: bump it whenever `herald.lua` changes, so that nodes replace an older
 /// library in Redis.
@@ -163,7 +163,7 @@ impl RedisBus {
             history_ttl,
             node_ttl,
         } = settings;
-        let shown = redact(url);
+        let shown = crate::config::redact_url(url);
         let with_resp3 = if url.contains("protocol=") {
             url.to_owned()
         } else if url.contains('?') {
@@ -392,9 +392,16 @@ impl Bus for RedisBus {
     }
 
     fn watch(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BusError>> {
+        // Before SUBSCRIBE: a message may arrive as soon as it is confirmed.
         self.state.lock().entry(topic.clone()).or_default();
-        let ch = channel(&self.prefix, topic.as_str());
-        Box::pin(async move { self.subscribe_counted(ch).await })
+        let (topic, ch) = (topic.clone(), channel(&self.prefix, topic.as_str()));
+        Box::pin(async move {
+            let r = self.subscribe_counted(ch.clone()).await;
+            if r.is_err() && !self.watched.lock().await.contains_key(&ch) {
+                self.state.lock().remove(&topic);
+            }
+            r
+        })
     }
 
     fn unwatch(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BusError>> {
