@@ -13,6 +13,8 @@
 //! | [`hub`] | topics and local subscribers, encode-once fan-out, per-connection bounded outbox |
 //! | [`bus`] | where messages get their offsets and history: the in-process bus (default) |
 //! | [`auth`] | JWT verification, one-time tickets, grants |
+//! | [`proxy`] | backend services: balancing, health checks, forwarding `send` |
+//! | [`lifecycle`] | connect, disconnect and subscribe events for the backend, at least once |
 //! | [`protocol`] | frames, codecs (JSON, MessagePack), RFC 6455 framing, close codes; pure |
 //! | [`config`] | raw (file, env) to validated [`config::Config`]; the only reader of files and env |
 //! | [`metrics`], [`shutdown`] | leaves |
@@ -26,6 +28,7 @@ pub mod bus;
 pub mod config;
 pub mod gateway;
 pub mod hub;
+pub mod lifecycle;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;

@@ -17,8 +17,12 @@ use crate::bus::local::LocalBus;
 use crate::bus::redis::{RedisBus, Settings as RedisSettingsForBus};
 use crate::bus::{Bus, Direct, DirectSink, PresenceEvent, PresenceSink, Sink, Sinks};
 use crate::config::Config;
+use crate::config::events::EventsSink;
 use crate::gateway::{self, Gateway};
 use crate::hub::{self, Hub};
+use crate::lifecycle::Lifecycle;
+use crate::lifecycle::redis::RedisEvents;
+use crate::lifecycle::webhook::WebhookEvents;
 use crate::protocol::CloseCode;
 
 /// Why the server could not start.
@@ -33,6 +37,9 @@ pub enum ServerError {
     /// A backend service's settings could not be used.
     #[error(transparent)]
     Proxy(#[from] crate::proxy::ProxyError),
+    /// Lifecycle events could not be set up (Redis, or the journal file).
+    #[error("lifecycle events: {0}")]
+    Events(#[from] crate::lifecycle::LifecycleError),
     /// The TLS files could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::gateway::tls::TlsError),
@@ -92,6 +99,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         presence,
     };
     let stop = CancellationToken::new();
+    // The bus's command connection, for lifecycle events in a cluster.
+    let mut redis_cmd = None;
     let (bus, tickets, local): (Arc<dyn Bus>, Arc<dyn TicketStore>, _) = match &config.redis {
         None => {
             let local = Arc::new(LocalBus::new(
@@ -116,6 +125,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             let bus = RedisBus::connect(settings, sinks, stop.clone()).await?;
             // Tickets share the bus's command connection, which its monitor keeps checked.
             let store = RedisTicketStore::new(bus.command_connection(), &r.prefix);
+            redis_cmd = Some(bus.command_connection());
             (bus, Arc::new(store), None)
         }
     };
@@ -133,10 +143,17 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         addr: config.listen,
         source,
     })?;
+    let proxy = Arc::new(crate::proxy::Proxy::new(
+        &config.services,
+        config.max_message_bytes,
+        &stop,
+    )?);
+    let (events, webhook) = lifecycle(&config, redis_cmd, &proxy, &stop).await?;
     let gw = Arc::new(Gateway {
         jwt: JwtVerifier::hmac(&config.jwt_secret, config.jwt_leeway),
         tickets: Tickets::new(tickets, config.ticket_ttl),
-        proxy: crate::proxy::Proxy::new(&config.services, config.max_message_bytes, &stop)?,
+        proxy,
+        events,
         config: config.clone(),
         hub: hub.clone(),
         bus,
@@ -154,7 +171,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     if let Some(local) = local {
         tokio::spawn(sweep(local, stop.clone()));
     }
-    let done = tokio::spawn(drive(gw.clone(), listener, tls, stop.clone()));
+    let done = tokio::spawn(drive(gw.clone(), listener, tls, stop.clone(), webhook));
     Ok(Running {
         addr,
         gateway: gw,
@@ -169,7 +186,9 @@ async fn drive(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     stop: CancellationToken,
+    webhook: Option<Arc<WebhookEvents>>,
 ) {
+    let started = tokio::time::Instant::now();
     gateway::serve(gw.clone(), listener, tls, stop).await;
     gw.draining.store(true, Ordering::Relaxed);
     let open = gw.hub.connections();
@@ -184,6 +203,45 @@ async fn drive(
             "shutdown deadline ({:?}) passed with connections still closing",
             gw.config.shutdown_timeout
         );
+    }
+    // The drain's disconnects go out too, within what is left of the deadline (or a second).
+    if let Some(w) = webhook {
+        let left = gw.config.shutdown_timeout.saturating_sub(started.elapsed());
+        w.flush(left.max(Duration::from_secs(1))).await;
+    }
+}
+
+/// The lifecycle event log the config asks for: the Redis stream in a cluster, the journal and
+/// service on a single node, or none.
+async fn lifecycle(
+    config: &Config,
+    redis_cmd: Option<redis::aio::ConnectionManager>,
+    proxy: &Arc<crate::proxy::Proxy>,
+    stop: &CancellationToken,
+) -> Result<(Lifecycle, Option<Arc<WebhookEvents>>), ServerError> {
+    let Some(ev) = &config.events else {
+        return Ok((Lifecycle::default(), None));
+    };
+    match (&ev.sink, redis_cmd) {
+        (EventsSink::Stream { max_len }, Some(cmd)) => {
+            let log = RedisEvents::start(
+                cmd,
+                &config.node_id,
+                ev.clone(),
+                *max_len,
+                config.node_ttl,
+                stop.clone(),
+            )
+            .await?;
+            Ok((Lifecycle::new(ev.clone(), log), None))
+        }
+        (EventsSink::Service { service, journal }, _) => {
+            let log = WebhookEvents::start(journal, &config.node_id, service, proxy.clone())?;
+            Ok((Lifecycle::new(ev.clone(), log.clone()), Some(log)))
+        }
+        (EventsSink::Stream { .. }, None) => Err(ServerError::Events(
+            crate::lifecycle::LifecycleError::Unavailable("the events stream needs Redis".into()),
+        )),
     }
 }
 

@@ -7,6 +7,7 @@
 //! variable, and saying what is wrong and what is expected. Secrets are never echoed, nor shown
 //! by `Debug`.
 
+pub mod events;
 mod origins;
 pub mod raw;
 pub mod services;
@@ -264,6 +265,8 @@ pub struct Config {
     pub presence_topics: Vec<crate::protocol::Pattern>,
     /// Backend services that clients `send` to, by name.
     pub services: Vec<services::ServiceConfig>,
+    /// Lifecycle events, when enabled.
+    pub events: Option<events::EventsConfig>,
     /// The secrets generated for development mode.
     pub generated: GeneratedSecrets,
 }
@@ -289,6 +292,7 @@ impl fmt::Debug for Config {
             .field("rate_burst", &self.rate_burst)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("tls", &self.tls)
+            .field("events", &self.events)
             .field("dev_mode", &self.dev_mode)
             .field("generated", &self.generated)
             .finish()
@@ -425,7 +429,7 @@ impl Config {
             (None, Some(_)) => return Err(missing_pair(TLS_CERT, TLS_KEY)),
         };
 
-        let config = Config {
+        let mut config = Config {
             listen,
             node_id,
             api_key,
@@ -484,6 +488,7 @@ impl Config {
             )?,
             node_ttl: secs(NODE_TTL_SECS, raw.node_ttl_secs, 30, 3, 3600)?,
             services: services::validate(raw.services.unwrap_or_default())?,
+            events: None,
             presence_topics: raw
                 .presence_topics
                 .unwrap_or_default()
@@ -497,6 +502,16 @@ impl Config {
                 .collect::<Result<_, _>>()?,
             generated,
         };
+        config.events = events::validate(
+            events::RawEvents {
+                kinds: raw.events,
+                service: raw.events_service,
+                journal: raw.events_journal,
+                stream_max_len: raw.events_stream_max_len,
+            },
+            config.redis.is_some(),
+            &config.services,
+        )?;
         // A message must fit in an outbox (with its frame header and envelope), or it could
         // never be delivered.
         if config.outbox_bytes < config.max_message_bytes + 1024 {

@@ -203,6 +203,15 @@ raw_config! {
     node_ttl_secs: u64 => NODE_TTL_SECS = "HERALD_NODE_TTL_SECS";
     /// Topic patterns whose subscribers are tracked for presence (env: comma-separated).
     presence_topics: Vec<String> => PRESENCE_TOPICS = "HERALD_PRESENCE_TOPICS";
+    /// Lifecycle events to record: connect, disconnect, subscribe, unsubscribe (env:
+    /// comma-separated); unset: none.
+    events: Vec<String> => EVENTS = "HERALD_EVENTS";
+    /// Single node: the service (a `[services.NAME]`) that lifecycle events are POSTed to.
+    events_service: String => EVENTS_SERVICE = "HERALD_EVENTS_SERVICE";
+    /// Single node: the file where unsent events and open connections survive a restart.
+    events_journal: PathBuf => EVENTS_JOURNAL = "HERALD_EVENTS_JOURNAL";
+    /// Cluster: about how many entries the Redis event stream keeps.
+    events_stream_max_len: u64 => EVENTS_STREAM_MAX_LEN = "HERALD_EVENTS_STREAM_MAX_LEN";
 }
 
 impl RawConfig {
@@ -387,7 +396,7 @@ mod tests {
                 format!("{ENV_PREFIX}{}", key.name.to_ascii_uppercase())
             );
         }
-        assert_eq!(KEYS.len(), 25);
+        assert_eq!(KEYS.len(), 29);
     }
 
     #[test]

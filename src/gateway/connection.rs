@@ -105,20 +105,22 @@ struct Session {
     limiter: RateLimiter,
 }
 
-/// Runs the connection until it closes; always unsubscribes and releases its slot.
+/// Runs the connection until it closes; always unsubscribes and releases its slot. Returns the
+/// close code that ended it (sent or received; 1006 when the socket just broke).
 #[allow(clippy::too_many_arguments)]
 pub async fn run<S>(
     gw: Arc<Gateway>,
     stream: S,
     leftover: Bytes,
-    (identity, forwarded): (Identity, Vec<(String, String)>),
+    (identity, forwarded, id): (Identity, Vec<(String, String)>, u64),
     codec: Codec,
     endpoint: Endpoint,
     slot: Slot,
-) where
+) -> u16
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let sub = gw.hub.connect(codec);
+    let sub = gw.hub.connect_as(codec, id);
     crate::metrics::connection_opened();
     let cfg = &gw.config;
     let conn: Arc<str> = Arc::from(format!("{}-{:x}", gw.config.node_id, sub.id));
@@ -166,7 +168,7 @@ pub async fn run<S>(
         wpos: 0,
         reading: true,
     };
-    s.serve(&mut pump).await;
+    let code = s.serve(&mut pump).await;
     for t in std::mem::take(&mut s.topics) {
         if gw.hub.unsubscribe(&t, sub.id).is_some() {
             let _ = gw.bus.unwatch(&t).await;
@@ -181,6 +183,7 @@ pub async fn run<S>(
     }
     gw.hub.disconnect(sub.id);
     drop(slot);
+    code
 }
 
 /// The socket and its buffers.
@@ -283,8 +286,9 @@ impl Session {
         self.reply(self.codec.error(id, code, message, None));
     }
 
-    /// Moves bytes between the socket and the outbox until the connection ends.
-    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&mut self, pump: &mut Pump<S>) {
+    /// Moves bytes between the socket and the outbox until the connection ends; returns the
+    /// close code sent or received (1006: none, the socket broke or timed out).
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&mut self, pump: &mut Pump<S>) -> u16 {
         let mut asm = Assembler::server(self.gw.config.max_message_bytes);
         let mut deadline: Option<tokio::time::Instant> = None;
         let sub = self.sub.clone();
@@ -300,9 +304,10 @@ impl Session {
                         sub.outbox.close(code);
                     }
                     Flow::PeerClosed(code) => {
-                        let close = pump.close(code.unwrap_or(1000), "");
+                        let code = code.unwrap_or(1005);
+                        let close = pump.close(if code == 1005 { 1000 } else { code }, "");
                         let _ = tokio::time::timeout(CLOSE_GRACE, Box::pin(close)).await;
-                        return;
+                        return code;
                     }
                 }
                 if pump.rbuf.is_empty() && !asm.in_message() {
@@ -318,20 +323,20 @@ impl Session {
                 None => io.await,
                 Some(d) => match tokio::time::timeout_at(d, io).await {
                     Ok(io) => io,
-                    Err(_) => return,
+                    Err(_) => return sub.outbox.close_code().unwrap_or(1006),
                 },
             };
             match io {
                 Io::Input => sub.seen(self.gw.hub.now_secs()),
                 Io::Wrote => {}
-                Io::Gone => return,
+                Io::Gone => return 1006,
                 Io::Close(code) => {
                     let close = pump.close(code.code(), code.reason());
                     let left = deadline.map_or(CLOSE_GRACE, |d| {
                         d.saturating_duration_since(tokio::time::Instant::now())
                     });
                     let _ = tokio::time::timeout(left, Box::pin(close)).await;
-                    return;
+                    return code.code();
                 }
             }
         }
@@ -449,22 +454,17 @@ impl Session {
                 }
                 self.subscribe(Some(id), topic, since).await;
             }
-            Request::Unsub { id, topic } => match self.gw.hub.unsubscribe(&topic, self.sub.id) {
-                None => {
-                    let msg = "not subscribed to this topic";
-                    self.error(Some(id), ErrorCode::NotSubscribed, msg)
-                }
-                Some(_) => {
-                    let _ = self.gw.bus.unwatch(&topic).await;
-                    if self.gw.config.presence_enabled(topic.as_str()) {
-                        let user = &self.identity.user;
-                        let _ = self.gw.bus.presence_leave(&topic, &self.conn, user).await;
+            Request::Unsub { id, topic } => {
+                if self.topics.contains(&topic) {
+                    let user = &self.identity.user;
+                    let recorded = self.gw.events.unsubscribed(&self.conn, user, &topic).await;
+                    if let Err(e) = recorded {
+                        // Still subscribed: the backend must never miss an unsubscribe.
+                        return self.error(Some(id), ErrorCode::Unavailable, &e.to_string());
                     }
-                    self.topics.retain(|t| *t != topic);
-                    self.replays.retain(|r| r.topic != topic);
-                    self.reply(self.codec.ok(id, OkFields::default()));
                 }
-            },
+                self.unsubscribe(id, topic).await
+            }
             Request::Pub { id, topic, data } => {
                 if !grants.can_publish(topic.as_str()) {
                     let msg = format!("your grants do not allow publishing to {topic:?}");
@@ -534,6 +534,25 @@ impl Session {
         }
     }
 
+    async fn unsubscribe(&mut self, id: u64, topic: Topic) {
+        match self.gw.hub.unsubscribe(&topic, self.sub.id) {
+            None => {
+                let msg = "not subscribed to this topic";
+                self.error(Some(id), ErrorCode::NotSubscribed, msg)
+            }
+            Some(_) => {
+                let _ = self.gw.bus.unwatch(&topic).await;
+                if self.gw.config.presence_enabled(topic.as_str()) {
+                    let user = &self.identity.user;
+                    let _ = self.gw.bus.presence_leave(&topic, &self.conn, user).await;
+                }
+                self.topics.retain(|t| *t != topic);
+                self.replays.retain(|r| r.topic != topic);
+                self.reply(self.codec.ok(id, OkFields::default()));
+            }
+        }
+    }
+
     /// Subscribes with gapless catch-up: registered first (live messages are held), then the
     /// replay is read, then `ok`, the replay (streamed as the outbox drains) and the held
     /// messages are queued in order.
@@ -554,6 +573,15 @@ impl Session {
         }
         match self.gw.bus.replay(&topic, since.as_ref()).await {
             Ok(r) => {
+                let user = &self.identity.user;
+                if let Err(e) = self.gw.events.subscribed(&self.conn, user, &topic).await {
+                    // Not subscribed after all: the backend must never miss a subscribe.
+                    if self.gw.hub.unsubscribe(&topic, self.sub.id).is_some() {
+                        let _ = self.gw.bus.unwatch(&topic).await;
+                    }
+                    self.error(id, ErrorCode::Unavailable, &e.to_string());
+                    return;
+                }
                 if let Some(id) = id {
                     let ok = OkFields {
                         offset: Some(r.latest.offset),

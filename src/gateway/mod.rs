@@ -37,14 +37,16 @@ pub struct Gateway {
     pub jwt: JwtVerifier,
     /// Issues and redeems one-time tickets.
     pub tickets: Tickets,
-    /// Forwards clients' `send` to backend services.
-    pub proxy: crate::proxy::Proxy,
+    /// Forwards clients' `send` to backend services (shared with the lifecycle events' sender).
+    pub proxy: Arc<crate::proxy::Proxy>,
+    /// Records lifecycle events (a no-op when they are off).
+    pub events: crate::lifecycle::Lifecycle,
     /// Set when shutdown starts: upgrades get 503 and `/readyz` turns 503.
     pub draining: AtomicBool,
     /// WebSocket connections open or being opened, against `max_connections`.
     pub conn_slots: AtomicUsize,
-    /// Numbers the connections counted against the per-user limit (with the node id: unique in
-    /// the cluster).
+    /// Numbers the connections (with the node id: their ids, unique in the cluster and, with a
+    /// random upper half, across restarts).
     pub next_conn_key: std::sync::atomic::AtomicU64,
     /// Every connection task, so shutdown can wait for them to finish closing.
     pub tracker: TaskTracker,

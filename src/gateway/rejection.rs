@@ -51,6 +51,9 @@ pub enum Rejection {
     /// The bus is down.
     #[error(transparent)]
     Unavailable(#[from] BusError),
+    /// A lifecycle event could not be recorded, so what it records may not happen.
+    #[error(transparent)]
+    Events(#[from] crate::lifecycle::LifecycleError),
 }
 
 impl Rejection {
@@ -60,7 +63,9 @@ impl Rejection {
             Rejection::Auth(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED)
             }
-            Rejection::Draining | Rejection::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::Draining | Rejection::Unavailable(_) | Rejection::Events(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Rejection::NotWebSocket(_)
             | Rejection::UnsupportedSubprotocol
             | Rejection::BadTopic(_)
@@ -88,7 +93,7 @@ impl Rejection {
             Rejection::TooManyConnections(_) | Rejection::TooManyUserConnections(_) => {
                 "too_many_connections"
             }
-            Rejection::Unavailable(_) => "unavailable",
+            Rejection::Unavailable(_) | Rejection::Events(_) => "unavailable",
         }
     }
 }

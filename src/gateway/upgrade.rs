@@ -180,15 +180,17 @@ async fn upgrade(
             "this ticket's grants do not allow subscribing to {t:?}"
         )));
     }
-    // Counted across the cluster before the 101; uncounted when the connection ends.
-    let conn_key = format!(
-        "{}-{:x}",
-        gw.config.node_id,
-        gw.next_conn_key.fetch_add(1, Ordering::Relaxed)
-    );
+    // Counted across the cluster, and its connect recorded, before the 101; uncounted (and its
+    // disconnect recorded) when the connection ends.
+    let conn_num = gw.next_conn_key.fetch_add(1, Ordering::Relaxed);
+    let conn_key: Arc<str> = Arc::from(format!("{}-{conn_num:x}", gw.config.node_id));
     let limit = gw.config.max_connections_per_user;
     if !gw.bus.open_conn(&identity.user, &conn_key, limit).await? {
         return Err(Rejection::TooManyUserConnections(limit));
+    }
+    if let Err(e) = gw.events.connected(&conn_key, &identity.user).await {
+        let _ = gw.bus.close_conn(&identity.user, &conn_key).await;
+        return Err(e.into());
     }
     let user = identity.user.clone();
     // The headers some service forwards, as the client sent them at the upgrade.
@@ -209,23 +211,27 @@ async fn upgrade(
             Ok(u) => u,
             Err(e) => {
                 tracing::debug!("upgrade did not complete: {e}");
+                task_gw.events.disconnected(&conn_key, &user, 1006).await;
                 let _ = task_gw.bus.close_conn(&user, &conn_key).await;
                 return;
             }
         };
-        let bus = task_gw.bus.clone();
-        match take_stream(upgraded) {
+        let gw = task_gw.clone();
+        let who = (identity, forwarded, conn_num);
+        let code = match take_stream(upgraded) {
             Some(Taken::Plain(io, buf)) => {
-                let who = (identity, forwarded);
                 connection::run(task_gw, io, buf, who, codec, endpoint, slot).await
             }
             Some(Taken::Tls(io, buf)) => {
-                let who = (identity, forwarded);
                 connection::run(task_gw, io, buf, who, codec, endpoint, slot).await
             }
-            None => tracing::error!("upgraded connection is neither TCP nor TLS over TCP"),
-        }
-        let _ = bus.close_conn(&user, &conn_key).await;
+            None => {
+                tracing::error!("upgraded connection is neither TCP nor TLS over TCP");
+                1011
+            }
+        };
+        gw.events.disconnected(&conn_key, &user, code).await;
+        let _ = gw.bus.close_conn(&user, &conn_key).await;
     });
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -69,6 +69,11 @@ impl Hub {
     /// Registers a new connection.
     pub fn connect(&self, codec: Codec) -> Arc<Subscriber> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.connect_as(codec, id)
+    }
+
+    /// Registers a new connection under an id the caller chose (unique among open ones).
+    pub fn connect_as(&self, codec: Codec, id: u64) -> Arc<Subscriber> {
         let sub = Arc::new(Subscriber {
             id,
             codec,

@@ -128,6 +128,11 @@ impl Outbox {
         self.closing.load(Ordering::Relaxed)
     }
 
+    /// Why the connection must close, once it was asked to.
+    pub fn close_code(&self) -> Option<u16> {
+        self.inner.lock().close.map(|c| c.code())
+    }
+
     /// Bytes queued or taken and not yet written.
     pub fn pending_bytes(&self) -> usize {
         self.inner.lock().bytes

@@ -231,6 +231,36 @@ impl Proxy {
 
     /// Forwards `out` to service `name`; the backend's answer (JSON text) on success.
     pub async fn send(&self, name: &str, out: Outgoing<'_>) -> Result<Bytes, ProxyError> {
+        let call = Call {
+            key: out.user,
+            identity: Some((out.user, out.conn)),
+            request_id: format!("{}-{}", out.conn, out.id),
+            headers: out.headers,
+            body: Bytes::from(request_body(&out)),
+        };
+        self.forward(name, call).await
+    }
+
+    /// POSTs `body` (JSON) to service `name` on no client's behalf (lifecycle events): the
+    /// same balancing, health, limits and answer checks as `send`, without identity headers.
+    pub async fn post(
+        &self,
+        name: &str,
+        key: &str,
+        request_id: &str,
+        body: Bytes,
+    ) -> Result<Bytes, ProxyError> {
+        let call = Call {
+            key,
+            identity: None,
+            request_id: request_id.to_owned(),
+            headers: &[],
+            body,
+        };
+        self.forward(name, call).await
+    }
+
+    async fn forward(&self, name: &str, call: Call<'_>) -> Result<Bytes, ProxyError> {
         let s = self
             .services
             .get(name)
@@ -240,7 +270,6 @@ impl Proxy {
             .clone()
             .try_acquire_owned()
             .map_err(|_| ProxyError::Overloaded(name.to_owned()))?;
-        let body = Bytes::from(request_body(&out));
         let mut failed: Option<usize> = None;
         loop {
             let views: Vec<balance::View<'_>> = s
@@ -253,12 +282,12 @@ impl Proxy {
                 })
                 .collect();
             let turn = s.turn.fetch_add(1, Ordering::Relaxed);
-            let Some(i) = balance::pick(s.config.balance, &views, turn, out.user, failed) else {
+            let Some(i) = balance::pick(s.config.balance, &views, turn, call.key, failed) else {
                 return Err(ProxyError::Unavailable(name.to_owned()));
             };
             let e = &s.endpoints[i];
             e.in_flight.fetch_add(1, Ordering::Relaxed);
-            let r = self.attempt(s, e, &out, body.clone()).await;
+            let r = self.attempt(s, e, &call).await;
             e.in_flight.fetch_sub(1, Ordering::Relaxed);
             match r {
                 Attempt::Done(r) => return r,
@@ -272,7 +301,7 @@ impl Proxy {
         }
     }
 
-    async fn attempt(&self, s: &Service, e: &Endpoint, out: &Outgoing<'_>, body: Bytes) -> Attempt {
+    async fn attempt(&self, s: &Service, e: &Endpoint, call: &Call<'_>) -> Attempt {
         let name = &s.config.name;
         let broken = |problem: String| ProxyError::Broken {
             service: name.clone(),
@@ -281,15 +310,18 @@ impl Proxy {
         let uri = format!("{}{}", e.base, s.config.path);
         let mut req = hyper::Request::post(uri)
             .header("content-type", "application/json")
-            .header("x-herald-user", out.user)
-            .header("x-herald-conn", out.conn)
-            .header("x-request-id", format!("{}-{}", out.conn, out.id));
-        for (k, v) in out.headers {
+            .header("x-request-id", call.request_id.as_str());
+        if let Some((user, conn)) = call.identity {
+            req = req
+                .header("x-herald-user", user)
+                .header("x-herald-conn", conn);
+        }
+        for (k, v) in call.headers {
             if s.config.forward_headers.iter().any(|h| h == k) {
                 req = req.header(k.as_str(), v.as_str());
             }
         }
-        let req = match req.body(Full::new(body)) {
+        let req = match req.body(Full::new(call.body.clone())) {
             Ok(r) => r,
             Err(err) => return Attempt::Done(Err(broken(format!("bad request: {err}")))),
         };
@@ -340,6 +372,20 @@ impl Proxy {
             }
         }
     }
+}
+
+/// One request to a service.
+struct Call<'a> {
+    /// What `user_hash` balances on.
+    key: &'a str,
+    /// The user and connection, for `X-Herald-User` and `X-Herald-Conn`.
+    identity: Option<(&'a str, &'a str)>,
+    /// `X-Request-Id`.
+    request_id: String,
+    /// Upgrade headers, forwarded when the service allowlists them.
+    headers: &'a [(String, String)],
+    /// The JSON body.
+    body: Bytes,
 }
 
 enum Attempt {

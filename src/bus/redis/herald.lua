@@ -190,6 +190,114 @@ local function conn_close(keys, args)
   return redis.call('ZREM', PREFIX .. '{user:' .. keys[1] .. '}:conns', args[1])
 end
 
+-- Lifecycle events (when a node's config enables them). All in one slot, hash tag {events}:
+--   __PREFIX__{events}:stream      stream: one entry per event (proto/events.md)
+--   __PREFIX__{events}:nodes       sorted set: live nodes, scored by when they count as dead
+--   __PREFIX__{events}:lost        set: dead nodes whose connections are still being recorded
+--   __PREFIX__{events}:node:<id>   hash: a node's recorded connections, conn -> user
+-- A connection's disconnect is recorded exactly once: by its node, or, when the node died, by
+-- whichever node reaps it first (each call is atomic, and the registry entry goes with it).
+local EVENTS = PREFIX .. '{events}'
+
+local function record(maxlen, ...)
+  return redis.call('XADD', EVENTS .. ':stream', 'MAXLEN', '~', maxlen, '*', ...)
+end
+
+-- Records a disconnect for up to `limit` of `node`'s connections. -> recorded, done
+local function reap(maxlen, node, reason, by, limit)
+  local reg = EVENTS .. ':node:' .. node
+  local cursor, n = '0', 0
+  repeat
+    local scan = redis.call('HSCAN', reg, cursor, 'COUNT', limit)
+    cursor = scan[1]
+    local fields = scan[2]
+    for i = 1, #fields, 2 do
+      if redis.call('HDEL', reg, fields[i]) == 1 then
+        record(maxlen, 'event', 'disconnect', 'conn', fields[i], 'user', fields[i + 1],
+          'node', node, 'code', '1006', 'reason', reason, 'by', by)
+        n = n + 1
+      end
+    end
+  until cursor == '0' or n >= limit
+  return n, redis.call('EXISTS', reg) == 0
+end
+
+-- FCALL herald_event 1 events <maxlen> <node> <kind> <conn> <user> [topic | close code]
+--   -> the entry id, or nil when there was nothing to record (a disconnect already recorded)
+local function event(keys, args)
+  local maxlen, node, kind, conn, user, extra = args[1], args[2], args[3], args[4], args[5], args[6]
+  local reg = EVENTS .. ':node:' .. node
+  if kind == 'disconnect' then
+    if redis.call('HDEL', reg, conn) == 0 then return nil end
+    return record(maxlen, 'event', 'disconnect', 'conn', conn, 'user', user, 'node', node,
+      'code', extra or '1006', 'reason', 'closed')
+  end
+  if redis.call('ZSCORE', EVENTS .. ':nodes', node) == false then
+    return redis.error_reply('HERALDLOST node ' .. node .. ' is not registered: it must rejoin')
+  end
+  if kind == 'connect' then
+    redis.call('HSET', reg, conn, user)
+    return record(maxlen, 'event', 'connect', 'conn', conn, 'user', user, 'node', node)
+  elseif kind == 'subscribe' or kind == 'unsubscribe' then
+    return record(maxlen, 'event', kind, 'conn', conn, 'user', user, 'node', node, 'topic', extra)
+  end
+  return redis.error_reply('ERR herald: unknown event ' .. tostring(kind))
+end
+
+-- FCALL herald_events_reap 1 events <maxlen> <node> <reason> <limit>  ->  {recorded, more}
+-- A node's own connections from before (its restart, or its return after being declared dead).
+local function events_reap(keys, args)
+  local maxlen, node, reason, limit = args[1], args[2], args[3], tonumber(args[4])
+  local n, done = reap(maxlen, node, reason, node, limit)
+  if done then redis.call('SREM', EVENTS .. ':lost', node) end
+  return {n, done and 0 or 1}
+end
+
+-- FCALL herald_events_join 1 events <maxlen> <node> <ttl-ms> <reason> [<conn> <user> <topics>]...
+-- Registers the node (alive for ttl) and its live connections, each with a connect event and a
+-- subscribe event per topic (topics space-separated).  ->  connections registered
+local function events_join(keys, args)
+  local maxlen, node, ttl, reason = args[1], args[2], tonumber(args[3]), args[4]
+  redis.call('ZADD', EVENTS .. ':nodes', now_ms() + ttl, node)
+  local reg = EVENTS .. ':node:' .. node
+  local n = 0
+  for i = 5, #args - 2, 3 do
+    local conn, user, topics = args[i], args[i + 1], args[i + 2]
+    redis.call('HSET', reg, conn, user)
+    record(maxlen, 'event', 'connect', 'conn', conn, 'user', user, 'node', node, 'reason', reason)
+    for topic in string.gmatch(topics, '%S+') do
+      record(maxlen, 'event', 'subscribe', 'conn', conn, 'user', user, 'node', node,
+        'topic', topic, 'reason', reason)
+    end
+    n = n + 1
+  end
+  return n
+end
+
+-- FCALL herald_events_beat 1 events <maxlen> <node> <ttl-ms> <limit>  ->  {alive, recorded, more}
+-- Keeps the node alive for ttl, moves nodes past their time to the lost set, and records up to
+-- `limit` of the lost nodes' disconnects. alive = 0: this node was declared dead (or Redis lost
+-- its data) and must reap its own leftovers and join again.
+local function events_beat(keys, args)
+  local maxlen, node, ttl, limit = args[1], args[2], tonumber(args[3]), tonumber(args[4])
+  local nodes, lost = EVENTS .. ':nodes', EVENTS .. ':lost'
+  local now = now_ms()
+  if redis.call('ZSCORE', nodes, node) == false then return {0, 0, 0} end
+  redis.call('ZADD', nodes, now + ttl, node)
+  for _, dead in ipairs(redis.call('ZRANGEBYSCORE', nodes, '-inf', now)) do
+    redis.call('ZREM', nodes, dead)
+    redis.call('SADD', lost, dead)
+  end
+  local recorded = 0
+  for _, dead in ipairs(redis.call('SMEMBERS', lost)) do
+    if recorded >= limit then return {1, recorded, 1} end
+    local n, done = reap(maxlen, dead, 'node_lost', node, limit - recorded)
+    recorded = recorded + n
+    if done then redis.call('SREM', lost, dead) end
+  end
+  return {1, recorded, 0}
+end
+
 -- FCALL_RO herald_version 0  ->  the library's version
 local function version()
   return VERSION
@@ -204,4 +312,8 @@ redis.register_function('herald_presence', presence)
 redis.register_function('herald_conn_open', conn_open)
 redis.register_function('herald_conn_refresh', conn_refresh)
 redis.register_function('herald_conn_close', conn_close)
+redis.register_function('herald_event', event)
+redis.register_function('herald_events_reap', events_reap)
+redis.register_function('herald_events_join', events_join)
+redis.register_function('herald_events_beat', events_beat)
 redis.register_function{function_name = 'herald_version', callback = version, flags = {'no-writes'}}

@@ -39,7 +39,7 @@ use parse::{channel, parse_direct, parse_presence, parse_push, user_channel};
 
 /// The library's version: bump it whenever `herald.lua` changes, so that nodes replace an older
 /// library in Redis.
-pub const LIBRARY_VERSION: i64 = 4;
+pub const LIBRARY_VERSION: i64 = 5;
 
 /// Why the Redis bus could not start.
 #[derive(Debug, thiserror::Error)]

@@ -84,6 +84,20 @@ impl Client {
         self.ws.send(m).await.expect("sending a message");
     }
 
+    /// Closes with `code` and waits (bounded) for the server's close and the end of the stream.
+    pub async fn close(&mut self, code: u16) {
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        let frame = CloseFrame {
+            code: code.into(),
+            reason: "".into(),
+        };
+        self.ws
+            .send(Message::Close(Some(frame)))
+            .await
+            .expect("sending close");
+        let _ = tokio::time::timeout(WAIT, async { while self.ws.next().await.is_some() {} }).await;
+    }
+
     /// Queues messages without flushing; [`Client::flush`] sends them together.
     pub async fn feed(&mut self, m: Message) {
         self.ws.feed(m).await.expect("queueing a message");

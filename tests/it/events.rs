@@ -1,0 +1,459 @@
+//! Lifecycle events, at least once: in a cluster, entries of the Redis stream (read back with
+//! plain `XRANGE`), including a `kill -9`ed node's disconnects recorded exactly once by the
+//! survivors, a restarted node's leftovers, and a node that was declared dead joining again; on a
+//! single node, POSTs to a real HTTP service, in order, surviving the service being down and the
+//! node being killed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use axum::routing::post;
+use serde_json::{Value, json};
+
+use crate::support::redis::RedisServer;
+use crate::support::{API_KEY, CODECS, Client, JWT_SECRET, Node, proc};
+
+const ALL: &str = "connect,disconnect,subscribe,unsubscribe";
+const STREAM: &str = "herald:{events}:stream";
+
+/// The stream's entries, oldest first, as field maps (plus `id`).
+async fn stream(redis: &RedisServer) -> Vec<HashMap<String, String>> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(STREAM)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    entries
+        .into_iter()
+        .map(|(id, kv)| {
+            let mut m: HashMap<String, String> =
+                kv.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect();
+            m.insert("id".into(), id);
+            m
+        })
+        .collect()
+}
+
+/// Polls until `pred` holds for the stream (bounded), and returns it.
+async fn stream_until(
+    redis: &RedisServer,
+    what: &str,
+    pred: impl Fn(&[HashMap<String, String>]) -> bool,
+) -> Vec<HashMap<String, String>> {
+    let start = Instant::now();
+    loop {
+        let s = stream(redis).await;
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what} never appeared in the stream: {s:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn of_conn<'a>(s: &'a [HashMap<String, String>], conn: &str) -> Vec<&'a HashMap<String, String>> {
+    s.iter().filter(|e| e["conn"] == conn).collect()
+}
+
+fn kinds(s: &[&HashMap<String, String>]) -> Vec<String> {
+    s.iter().map(|e| e["event"].clone()).collect()
+}
+
+/// A `/ws` client of `user` and its connection id (from `welcome`).
+async fn connect(n: &Node, codec: crate::support::Codec, user: &str) -> (Client, String) {
+    let ticket = n.ticket_for(user, &herald::auth::RawGrants::all()).await;
+    let mut c = n.open(&format!("/ws?ticket={ticket}"), codec).await;
+    let w = c.next_frame().await;
+    assert_eq!(w["op"], "welcome", "{w}");
+    (c, w["conn"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn a_cluster_records_connect_subscribe_unsubscribe_and_disconnect_in_order() {
+    let redis = RedisServer::start();
+    let n = Node::with(&[("HERALD_REDIS_URL", &redis.url()), ("HERALD_EVENTS", ALL)]).await;
+    for codec in CODECS {
+        let (mut c, conn) = connect(&n, codec, "alice").await;
+        c.sub(1, "room.1").await;
+        let ok = c
+            .request(json!({"op": "unsub", "id": 2, "topic": "room.1"}))
+            .await;
+        assert_eq!(ok["op"], "ok", "{ok}");
+        c.close(1000).await;
+        let s = stream_until(&redis, "the disconnect", |s| {
+            of_conn(s, &conn).iter().any(|e| e["event"] == "disconnect")
+        })
+        .await;
+        let mine = of_conn(&s, &conn);
+        assert_eq!(
+            kinds(&mine),
+            ["connect", "subscribe", "unsubscribe", "disconnect"]
+        );
+        for e in &mine {
+            assert_eq!(
+                (e["user"].as_str(), e["node"].as_str()),
+                ("alice", "it-node")
+            );
+        }
+        assert_eq!(mine[1]["topic"], "room.1");
+        assert_eq!(mine[2]["topic"], "room.1");
+        assert_eq!(
+            (mine[3]["code"].as_str(), mine[3]["reason"].as_str()),
+            ("1000", "closed")
+        );
+    }
+}
+
+#[tokio::test]
+async fn only_the_configured_kinds_are_recorded() {
+    let redis = RedisServer::start();
+    let n = Node::with(&[
+        ("HERALD_REDIS_URL", &redis.url()),
+        ("HERALD_EVENTS", "subscribe"),
+    ])
+    .await;
+    let (mut c, conn) = connect(&n, CODECS[0], "bob").await;
+    c.sub(1, "only").await;
+    c.close(1000).await;
+    let s = stream_until(&redis, "the subscribe", |s| !s.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s2 = stream(&redis).await;
+    assert_eq!(s.len(), s2.len());
+    assert_eq!(kinds(&of_conn(&s2, &conn)), ["subscribe"]);
+}
+
+/// A `herald serve` process in the cluster with events on, node id `id`.
+async fn process(redis: &RedisServer, id: &str) -> (tokio::process::Child, Node) {
+    let addr = proc::free_addr();
+    let (listen, url) = (addr.to_string(), redis.url());
+    let env = [
+        ("HERALD_LISTEN", listen.as_str()),
+        ("HERALD_API_KEY", API_KEY),
+        ("HERALD_JWT_SECRET", JWT_SECRET),
+        ("HERALD_REDIS_URL", url.as_str()),
+        ("HERALD_NODE_ID", id),
+        ("HERALD_NODE_TTL_SECS", "3"),
+        ("HERALD_EVENTS", ALL),
+    ];
+    let mut child = proc::herald(&["serve"], &env).spawn().unwrap();
+    proc::stderr(&mut child).drain();
+    proc::stdout(&mut child).drain();
+    let node = Node::external(addr);
+    proc::wait_healthy(&node, Duration::from_secs(10)).await;
+    (child, node)
+}
+
+#[tokio::test]
+async fn a_killed_nodes_disconnects_are_recorded_exactly_once_by_the_survivors() {
+    let redis = RedisServer::start();
+    let (mut doomed, a) = process(&redis, "doomed").await;
+    let survivors = [
+        Node::with(&[
+            ("HERALD_REDIS_URL", &redis.url()),
+            ("HERALD_EVENTS", ALL),
+            ("HERALD_NODE_TTL_SECS", "3"),
+            ("HERALD_NODE_ID", "s1"),
+        ])
+        .await,
+        Node::with(&[
+            ("HERALD_REDIS_URL", &redis.url()),
+            ("HERALD_EVENTS", ALL),
+            ("HERALD_NODE_TTL_SECS", "3"),
+            ("HERALD_NODE_ID", "s2"),
+        ])
+        .await,
+    ];
+    let (mut c1, conn1) = connect(&a, CODECS[0], "alice").await;
+    let (_c2, conn2) = connect(&a, CODECS[1], "bob").await;
+    c1.sub(1, "t").await;
+    doomed.start_kill().unwrap();
+    doomed.wait().await.unwrap();
+    let done = |s: &[HashMap<String, String>]| {
+        [&conn1, &conn2]
+            .iter()
+            .all(|c| of_conn(s, c).iter().any(|e| e["event"] == "disconnect"))
+    };
+    stream_until(&redis, "both disconnects", done).await;
+    // Several more beats of both survivors: still exactly one disconnect each.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = stream(&redis).await;
+    for conn in [&conn1, &conn2] {
+        let d: Vec<_> = of_conn(&s, conn)
+            .into_iter()
+            .filter(|e| e["event"] == "disconnect")
+            .collect();
+        assert_eq!(d.len(), 1, "exactly one disconnect for {conn}: {d:#?}");
+        assert_eq!(d[0]["reason"], "node_lost");
+        assert_eq!(d[0]["node"], "doomed");
+        assert!(["s1", "s2"].contains(&d[0]["by"].as_str()), "{:?}", d[0]);
+    }
+    drop(survivors);
+}
+
+#[tokio::test]
+async fn a_restarted_node_records_the_disconnects_its_previous_run_left() {
+    let redis = RedisServer::start();
+    let (mut first, a) = process(&redis, "phoenix").await;
+    let (_c, conn) = connect(&a, CODECS[0], "alice").await;
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    // Back at once, long before its registration would expire: only the restart can tell.
+    let (_second, _b) = process(&redis, "phoenix").await;
+    let s = stream_until(&redis, "the restart's disconnect", |s| {
+        of_conn(s, &conn).iter().any(|e| e["event"] == "disconnect")
+    })
+    .await;
+    let d = of_conn(&s, &conn);
+    assert_eq!(kinds(&d), ["connect", "disconnect"]);
+    assert_eq!(
+        (d[1]["reason"].as_str(), d[1]["code"].as_str()),
+        ("node_restart", "1006")
+    );
+}
+
+#[tokio::test]
+async fn a_node_declared_dead_while_alive_records_its_leftovers_and_joins_again() {
+    let redis = RedisServer::start();
+    let n = Node::with(&[
+        ("HERALD_REDIS_URL", &redis.url()),
+        ("HERALD_EVENTS", ALL),
+        ("HERALD_NODE_TTL_SECS", "3"),
+    ])
+    .await;
+    let (mut c, conn) = connect(&n, CODECS[0], "alice").await;
+    c.sub(1, "kept").await;
+    // As if the node had paused past its deadline (or Redis lost its data).
+    let removed = redis.cli(&["ZREM", "herald:{events}:nodes", "it-node"]);
+    assert_eq!(removed.trim(), "1");
+    let s = stream_until(&redis, "the rejoin", |s| {
+        of_conn(s, &conn)
+            .iter()
+            .filter(|e| e["event"] == "subscribe")
+            .count()
+            == 2
+    })
+    .await;
+    let mine = of_conn(&s, &conn);
+    assert_eq!(
+        kinds(&mine),
+        ["connect", "subscribe", "disconnect", "connect", "subscribe"]
+    );
+    assert_eq!(mine[2]["reason"], "node_lost");
+    assert_eq!(mine[3]["reason"], "rejoin");
+    assert_eq!(mine[4]["topic"], "kept");
+    // The client never noticed, and its story ends where it is: connected and subscribed.
+    n.publish("kept", json!({"still": "here"})).await;
+    assert_eq!(c.next_msg("kept").await["data"]["still"], "here");
+}
+
+/// A real HTTP events service: it keeps every POSTed body, or answers 503 while told to fail.
+struct Collector {
+    addr: SocketAddr,
+    bodies: Arc<parking_lot::Mutex<Vec<Value>>>,
+    fail: Arc<AtomicBool>,
+}
+
+impl Collector {
+    async fn start() -> Collector {
+        let bodies: Arc<parking_lot::Mutex<Vec<Value>>> = Arc::default();
+        let fail = Arc::new(AtomicBool::new(false));
+        let (b, f) = (bodies.clone(), fail.clone());
+        let app = axum::Router::new().route(
+            "/events",
+            post(move |axum::Json(v): axum::Json<Value>| {
+                let (b, f) = (b.clone(), f.clone());
+                async move {
+                    if f.load(Ordering::Relaxed) {
+                        return StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    b.lock().push(v);
+                    StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        Collector { addr, bodies, fail }
+    }
+
+    fn toml(&self) -> String {
+        format!(
+            "[services.lifecycle]\nendpoints = [\"http://{}\"]\npath = \"/events\"\ntimeout_ms = 1000\n",
+            self.addr
+        )
+    }
+
+    /// Every event received so far, in the order received.
+    fn events(&self) -> Vec<Value> {
+        self.bodies
+            .lock()
+            .iter()
+            .flat_map(|b| b["events"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    async fn until(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let e = self.events();
+            if pred(&e) {
+                return e;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{what} never reached the service: {e:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn conn_events<'a>(e: &'a [Value], conn: &str) -> Vec<&'a Value> {
+    e.iter().filter(|v| v["conn"] == conn).collect()
+}
+
+fn journal_path() -> String {
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).unwrap();
+    std::env::temp_dir()
+        .join(format!("herald-events-{:016x}", u64::from_le_bytes(r)))
+        .join("events.journal")
+        .display()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_single_node_posts_events_in_order_and_again_after_the_service_recovers() {
+    let svc = Collector::start().await;
+    let journal = journal_path();
+    let mut n = Node::with_toml(
+        &svc.toml(),
+        &[
+            ("HERALD_EVENTS", ALL),
+            ("HERALD_EVENTS_SERVICE", "lifecycle"),
+            ("HERALD_EVENTS_JOURNAL", &journal),
+        ],
+    )
+    .await;
+    let (mut c, conn) = connect(&n, CODECS[1], "carol").await;
+    c.sub(1, "a").await;
+    let e = svc
+        .until("connect and subscribe", |e| {
+            conn_events(e, &conn).len() == 2
+        })
+        .await;
+    let mine = conn_events(&e, &conn);
+    assert_eq!(mine[0]["event"], "connect");
+    assert_eq!(
+        (mine[1]["event"].as_str(), mine[1]["topic"].as_str()),
+        (Some("subscribe"), Some("a"))
+    );
+    assert!(mine[0]["seq"].as_u64() < mine[1]["seq"].as_u64());
+    assert!(mine[0]["ts"].as_u64().unwrap() > 1_600_000_000_000);
+    // The service goes down: events wait in the journal, and arrive once it is back.
+    svc.fail.store(true, Ordering::Relaxed);
+    let ok = c
+        .request(json!({"op": "unsub", "id": 2, "topic": "a"}))
+        .await;
+    assert_eq!(
+        ok["op"], "ok",
+        "recorded in the journal, so the unsubscribe goes ahead: {ok}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    svc.fail.store(false, Ordering::Relaxed);
+    let e = svc
+        .until("the unsubscribe", |e| conn_events(e, &conn).len() == 3)
+        .await;
+    assert_eq!(conn_events(&e, &conn)[2]["event"], "unsubscribe");
+    // Shutdown: the drain's disconnect (1012) still reaches the service.
+    n.shutdown();
+    n.wait().await;
+    let e = svc
+        .until("the drain's disconnect", |e| {
+            conn_events(e, &conn).len() == 4
+        })
+        .await;
+    let d = conn_events(&e, &conn)[3];
+    assert_eq!(
+        (d["event"].as_str(), d["code"].as_u64()),
+        (Some("disconnect"), Some(1012))
+    );
+    let seqs: Vec<u64> = e.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    let mut sorted = seqs.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        seqs, sorted,
+        "in order, each once while nothing failed mid-request"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_single_node_delivers_its_unsent_events_and_disconnects_on_restart() {
+    let svc = Collector::start().await;
+    svc.fail.store(true, Ordering::Relaxed);
+    let dir = journal_path();
+    let cfg = std::path::Path::new(&dir).with_file_name("herald.toml");
+    std::fs::create_dir_all(cfg.parent().unwrap()).unwrap();
+    std::fs::write(&cfg, svc.toml()).unwrap();
+    let cfg = cfg.display().to_string();
+    let spawn = || async {
+        let addr = proc::free_addr();
+        let listen = addr.to_string();
+        let env = [
+            ("HERALD_LISTEN", listen.as_str()),
+            ("HERALD_API_KEY", API_KEY),
+            ("HERALD_JWT_SECRET", JWT_SECRET),
+            ("HERALD_NODE_ID", "solo"),
+            ("HERALD_EVENTS", ALL),
+            ("HERALD_EVENTS_SERVICE", "lifecycle"),
+            ("HERALD_EVENTS_JOURNAL", dir.as_str()),
+        ];
+        let mut child = proc::herald(&["serve", "--config", &cfg], &env)
+            .spawn()
+            .unwrap();
+        proc::stderr(&mut child).drain();
+        proc::stdout(&mut child).drain();
+        let node = Node::external(addr);
+        proc::wait_healthy(&node, Duration::from_secs(10)).await;
+        (child, node)
+    };
+    let (mut first, a) = spawn().await;
+    let (mut c, conn) = connect(&a, CODECS[0], "dave").await;
+    c.sub(1, "x").await;
+    // Nothing was taken by the service yet; the node dies with everything in its journal.
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    assert!(svc.events().is_empty());
+    svc.fail.store(false, Ordering::Relaxed);
+    let (_second, _b) = spawn().await;
+    let e = svc
+        .until("the events of the killed run", |e| {
+            conn_events(e, &conn).len() == 3
+        })
+        .await;
+    let mine = conn_events(&e, &conn);
+    assert_eq!(kinds_of(&mine), ["connect", "subscribe", "disconnect"]);
+    assert_eq!(
+        (mine[2]["reason"].as_str(), mine[2]["code"].as_u64()),
+        (Some("node_restart"), Some(1006))
+    );
+}
+
+fn kinds_of(e: &[&Value]) -> Vec<String> {
+    e.iter()
+        .map(|v| v["event"].as_str().unwrap().to_owned())
+        .collect()
+}
