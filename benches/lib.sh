@@ -3,6 +3,8 @@
 # pid the script appended to `pids` and removes the directory, whatever way the script ends.
 export HERALD_JWT_SECRET=bench-secret-bench-secret-bench-secret-0123
 export HERALD_API_KEY=bench-api-key-0123456789
+# Every bench connection is the one user "bench": lift the per-user connection limit (100).
+export HERALD_MAX_CONNECTIONS_PER_USER=1000000
 ulimit -n 65536 2>/dev/null || true
 dir=$(mktemp -d)
 pids=()

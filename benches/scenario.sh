@@ -11,6 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HERALD_JWT_SECRET=bench-secret-bench-secret-bench-secret-0123
 export HERALD_API_KEY=bench-api-key-0123456789
+# Every bench connection is the one user "bench": lift the per-user connection limit (100).
+export HERALD_MAX_CONNECTIONS_PER_USER=1000000
 port=${BENCH_PORT:-28080}
 server_env=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do server_env+=("$1"); shift; done
