@@ -211,7 +211,9 @@ async fn upgrade(
             Ok(u) => u,
             Err(e) => {
                 tracing::debug!("upgrade did not complete: {e}");
-                task_gw.events.disconnected(&conn_key, &user, 1006).await;
+                if let Some(recording) = task_gw.events.disconnected(&conn_key, &user, 1006) {
+                    recording.await;
+                }
                 let _ = task_gw.bus.close_conn(&user, &conn_key).await;
                 return;
             }
@@ -230,7 +232,9 @@ async fn upgrade(
                 1011
             }
         };
-        gw.events.disconnected(&conn_key, &user, code).await;
+        if let Some(recording) = gw.events.disconnected(&conn_key, &user, code) {
+            recording.await;
+        }
         let _ = gw.bus.close_conn(&user, &conn_key).await;
     });
     let mut resp = Response::new(Body::empty());

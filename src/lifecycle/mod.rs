@@ -138,12 +138,31 @@ impl Lifecycle {
     }
 
     /// Records a disconnect (kept and retried by the log when it cannot be recorded now).
-    pub async fn disconnected(&self, conn: &Arc<str>, user: &Arc<str>, code: u16) {
-        if let Err(e) = self
-            .record(EventKind::Disconnect, conn, user, None, Some(code))
-            .await
-        {
-            tracing::warn!("disconnect of {conn} not recorded yet: {e}");
+    /// Boxed, and only when events are on: it is awaited at the end of every connection's task,
+    /// and inline it would size every idle connection's task.
+    pub fn disconnected(
+        &self,
+        conn: &Arc<str>,
+        user: &Arc<str>,
+        code: u16,
+    ) -> Option<BoxFuture<'static, ()>> {
+        let (config, log) = self.inner.as_ref()?;
+        if !config.records(EventKind::Disconnect) {
+            return None;
         }
+        let event = Event {
+            kind: EventKind::Disconnect,
+            conn: conn.clone(),
+            user: user.clone(),
+            topic: None,
+            code: Some(code),
+        };
+        let log = log.clone();
+        Some(Box::pin(async move {
+            let conn = event.conn.clone();
+            if let Err(e) = log.record(event).await {
+                tracing::warn!("disconnect of {conn} not recorded yet: {e}");
+            }
+        }))
     }
 }
