@@ -120,25 +120,10 @@ async fn process_with(
     redis: &RedisServer,
     extra: &[(&str, &str)],
 ) -> (tokio::process::Child, Node) {
-    use crate::support::proc;
-    let addr = proc::free_addr();
-    let listen = addr.to_string();
     let url = redis.url();
-    let mut env = vec![
-        ("HERALD_LISTEN", listen.as_str()),
-        ("HERALD_API_KEY", API_KEY),
-        ("HERALD_JWT_SECRET", crate::support::JWT_SECRET),
-        ("HERALD_REDIS_URL", url.as_str()),
-    ];
+    let mut env = vec![("HERALD_REDIS_URL", url.as_str())];
     env.extend_from_slice(extra);
-    let mut child = proc::herald(&["serve"], &env)
-        .spawn()
-        .expect("spawning herald serve");
-    proc::stderr(&mut child).drain();
-    proc::stdout(&mut child).drain();
-    let node = Node::external(addr);
-    proc::wait_healthy(&node, Duration::from_secs(10)).await;
-    (child, node)
+    crate::support::proc::serve(&[], &env).await
 }
 
 #[tokio::test]

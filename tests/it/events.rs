@@ -15,7 +15,7 @@ use axum::routing::post;
 use serde_json::{Value, json};
 
 use crate::support::redis::RedisServer;
-use crate::support::{API_KEY, CODECS, Client, JWT_SECRET, Node, proc};
+use crate::support::{CODECS, Client, Node, proc};
 
 const ALL: &str = "connect,disconnect,subscribe,unsubscribe";
 const STREAM: &str = "herald:{events}:stream";
@@ -135,23 +135,14 @@ async fn only_the_configured_kinds_are_recorded() {
 
 /// A `herald serve` process in the cluster with events on, node id `id`.
 async fn process(redis: &RedisServer, id: &str) -> (tokio::process::Child, Node) {
-    let addr = proc::free_addr();
-    let (listen, url) = (addr.to_string(), redis.url());
+    let url = redis.url();
     let env = [
-        ("HERALD_LISTEN", listen.as_str()),
-        ("HERALD_API_KEY", API_KEY),
-        ("HERALD_JWT_SECRET", JWT_SECRET),
         ("HERALD_REDIS_URL", url.as_str()),
         ("HERALD_NODE_ID", id),
         ("HERALD_NODE_TTL_SECS", "3"),
         ("HERALD_EVENTS", ALL),
     ];
-    let mut child = proc::herald(&["serve"], &env).spawn().unwrap();
-    proc::stderr(&mut child).drain();
-    proc::stdout(&mut child).drain();
-    let node = Node::external(addr);
-    proc::wait_healthy(&node, Duration::from_secs(10)).await;
-    (child, node)
+    proc::serve(&[], &env).await
 }
 
 #[tokio::test]
@@ -409,27 +400,14 @@ async fn a_killed_single_node_delivers_its_unsent_events_and_disconnects_on_rest
     std::fs::create_dir_all(cfg.parent().unwrap()).unwrap();
     std::fs::write(&cfg, svc.toml()).unwrap();
     let cfg = cfg.display().to_string();
-    let spawn = || async {
-        let addr = proc::free_addr();
-        let listen = addr.to_string();
-        let env = [
-            ("HERALD_LISTEN", listen.as_str()),
-            ("HERALD_API_KEY", API_KEY),
-            ("HERALD_JWT_SECRET", JWT_SECRET),
-            ("HERALD_NODE_ID", "solo"),
-            ("HERALD_EVENTS", ALL),
-            ("HERALD_EVENTS_SERVICE", "lifecycle"),
-            ("HERALD_EVENTS_JOURNAL", dir.as_str()),
-        ];
-        let mut child = proc::herald(&["serve", "--config", &cfg], &env)
-            .spawn()
-            .unwrap();
-        proc::stderr(&mut child).drain();
-        proc::stdout(&mut child).drain();
-        let node = Node::external(addr);
-        proc::wait_healthy(&node, Duration::from_secs(10)).await;
-        (child, node)
-    };
+    let env = [
+        ("HERALD_NODE_ID", "solo"),
+        ("HERALD_EVENTS", ALL),
+        ("HERALD_EVENTS_SERVICE", "lifecycle"),
+        ("HERALD_EVENTS_JOURNAL", dir.as_str()),
+    ];
+    let args = ["--config", cfg.as_str()];
+    let spawn = || proc::serve(&args, &env);
     let (mut first, a) = spawn().await;
     let (mut c, conn) = connect(&a, CODECS[0], "dave").await;
     c.sub(1, "x").await;

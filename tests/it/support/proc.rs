@@ -30,6 +30,28 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().expect("its address")
 }
 
+/// A `herald serve` process (`args` after `serve`, e.g. `--config FILE`) on a free loopback
+/// port with the test secrets plus `env`, its output drained; returns once `/healthz` answers.
+pub async fn serve(args: &[&str], env: &[(&str, &str)]) -> (Child, Node) {
+    let addr = free_addr();
+    let listen = addr.to_string();
+    let mut all = vec![
+        ("HERALD_LISTEN", listen.as_str()),
+        ("HERALD_API_KEY", super::API_KEY),
+        ("HERALD_JWT_SECRET", super::JWT_SECRET),
+    ];
+    all.extend_from_slice(env);
+    let argv: Vec<&str> = std::iter::once("serve")
+        .chain(args.iter().copied())
+        .collect();
+    let mut child = herald(&argv, &all).spawn().expect("spawning herald serve");
+    stderr(&mut child).drain();
+    stdout(&mut child).drain();
+    let node = Node::external(addr);
+    wait_healthy(&node, Duration::from_secs(10)).await;
+    (child, node)
+}
+
 /// Runs `herald args` to completion (bounded) and returns its status, stdout and stderr.
 pub async fn run(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
     let child = herald(args, env).spawn().expect("spawning herald");
