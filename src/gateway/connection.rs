@@ -112,7 +112,7 @@ pub async fn run<S>(
     gw: Arc<Gateway>,
     stream: S,
     leftover: Bytes,
-    (identity, forwarded, id): (Identity, Vec<(String, String)>, u64),
+    (identity, forwarded, id, conn): (Identity, Vec<(String, String)>, u64, Arc<str>),
     codec: Codec,
     endpoint: Endpoint,
     slot: Slot,
@@ -123,7 +123,6 @@ where
     let sub = gw.hub.connect_as(codec, id);
     crate::metrics::connection_opened();
     let cfg = &gw.config;
-    let conn: Arc<str> = Arc::from(format!("{}-{:x}", gw.config.node_id, sub.id));
     let mut s = Session {
         forwarded: forwarded.into(),
         conn: conn.clone(),

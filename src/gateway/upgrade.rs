@@ -219,7 +219,7 @@ async fn upgrade(
             }
         };
         let gw = task_gw.clone();
-        let who = (identity, forwarded, conn_num);
+        let who = (identity, forwarded, conn_num, conn_key.clone());
         let code = match take_stream(upgraded) {
             Some(Taken::Plain(io, buf)) => {
                 connection::run(task_gw, io, buf, who, codec, endpoint, slot).await

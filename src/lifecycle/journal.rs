@@ -6,7 +6,7 @@
 //!
 //! Lines: an event `{"seq":N,"event":..,...}` (exactly what is POSTed); `{"ack":N}` when the
 //! service took every event up to `N`; and, written by compaction, `{"next":N}` and
-//! `{"open":"<conn>","user":"<user>"}`. Compaction rewrites the file (to a temporary file, then
+//! `{"open":"<conn>","user":"<user>","node":"<node>"}`. Compaction rewrites the file (to a temporary file, then
 //! renamed over it) once it is mostly acknowledged history.
 
 use std::collections::{HashMap, VecDeque};
@@ -32,11 +32,14 @@ pub struct Journal {
     /// Lines in the file (for deciding on compaction).
     lines: usize,
     next_seq: u64,
-    /// Open connections: conn -> user.
-    open: HashMap<Arc<str>, Arc<str>>,
+    /// Open connections: conn -> (user, the node that held it).
+    open: HashMap<Arc<str>, Open>,
     /// Events not yet acknowledged, oldest first: (seq, the JSON object).
     unsent: VecDeque<(u64, Bytes)>,
 }
+
+/// An open connection's user and node (a previous run's node id may differ from this one's).
+type Open = (Arc<str>, Arc<str>);
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> LifecycleError + '_ {
     move |source| LifecycleError::Journal {
@@ -63,7 +66,7 @@ impl Journal {
         }
         let mut acked = 0u64;
         let mut next_seq = 1u64;
-        let mut open: HashMap<Arc<str>, Arc<str>> = HashMap::new();
+        let mut open: HashMap<Arc<str>, Open> = HashMap::new();
         let mut events: Vec<(u64, Bytes)> = Vec::new();
         if path.exists() {
             let reader = BufReader::new(File::open(path).map_err(&err)?);
@@ -74,17 +77,21 @@ impl Journal {
                     continue;
                 };
                 let text = |k: &str| v.get(k).and_then(Value::as_str).map(Arc::<str>::from);
+                let held = || {
+                    let user = text("user").unwrap_or_else(|| "".into());
+                    (user, text("node").unwrap_or_else(|| node.into()))
+                };
                 if let Some(n) = v.get("ack").and_then(Value::as_u64) {
                     acked = acked.max(n);
                 } else if let Some(n) = v.get("next").and_then(Value::as_u64) {
                     next_seq = next_seq.max(n);
-                } else if let (Some(conn), Some(user)) = (text("open"), text("user")) {
-                    open.insert(conn, user);
+                } else if let Some(conn) = text("open") {
+                    open.insert(conn, held());
                 } else if let Some(seq) = v.get("seq").and_then(Value::as_u64) {
                     next_seq = next_seq.max(seq + 1);
                     match (v.get("event").and_then(Value::as_str), text("conn")) {
                         (Some("connect"), Some(conn)) => {
-                            open.insert(conn, text("user").unwrap_or_else(|| "".into()));
+                            open.insert(conn, held());
                         }
                         (Some("disconnect"), Some(conn)) => {
                             open.remove(&conn);
@@ -110,8 +117,8 @@ impl Journal {
             open: HashMap::new(),
             unsent,
         };
-        let left: Vec<(Arc<str>, Arc<str>)> = open.into_iter().collect();
-        for (conn, user) in &left {
+        let left: Vec<(Arc<str>, Open)> = open.into_iter().collect();
+        for (conn, (user, held_by)) in &left {
             let e = Event {
                 kind: EventKind::Disconnect,
                 conn: conn.clone(),
@@ -119,18 +126,19 @@ impl Journal {
                 topic: None,
                 code: Some(1006),
             };
-            j.append(&e, node, Some("node_restart"))?;
+            j.append(&e, held_by, Some(node))?;
         }
         j.compact()?;
         Ok((j, left.len()))
     }
 
-    /// Appends `e` (with `reason`, for disconnects) and queues it for sending.
+    /// Appends `e` of a connection held by `node` and queues it for sending. `restart_by`: a
+    /// disconnect that this node (its id) records for a previous run (`node_restart`).
     pub fn append(
         &mut self,
         e: &Event,
         node: &str,
-        reason: Option<&str>,
+        restart_by: Option<&str>,
     ) -> Result<(), LifecycleError> {
         let seq = self.next_seq;
         let mut v = json!({
@@ -146,7 +154,13 @@ impl Journal {
         }
         if e.kind == EventKind::Disconnect {
             v["code"] = json!(e.code.unwrap_or(1006));
-            v["reason"] = json!(reason.unwrap_or("closed"));
+            match restart_by {
+                None => v["reason"] = json!("closed"),
+                Some(by) => {
+                    v["reason"] = json!("node_restart");
+                    v["by"] = json!(by);
+                }
+            }
         }
         let mut line = serde_json::to_vec(&v).expect("a JSON value serialises");
         line.push(b'\n');
@@ -156,7 +170,8 @@ impl Journal {
         self.next_seq += 1;
         match e.kind {
             EventKind::Connect => {
-                self.open.insert(e.conn.clone(), e.user.clone());
+                self.open
+                    .insert(e.conn.clone(), (e.user.clone(), Arc::from(node)));
             }
             EventKind::Disconnect => {
                 self.open.remove(&e.conn);
@@ -213,8 +228,8 @@ impl Journal {
         let tmp = self.path.with_extension("compacting");
         let mut out = Vec::with_capacity(64 * (1 + self.open.len() + self.unsent.len()));
         out.extend_from_slice(format!("{{\"next\":{}}}\n", self.next_seq).as_bytes());
-        for (conn, user) in &self.open {
-            let v = json!({"open": &**conn, "user": &**user});
+        for (conn, (user, node)) in &self.open {
+            let v = json!({"open": &**conn, "user": &**user, "node": &**node});
             serde_json::to_writer(&mut out, &v).expect("a JSON value serialises");
             out.push(b'\n');
         }
@@ -271,8 +286,9 @@ mod tests {
         j.append(&event(EventKind::Disconnect, "c1"), "n1", None)
             .unwrap();
         drop(j);
-        // The process "dies" here: c2 is still open, c1's disconnect is unsent.
-        let (j, left) = Journal::open(&path, "n1").unwrap();
+        // The process "dies" here: c2 is still open, c1's disconnect is unsent. It comes back
+        // under another node id (the default id is random).
+        let (j, left) = Journal::open(&path, "n2").unwrap();
         assert_eq!(left, 1);
         let (_, events) = j.batch(10).unwrap();
         let events: Vec<Value> = events
@@ -288,6 +304,11 @@ mod tests {
         assert_eq!(
             (events[1]["conn"].as_str(), events[1]["reason"].as_str()),
             (Some("c2"), Some("node_restart"))
+        );
+        assert_eq!(
+            (events[1]["node"].as_str(), events[1]["by"].as_str()),
+            (Some("n1"), Some("n2")),
+            "the node that held it, and the one that recorded it"
         );
         assert!(events[0]["seq"].as_u64() < events[1]["seq"].as_u64());
         assert!(!j.is_open("c2"));

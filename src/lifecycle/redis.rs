@@ -51,8 +51,9 @@ pub struct RedisEvents {
     /// one per connection this node had recorded.
     pending: parking_lot::Mutex<Vec<Event>>,
     /// Shared by recordings, exclusive for a rejoin, so that the connections a rejoin registers
-    /// are exactly the live ones (no event interleaves with it).
-    gate: tokio::sync::RwLock<()>,
+    /// are exactly the live ones (no event interleaves with it). Holds the number of rejoins so
+    /// far: many recordings that find the node lost at once cause one rejoin, not one each.
+    gate: tokio::sync::RwLock<u64>,
 }
 
 fn unavailable(e: redis::RedisError) -> LifecycleError {
@@ -78,7 +79,7 @@ impl RedisEvents {
             ttl,
             live: parking_lot::Mutex::default(),
             pending: parking_lot::Mutex::default(),
-            gate: tokio::sync::RwLock::new(()),
+            gate: tokio::sync::RwLock::new(0),
         });
         let n = ev.reap_own("node_restart").await?;
         if n > 0 {
@@ -138,8 +139,13 @@ impl RedisEvents {
 
     /// After this node was declared dead: records its leftovers, then registers every live
     /// connection again. Exclusive: no event is recorded meanwhile.
-    async fn rejoin(&self) -> Result<(), LifecycleError> {
-        let _exclusive = self.gate.write().await;
+    /// `seen`: the rejoin count when the caller found the node lost; when another rejoin has
+    /// happened since, there is nothing to do.
+    async fn rejoin(&self, seen: u64) -> Result<(), LifecycleError> {
+        let mut exclusive = self.gate.write().await;
+        if *exclusive != seen {
+            return Ok(());
+        }
         self.reap_own("node_lost").await?;
         let subscribe = self.config.records(EventKind::Subscribe);
         let conns: Vec<Joining> = if self.config.records(EventKind::Connect) {
@@ -165,7 +171,9 @@ impl RedisEvents {
             "this node had been declared dead in Redis; joined again with {} connections",
             conns.len()
         );
-        self.join(conns, "rejoin").await
+        self.join(conns, "rejoin").await?;
+        *exclusive += 1;
+        Ok(())
     }
 
     async fn call(&self, e: &Event) -> Result<(), redis::RedisError> {
@@ -235,6 +243,7 @@ impl RedisEvents {
         }
         for attempt in 0..2 {
             let shared = self.gate.read().await;
+            let seen = *shared;
             match self.call(&e).await {
                 Ok(()) => {
                     self.recorded(&e);
@@ -242,7 +251,7 @@ impl RedisEvents {
                 }
                 Err(err) if err.code() == Some(LOST) && attempt == 0 => {
                     drop(shared);
-                    self.rejoin().await?;
+                    self.rejoin(seen).await?;
                 }
                 Err(err) => return Err(unavailable(err)),
             }
@@ -265,6 +274,7 @@ impl RedisEvents {
         let mut c = self.cmd.clone();
         // Bounded: at most this many batches of a dead node's connections per beat.
         for _ in 0..100 {
+            let seen = *self.gate.read().await;
             let (alive, recorded, more): (u64, u64, u64) = redis::cmd("FCALL")
                 .arg("herald_events_beat")
                 .arg(1)
@@ -277,7 +287,7 @@ impl RedisEvents {
                 .await
                 .map_err(unavailable)?;
             if alive == 0 {
-                self.rejoin().await?;
+                self.rejoin(seen).await?;
                 continue;
             }
             if recorded > 0 {

@@ -248,6 +248,44 @@ async fn a_node_declared_dead_while_alive_records_its_leftovers_and_joins_again(
     assert_eq!(c.next_msg("kept").await["data"]["still"], "here");
 }
 
+#[tokio::test]
+async fn many_connections_finding_their_node_declared_dead_cause_one_rejoin() {
+    let redis = RedisServer::start();
+    // Default node_ttl (30 s): no beat comes before the subscribes below, so they find out.
+    let n = Node::with(&[("HERALD_REDIS_URL", &redis.url()), ("HERALD_EVENTS", ALL)]).await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(connect(&n, CODECS[0], "erin").await);
+    }
+    let removed = redis.cli(&["ZREM", "herald:{events}:nodes", "it-node"]);
+    assert_eq!(removed.trim(), "1");
+    // All five subscribe at once, and each first finds the node unregistered.
+    let subs = clients.iter_mut().map(|(c, _)| c.sub(1, "crowd"));
+    for ok in futures_util::future::join_all(subs).await {
+        assert_eq!(ok["op"], "ok", "{ok}");
+    }
+    let s = stream(&redis).await;
+    for (_, conn) in &clients {
+        let rejoins = of_conn(&s, conn)
+            .into_iter()
+            .filter(|e| {
+                e["event"] == "connect" && e.get("reason").map(String::as_str) == Some("rejoin")
+            })
+            .count();
+        assert_eq!(
+            rejoins,
+            1,
+            "one rejoin connect for {conn}: {:#?}",
+            of_conn(&s, conn)
+        );
+        let subscribes = of_conn(&s, conn)
+            .into_iter()
+            .filter(|e| e["event"] == "subscribe")
+            .count();
+        assert_eq!(subscribes, 1, "{:#?}", of_conn(&s, conn));
+    }
+}
+
 /// A real HTTP events service: it keeps every POSTed body, or answers 503 while told to fail.
 struct Collector {
     addr: SocketAddr,

@@ -160,8 +160,7 @@ end
 local function conn_open(keys, args)
   local key = PREFIX .. '{user:' .. keys[1] .. '}:conns'
   local conn, limit, ttl = args[1], tonumber(args[2]), tonumber(args[3])
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local now = now_ms()
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   if redis.call('ZSCORE', key, conn) == false and redis.call('ZCARD', key) >= limit then
     return 0
@@ -175,8 +174,7 @@ end
 local function conn_refresh(keys, args)
   local key = PREFIX .. '{user:' .. keys[1] .. '}:conns'
   local ttl = tonumber(args[1])
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local now = now_ms()
   local n = 0
   for i = 2, #args do
     n = n + redis.call('ZADD', key, 'CH', now + ttl, args[i])
