@@ -7,6 +7,7 @@ mod conn;
 mod hist;
 mod http;
 mod msgpack;
+mod pace;
 mod proxy;
 mod publish;
 mod report;
@@ -84,6 +85,10 @@ pub struct Args {
     /// with `FCALL herald_publish` straight to Redis (needs --redis-url), as a backend would.
     #[arg(long, value_enum, default_value = "ws")]
     pub publish_via: publish::Via,
+    /// How paced messages are timed: `exact` (a timerfd: each message at its instant, the
+    /// publishers interleaved) or `tick` (tokio's millisecond timer: bursts at each tick).
+    #[arg(long, value_enum, default_value = "exact")]
+    pub pacing: pace::Pacing,
     /// Publisher connections (each owns a share of the topics; at most one per topic).
     #[arg(long, default_value_t = 2)]
     pub publishers: usize,

@@ -1,12 +1,12 @@
 //! Publishers. Topics are split among publisher tasks so that each topic has exactly one
 //! publisher and one connection: a topic's messages are then sent in seq order, and any
-//! reordering a subscriber sees is the server's. Pacing is open-loop (message j of a publisher
-//! is due at start + j / rate) with a bounded number of requests in flight; `max` drops the
-//! pacing and keeps the bound. `t` is stamped when the request is written.
+//! reordering a subscriber sees is the server's. Pacing is open-loop (see `pace`) with a
+//! bounded number of requests in flight; `max` drops the pacing and keeps the bound. `t` is stamped when the request is written.
 
 use crate::codec::{self, Codec};
 use crate::conn::{self, Ws};
 use crate::http::{self, Target, Tickets};
+use crate::pace::{Pacer, Pacing};
 use crate::rx::Shared;
 use crate::wire::{self, OP_PING, OP_PONG};
 use std::collections::BTreeMap;
@@ -30,6 +30,7 @@ pub struct Plan {
     pub publishers: usize,
     /// Messages per second over all publishers; None = as fast as accepted.
     pub rate: Option<f64>,
+    pub pacing: Pacing,
     pub inflight: usize,
     pub pad: usize,
     pub codec: Codec,
@@ -150,10 +151,16 @@ pub async fn run(plan: Arc<Plan>, stats: Arc<PubStats>) -> Vec<String> {
                 .rate
                 .map(|r| r * mine as f64 / plan.total.max(1) as f64);
             let sched = schedule(plan.total, plan.topics.len(), k, p);
+            // Publishers take turns: together they send one message every 1 / rate.
+            let offset = plan
+                .rate
+                .filter(|r| *r > 0.0)
+                .map_or(Duration::ZERO, |r| Duration::from_secs_f64(k as f64 / r));
+            let pacer = (plan.pacing, rate, offset);
             match plan.via {
-                Via::Ws => ws_publisher(&plan, &stats, sched, rate).await,
-                Via::Http => http_publisher(&plan, &stats, sched, rate).await,
-                Via::Redis => redis_publisher(&plan, &stats, sched, rate).await,
+                Via::Ws => ws_publisher(&plan, &stats, sched, pacer).await,
+                Via::Http => http_publisher(&plan, &stats, sched, pacer).await,
+                Via::Redis => redis_publisher(&plan, &stats, sched, pacer).await,
             }
         }));
     }
@@ -168,28 +175,11 @@ pub async fn run(plan: Arc<Plan>, stats: Arc<PubStats>) -> Vec<String> {
     failures
 }
 
-/// Sleep until message `j` is due (no-op when unpaced or late).
-async fn pace(start: Instant, rate: Option<f64>, j: u64) {
-    if let Some(r) = rate.filter(|r| *r > 0.0) {
-        let due = start + Duration::from_secs_f64(j as f64 / r);
-        if due > Instant::now() {
-            tokio::time::sleep_until(due).await;
-        }
-    }
-}
-
-fn due_now(start: Instant, rate: Option<f64>, j: u64) -> bool {
-    match rate.filter(|r| *r > 0.0) {
-        Some(r) => start + Duration::from_secs_f64(j as f64 / r) <= Instant::now(),
-        None => true,
-    }
-}
-
 async fn ws_publisher(
     plan: &Plan,
     stats: &Arc<PubStats>,
     sched: impl Iterator<Item = u64>,
-    rate: Option<f64>,
+    (pacing, rate, offset): (Pacing, Option<f64>, Duration),
 ) -> Result<(), String> {
     let ws = tokio::time::timeout_at(
         plan.deadline,
@@ -260,7 +250,7 @@ async fn ws_publisher(
         })
     };
 
-    let start = Instant::now();
+    let pacer = Pacer::new(pacing, rate, offset).map_err(|e| format!("timer: {e}"))?;
     let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
     let mut payload: Vec<u8> = Vec::with_capacity(plan.pad + 128);
     let mut sent = 0u64;
@@ -278,14 +268,16 @@ async fn ws_publisher(
             break;
         }
         // Write what is batched before any wait.
-        let must_wait = !due_now(start, rate, j as u64)
-            || plan.over_backlog(stats)
-            || sem.available_permits() == 0;
+        let must_wait =
+            !pacer.due_now(j as u64) || plan.over_backlog(stats) || sem.available_permits() == 0;
         if must_wait && let Err(e) = flush(&mut batch).await {
             outcome = Err(e);
             break;
         }
-        pace(start, rate, j as u64).await;
+        if let Err(e) = pacer.wait(j as u64).await {
+            outcome = Err(format!("timer: {e}"));
+            break;
+        }
         if !plan.backlog_room(stats).await {
             break;
         }
@@ -320,7 +312,7 @@ async fn http_publisher(
     plan: &Plan,
     stats: &Arc<PubStats>,
     sched: impl Iterator<Item = u64>,
-    rate: Option<f64>,
+    (pacing, rate, offset): (Pacing, Option<f64>, Duration),
 ) -> Result<(), String> {
     let key = plan
         .api_key
@@ -330,13 +322,16 @@ async fn http_publisher(
         .await
         .map_err(|_| "timed out connecting".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
-    let start = Instant::now();
+    let pacer = Pacer::new(pacing, rate, offset).map_err(|e| format!("timer: {e}"))?;
     let topics = &plan.topics;
     for (j, i) in sched.enumerate() {
         if Instant::now() >= plan.deadline {
             break;
         }
-        pace(start, rate, j as u64).await;
+        pacer
+            .wait(j as u64)
+            .await
+            .map_err(|e| format!("timer: {e}"))?;
         if !plan.backlog_room(stats).await {
             break;
         }
@@ -369,7 +364,7 @@ async fn redis_publisher(
     plan: &Plan,
     stats: &Arc<PubStats>,
     sched: impl Iterator<Item = u64>,
-    rate: Option<f64>,
+    (pacing, rate, offset): (Pacing, Option<f64>, Duration),
 ) -> Result<(), String> {
     let url = plan
         .redis_url
@@ -381,7 +376,7 @@ async fn redis_publisher(
             .await
             .map_err(|_| "timed out connecting to Redis".to_string())?
             .map_err(|e| format!("connect to Redis: {e}"))?;
-    let start = Instant::now();
+    let pacer = Pacer::new(pacing, rate, offset).map_err(|e| format!("timer: {e}"))?;
     let topics = &plan.topics;
     let max_batch = plan.inflight.max(1);
     let mut pipe = redis::pipe();
@@ -406,10 +401,13 @@ async fn redis_publisher(
         if Instant::now() >= plan.deadline {
             break;
         }
-        if !due_now(start, rate, j as u64) || batch.len() >= max_batch || plan.over_backlog(stats) {
+        if !pacer.due_now(j as u64) || batch.len() >= max_batch || plan.over_backlog(stats) {
             flush(&mut pipe, &mut batch, &mut conn).await;
         }
-        pace(start, rate, j as u64).await;
+        pacer
+            .wait(j as u64)
+            .await
+            .map_err(|e| format!("timer: {e}"))?;
         if !plan.backlog_room(stats).await {
             break;
         }

@@ -121,7 +121,7 @@ pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
         mode: if args.idle { "idle" } else { "publish" },
         config: serde_json::json!({
             "url": target.base, "conns": args.conns, "topics": args.topics, "publish_rate": args.publish_rate,
-            "messages": args.messages, "size": args.size, "codec": args.codec, "publish_via": args.publish_via,
+            "messages": args.messages, "size": args.size, "codec": args.codec, "publish_via": args.publish_via, "pacing": args.pacing,
             "publishers": args.publishers, "inflight": args.inflight, "duration_limit": args.duration_limit, "max_backlog": args.max_backlog,
         }),
         ..Default::default()
@@ -170,6 +170,7 @@ pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
             topics: topics.clone(),
             publishers: args.publishers,
             rate,
+            pacing: args.pacing,
             inflight: args.inflight,
             pad,
             codec: args.codec,
