@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs one load scenario the way the README's figures were made: a fresh release node pinned to
-# core 0, herald-bench pinned to core 1, the node stopped (SIGTERM) at the end.
+# core 0, herald-bench pinned to core 1, the node stopped (SIGTERM) at the end. Machine stalls
+# are watched on both cores (`--watch-cpus 0,1`) and reported with the figures.
 #
 #   benches/scenario.sh [SERVER_ENV=VALUE ...] -- [herald-bench options ...]
 #   benches/scenario.sh -- --conns 10000 --topics 1 --publish-rate 5 --messages 50
@@ -24,4 +25,5 @@ env HERALD_LISTEN=127.0.0.1:$port HERALD_RATE_LIMIT=1000000 HERALD_RATE_BURST=10
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
 sleep 0.5
-taskset -c 1 target/release/herald-bench --url "http://127.0.0.1:$port" --server-pid "$pid" "$@"
+taskset -c 1 target/release/herald-bench --url "http://127.0.0.1:$port" --server-pid "$pid" \
+    --watch-cpus 0,1 "$@"

@@ -13,6 +13,7 @@ mod publish;
 mod report;
 mod run;
 mod rx;
+mod stall;
 mod sys;
 mod wire;
 
@@ -85,6 +86,11 @@ pub struct Args {
     /// with `FCALL herald_publish` straight to Redis (needs --redis-url), as a backend would.
     #[arg(long, value_enum, default_value = "ws")]
     pub publish_via: publish::Via,
+    /// CPUs on which to watch for machine stalls during the measured phase (a thread per CPU
+    /// that sleeps 2 ms at a time and counts wake-ups over 5 ms late), e.g. `0,1`. Default: one
+    /// watcher wherever the bench runs.
+    #[arg(long, value_delimiter = ',')]
+    pub watch_cpus: Vec<usize>,
     /// How paced messages are timed: `exact` (a timerfd: each message at its instant, the
     /// publishers interleaved) or `tick` (tokio's millisecond timer: bursts at each tick).
     #[arg(long, value_enum, default_value = "exact")]

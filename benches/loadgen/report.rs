@@ -108,6 +108,9 @@ pub struct Server {
 pub struct Bench {
     pub threads: usize,
     pub cpu_secs: Option<f64>,
+    /// Machine stalls seen during the measured phase (see `stall`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stalls: Option<Vec<crate::stall::Stalls>>,
 }
 
 fn fmt_map(m: &BTreeMap<String, u64>) -> String {
@@ -217,6 +220,9 @@ impl Report {
             self.bench.threads,
             opt(&self.bench.cpu_secs.map(|v| format!("{v:.2}")))
         );
+        if let Some(s) = &self.bench.stalls {
+            let _ = writeln!(o, "machine stalls   {}", crate::stall::describe(s));
+        }
         o
     }
 }

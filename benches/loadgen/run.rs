@@ -7,6 +7,7 @@ use crate::http::{self, Target, Tickets};
 use crate::publish::{self, Plan, PubStats};
 use crate::report::{self, Report};
 use crate::rx::{self, Shared, Sink, SubStats};
+use crate::stall;
 use crate::sys::{self, CpuClock};
 use crate::{Args, codec, conn, now_ns};
 use std::collections::BTreeMap;
@@ -153,6 +154,7 @@ pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
         bench_cpu = CpuClock::start(&me, tck);
         server_cpu = pid.as_deref().map(|p| CpuClock::start(p, tck));
     }
+    let stalls = stall::Watch::start(&args.watch_cpus).ok();
     if !args.idle && subs.ok > 0 {
         let epoch = subs.epoch.clone().unwrap_or_default();
         let pad = codec::pad_for(
@@ -236,6 +238,7 @@ pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
         };
         let server_secs = server_cpu.as_ref().and_then(CpuClock::seconds);
         rep.bench.cpu_secs = bench_cpu.seconds();
+        rep.bench.stalls = stalls.map(stall::Watch::finish);
         let end_ns = if stop_reason == "complete" {
             shared.last_rx_ns.load(Relaxed).max(start_ns)
         } else {
@@ -330,6 +333,7 @@ pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
     } else {
         let server_secs = server_cpu.as_ref().and_then(CpuClock::seconds);
         rep.bench.cpu_secs = bench_cpu.seconds();
+        rep.bench.stalls = stalls.map(stall::Watch::finish);
         let stats = stop_all(subs.handles, &subs.counted, &sink).await;
         for s in stats.iter().filter_map(|s| s.ended.as_ref()) {
             *rep.connections.ended_early.entry(s.clone()).or_default() += 1;
