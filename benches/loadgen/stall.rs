@@ -32,14 +32,18 @@ pub struct Stalls {
     pub total_ms: f64,
 }
 
+/// A watcher thread and the CPU it watches; it returns whether it got real-time priority and
+/// how late each late wake-up was.
+type Watcher = (
+    Option<usize>,
+    std::thread::JoinHandle<(bool, Vec<Duration>)>,
+);
+
 /// Running watchers; [`Watch::finish`] stops them.
 pub struct Watch {
     /// Tells the threads to stop; each checks after every sleep.
     stop: Arc<AtomicBool>,
-    threads: Vec<(
-        Option<usize>,
-        std::thread::JoinHandle<(bool, Vec<Duration>)>,
-    )>,
+    threads: Vec<Watcher>,
 }
 
 impl Watch {
