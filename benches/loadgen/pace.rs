@@ -36,13 +36,10 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    /// Starts the schedule now. Must run inside the runtime (`exact` registers with its
-    /// reactor).
+    /// A schedule that starts when [`Pacer::start`] is called. Must run inside the runtime
+    /// (`exact` registers a timerfd with its reactor).
     pub fn new(pacing: Pacing, rate: Option<f64>, offset: Duration) -> std::io::Result<Pacer> {
         let rate = rate.filter(|r| *r > 0.0);
-        // `start` first: the timer's origin is then no earlier than it, so a timer never fires
-        // before the instant `due_now` computes.
-        let start = Instant::now();
         let timer = match (pacing, rate) {
             (Pacing::Exact, Some(_)) => {
                 let fd = rustix::time::timerfd_create(
@@ -54,16 +51,28 @@ impl Pacer {
                 // (the replacement) is `unsafe`, which this crate forbids.
                 #[allow(deprecated)]
                 let fd = AsyncFd::new(fd)?;
-                Some((fd, mono_now()))
+                Some((fd, Duration::ZERO))
             }
             _ => None,
         };
-        Ok(Pacer {
-            start,
+        let mut p = Pacer {
+            start: Instant::now(),
             offset,
             rate,
             timer,
-        })
+        };
+        p.start();
+        Ok(p)
+    }
+
+    /// (Re)starts the schedule now: message 0 is due at `now + offset`.
+    pub fn start(&mut self) {
+        // `start` first: the timer's origin is then no earlier than it, so a timer never fires
+        // before the instant `due_now` computes.
+        self.start = Instant::now();
+        if let Some((_, mono_start)) = &mut self.timer {
+            *mono_start = mono_now();
+        }
     }
 
     fn due_after_start(&self, j: u64) -> Option<Duration> {

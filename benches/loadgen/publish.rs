@@ -156,7 +156,7 @@ pub async fn run(plan: Arc<Plan>, stats: Arc<PubStats>) -> Vec<String> {
                 .rate
                 .filter(|r| *r > 0.0)
                 .map_or(Duration::ZERO, |r| Duration::from_secs_f64(k as f64 / r));
-            let pacer = (plan.pacing, rate, offset);
+            let pacer = Pacer::new(plan.pacing, rate, offset).map_err(|e| format!("timer: {e}"))?;
             match plan.via {
                 Via::Ws => ws_publisher(&plan, &stats, sched, pacer).await,
                 Via::Http => http_publisher(&plan, &stats, sched, pacer).await,
@@ -179,7 +179,7 @@ async fn ws_publisher(
     plan: &Plan,
     stats: &Arc<PubStats>,
     sched: impl Iterator<Item = u64>,
-    (pacing, rate, offset): (Pacing, Option<f64>, Duration),
+    mut pacer: Pacer,
 ) -> Result<(), String> {
     let ws = tokio::time::timeout_at(
         plan.deadline,
@@ -250,7 +250,8 @@ async fn ws_publisher(
         })
     };
 
-    let pacer = Pacer::new(pacing, rate, offset).map_err(|e| format!("timer: {e}"))?;
+    // The schedule starts once connected, so connecting does not make the first messages late.
+    pacer.start();
     let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
     let mut payload: Vec<u8> = Vec::with_capacity(plan.pad + 128);
     let mut sent = 0u64;
@@ -312,7 +313,7 @@ async fn http_publisher(
     plan: &Plan,
     stats: &Arc<PubStats>,
     sched: impl Iterator<Item = u64>,
-    (pacing, rate, offset): (Pacing, Option<f64>, Duration),
+    mut pacer: Pacer,
 ) -> Result<(), String> {
     let key = plan
         .api_key
@@ -322,7 +323,8 @@ async fn http_publisher(
         .await
         .map_err(|_| "timed out connecting".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
-    let pacer = Pacer::new(pacing, rate, offset).map_err(|e| format!("timer: {e}"))?;
+    // The schedule starts once connected, so connecting does not make the first messages late.
+    pacer.start();
     let topics = &plan.topics;
     for (j, i) in sched.enumerate() {
         if Instant::now() >= plan.deadline {
@@ -364,7 +366,7 @@ async fn redis_publisher(
     plan: &Plan,
     stats: &Arc<PubStats>,
     sched: impl Iterator<Item = u64>,
-    (pacing, rate, offset): (Pacing, Option<f64>, Duration),
+    mut pacer: Pacer,
 ) -> Result<(), String> {
     let url = plan
         .redis_url
@@ -376,7 +378,8 @@ async fn redis_publisher(
             .await
             .map_err(|_| "timed out connecting to Redis".to_string())?
             .map_err(|e| format!("connect to Redis: {e}"))?;
-    let pacer = Pacer::new(pacing, rate, offset).map_err(|e| format!("timer: {e}"))?;
+    // The schedule starts once connected, so connecting does not make the first messages late.
+    pacer.start();
     let topics = &plan.topics;
     let max_batch = plan.inflight.max(1);
     let mut pipe = redis::pipe();

@@ -142,10 +142,18 @@ pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
     } else {
         args.settle
     };
-    // With --idle the CPU clocks cover the idle wait (heartbeats and timers); otherwise the
-    // publish phase.
+    // With --idle the CPU clocks and the stall watch cover the idle wait (heartbeats and
+    // timers); otherwise the publish phase.
     let mut bench_cpu = CpuClock::start(&me, tck);
     let mut server_cpu = pid.as_deref().map(|p| CpuClock::start(p, tck));
+    let watch = || match stall::Watch::start(&args.watch_cpus) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            eprintln!("herald-bench: cannot start the stall watch: {e}");
+            None
+        }
+    };
+    let mut stalls = if args.idle { watch() } else { None };
     tokio::time::sleep(Duration::from_secs_f64(wait.max(0.0))).await;
     let rss_subscribed = pid.as_deref().and_then(sys::rss_kib);
 
@@ -153,8 +161,8 @@ pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
     if !args.idle {
         bench_cpu = CpuClock::start(&me, tck);
         server_cpu = pid.as_deref().map(|p| CpuClock::start(p, tck));
+        stalls = watch();
     }
-    let stalls = stall::Watch::start(&args.watch_cpus).ok();
     if !args.idle && subs.ok > 0 {
         let epoch = subs.epoch.clone().unwrap_or_default();
         let pad = codec::pad_for(

@@ -259,12 +259,36 @@ fn run(a: Args) -> Result<String, String> {
         std::thread::spawn(move || reader(&a, addr, epoch, &starts))
     };
     pin(a.writer_cpu)?;
+    // Accept without blocking, so that a reader that fails to connect (its error is reported
+    // below) or a connect phase over a minute cannot leave this loop waiting forever.
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let accept_deadline = Instant::now() + Duration::from_secs(60);
     let mut server = Vec::with_capacity(a.conns);
-    for _ in 0..a.conns {
-        let (s, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
-        s.set_nodelay(true).map_err(|e| e.to_string())?;
-        s.set_nonblocking(true).map_err(|e| e.to_string())?;
-        server.push(s);
+    while server.len() < a.conns {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nodelay(true).map_err(|e| e.to_string())?;
+                s.set_nonblocking(true).map_err(|e| e.to_string())?;
+                server.push(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if rx.is_finished() {
+                    return match rx.join() {
+                        Ok(Err(e)) => Err(e),
+                        _ => Err("the reader stopped while connecting".into()),
+                    };
+                }
+                if Instant::now() >= accept_deadline {
+                    return Err(format!(
+                        "only {} of {} connected in 60 s",
+                        server.len(),
+                        a.conns
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(format!("accept: {e}")),
+        }
     }
     std::thread::sleep(Duration::from_millis(500));
     let fds: Vec<i32> = server.iter().map(|s| s.as_raw_fd()).collect();
