@@ -14,6 +14,9 @@ export HERALD_JWT_SECRET=bench-secret-bench-secret-bench-secret-0123
 export HERALD_API_KEY=bench-api-key-0123456789
 # Every bench connection is the one user "bench": lift the per-user connection limit (100).
 export HERALD_MAX_CONNECTIONS_PER_USER=1000000
+# ...and every bench connection comes from 127.0.0.1: lift the per-address limits too.
+export HERALD_MAX_CONNECTIONS_PER_IP=1000000 HERALD_CONNECTION_RATE_PER_IP=1000000
+export HERALD_TICKET_RATE_PER_IP=1000000 HERALD_TICKET_RATE_PER_USER=1000000
 port=${BENCH_PORT:-28080}
 server_env=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do server_env+=("$1"); shift; done

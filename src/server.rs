@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -158,7 +158,15 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         hub: hub.clone(),
         bus,
         draining: AtomicBool::new(false),
-        conn_slots: AtomicUsize::new(0),
+        conns: gateway::limits::ConnLimits::new(config.max_connections, &config.limits),
+        tickets_by_ip: gateway::limits::Buckets::new(
+            config.limits.ticket_rate_per_ip,
+            TICKET_RATE_KEYS,
+        ),
+        tickets_by_user: gateway::limits::Buckets::new(
+            config.limits.ticket_rate_per_user,
+            TICKET_RATE_KEYS,
+        ),
         // Random upper half: keys stay unique across processes even if two nodes share an id.
         next_conn_key: std::sync::atomic::AtomicU64::new(random_u32() << 32),
         tracker: TaskTracker::new(),
@@ -179,6 +187,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         done,
     })
 }
+
+/// Most addresses, and most users, whose ticket rate is tracked at once.
+const TICKET_RATE_KEYS: usize = 100_000;
 
 /// Serves until stopped, then drains.
 async fn drive(

@@ -8,6 +8,7 @@
 //! by `Debug`.
 
 pub mod events;
+pub mod limits;
 mod origins;
 pub mod raw;
 pub mod services;
@@ -267,6 +268,8 @@ pub struct Config {
     pub services: Vec<services::ServiceConfig>,
     /// Lifecycle events, when enabled.
     pub events: Option<events::EventsConfig>,
+    /// Limits against hostile clients: stalled writes, connections and tickets per address.
+    pub limits: limits::Limits,
     /// The secrets generated for development mode.
     pub generated: GeneratedSecrets,
 }
@@ -293,6 +296,7 @@ impl fmt::Debug for Config {
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("tls", &self.tls)
             .field("events", &self.events)
+            .field("limits", &self.limits)
             .field("dev_mode", &self.dev_mode)
             .field("generated", &self.generated)
             .finish()
@@ -326,7 +330,8 @@ impl Config {
     }
 
     /// Validates a raw configuration and applies the defaults.
-    pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+    pub fn from_raw(mut raw: RawConfig) -> Result<Config, ConfigError> {
+        let limits = limits::validate(&mut raw)?;
         let explicit_dev = raw.dev;
         let dev_mode = explicit_dev.unwrap_or(raw.api_key.is_none() && raw.jwt_secret.is_none());
 
@@ -500,6 +505,7 @@ impl Config {
                     })
                 })
                 .collect::<Result<_, _>>()?,
+            limits,
             generated,
         };
         config.events = events::validate(

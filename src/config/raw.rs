@@ -203,6 +203,21 @@ raw_config! {
     node_ttl_secs: u64 => NODE_TTL_SECS = "HERALD_NODE_TTL_SECS";
     /// Topic patterns whose subscribers are tracked for presence (env: comma-separated).
     presence_topics: Vec<String> => PRESENCE_TOPICS = "HERALD_PRESENCE_TOPICS";
+    /// Seconds a pending write may make no progress before the connection is dropped.
+    write_timeout_secs: u64 => WRITE_TIMEOUT_SECS = "HERALD_WRITE_TIMEOUT_SECS";
+    /// TCP connections one client address may hold at once.
+    max_connections_per_ip: u64 => MAX_CONNECTIONS_PER_IP = "HERALD_MAX_CONNECTIONS_PER_IP";
+    /// New TCP connections per second one client address may open (a token bucket).
+    connection_rate_per_ip: u64 => CONNECTION_RATE_PER_IP = "HERALD_CONNECTION_RATE_PER_IP";
+    /// Addresses (CIDR) of proxies whose `X-Forwarded-For` or PROXY header names the client
+    /// (env: comma-separated); empty: the TCP peer is the client.
+    trusted_proxies: Vec<String> => TRUSTED_PROXIES = "HERALD_TRUSTED_PROXIES";
+    /// Trusted proxies send a PROXY protocol v2 header first.
+    proxy_protocol: bool => PROXY_PROTOCOL = "HERALD_PROXY_PROTOCOL";
+    /// `POST /v1/tickets` per second per client address.
+    ticket_rate_per_ip: u64 => TICKET_RATE_PER_IP = "HERALD_TICKET_RATE_PER_IP";
+    /// `POST /v1/tickets` per second per user (`sub`).
+    ticket_rate_per_user: u64 => TICKET_RATE_PER_USER = "HERALD_TICKET_RATE_PER_USER";
     /// Lifecycle events to record: connect, disconnect, subscribe, unsubscribe (env:
     /// comma-separated); unset: none.
     events: Vec<String> => EVENTS = "HERALD_EVENTS";
@@ -396,7 +411,7 @@ mod tests {
                 format!("{ENV_PREFIX}{}", key.name.to_ascii_uppercase())
             );
         }
-        assert_eq!(KEYS.len(), 29);
+        assert_eq!(KEYS.len(), 36);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Config tests: every key's bad value is named; development mode; origins.
 use super::*;
-use raw::{ALLOWED_ORIGINS, DEV};
+use raw::{
+    ALLOWED_ORIGINS, CONNECTION_RATE_PER_IP, DEV, MAX_CONNECTIONS_PER_IP, PROXY_PROTOCOL,
+    TICKET_RATE_PER_IP, TICKET_RATE_PER_USER, TRUSTED_PROXIES, WRITE_TIMEOUT_SECS,
+};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 const API: &str = "an-api-key-of-24-chars!!";
@@ -147,6 +150,15 @@ fn every_bad_value_is_an_error_naming_its_key() {
         (SHUTDOWN_TIMEOUT_SECS, "601"),
         (TLS_CERT, "/nonexistent/herald/cert.pem"),
         (DEV, "maybe"),
+        (WRITE_TIMEOUT_SECS, "0"),
+        (WRITE_TIMEOUT_SECS, "601"),
+        (MAX_CONNECTIONS_PER_IP, "0"),
+        (CONNECTION_RATE_PER_IP, "0"),
+        (TRUSTED_PROXIES, "10.0.0.0/33"),
+        (TRUSTED_PROXIES, "10.0.0.1,proxy.internal"),
+        (PROXY_PROTOCOL, "true"),
+        (TICKET_RATE_PER_IP, "0"),
+        (TICKET_RATE_PER_USER, "none"),
     ];
     for (key, bad) in cases {
         let mut e = prod(&[(key.env, bad)]);

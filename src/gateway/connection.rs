@@ -19,7 +19,6 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::Gateway;
-use super::upgrade::Slot;
 use crate::auth::Identity;
 use crate::hub::{Subscribed, Subscriber, Take};
 use crate::protocol::codec::OkFields;
@@ -105,7 +104,7 @@ struct Session {
     limiter: RateLimiter,
 }
 
-/// Runs the connection until it closes; always unsubscribes and releases its slot. Returns the
+/// Runs the connection until it closes; always unsubscribes. Returns the
 /// close code that ended it (sent or received; 1006 when the socket just broke).
 #[allow(clippy::too_many_arguments)]
 pub async fn run<S>(
@@ -115,7 +114,6 @@ pub async fn run<S>(
     (identity, forwarded, id, conn): (Identity, Vec<(String, String)>, u64, Arc<str>),
     codec: Codec,
     endpoint: Endpoint,
-    slot: Slot,
 ) -> u16
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -166,6 +164,7 @@ where
         wbuf: Vec::new(),
         wpos: 0,
         reading: true,
+        close_seen: false,
     };
     let code = s.serve(&mut pump).await;
     for t in std::mem::take(&mut s.topics) {
@@ -181,7 +180,6 @@ where
         let _ = gw.bus.unwatch_user(&s.identity.user).await;
     }
     gw.hub.disconnect(sub.id);
-    drop(slot);
     code
 }
 
@@ -196,6 +194,9 @@ struct Pump<S> {
     wpos: usize,
     /// False once the peer's side ended or cannot be trusted (after a protocol error).
     reading: bool,
+    /// True once a close asked for while a write was pending has been reported
+    /// ([`Io::Closing`]), so that it is reported once.
+    close_seen: bool,
 }
 
 /// What [`Pump::poll_io`] reports.
@@ -206,6 +207,9 @@ enum Io {
     Wrote,
     /// The outbox is empty and the connection must close with this code.
     Close(CloseCode),
+    /// A close was asked for while a write is pending: the close deadline starts now, even if
+    /// the peer never reads again.
+    Closing,
     /// The peer ended its side, or the socket failed: nothing more can be done.
     Gone,
 }
@@ -218,7 +222,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
                 match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf[self.wpos..]) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Io::Gone),
                     Poll::Ready(Ok(n)) => self.wpos += n,
-                    Poll::Pending => break,
+                    Poll::Pending => {
+                        // The stream's own deadline ends a write that makes no progress; a
+                        // close must not wait for it.
+                        if !self.close_seen && sub.outbox.poll_closing(cx).is_ready() {
+                            self.close_seen = true;
+                            return Poll::Ready(Io::Closing);
+                        }
+                        break;
+                    }
                 }
             } else if !self.wbuf.is_empty() {
                 match Pin::new(&mut self.stream).poll_flush(cx) {
@@ -230,7 +242,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
                         return Poll::Ready(Io::Wrote);
                     }
                     Poll::Ready(Err(_)) => return Poll::Ready(Io::Gone),
-                    Poll::Pending => break,
+                    Poll::Pending => {
+                        if !self.close_seen && sub.outbox.poll_closing(cx).is_ready() {
+                            self.close_seen = true;
+                            return Poll::Ready(Io::Closing);
+                        }
+                        break;
+                    }
                 }
             } else {
                 match sub.outbox.poll_take(cx, &mut self.wbuf, MAX_BATCH) {
@@ -327,7 +345,7 @@ impl Session {
             };
             match io {
                 Io::Input => sub.seen(self.gw.hub.now_secs()),
-                Io::Wrote => {}
+                Io::Wrote | Io::Closing => {}
                 Io::Gone => return 1006,
                 Io::Close(code) => {
                     let close = pump.close(code.code(), code.reason());

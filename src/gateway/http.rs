@@ -1,8 +1,10 @@
 //! The HTTP API on the gateway's port: tickets, publishing, health, readiness and metrics. The
 //! WebSocket routes are in [`super::upgrade`]. Every refusal goes through [`Rejection`].
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
@@ -14,6 +16,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::Gateway;
+use super::client::ConnInfo;
+use super::limits::IpKey;
 use super::rejection::Rejection;
 use crate::auth;
 use crate::bus::Direct;
@@ -26,14 +30,37 @@ fn authorization(req: &Request) -> Option<&str> {
 }
 
 /// `POST /v1/tickets`: a JWT in, a one-time ticket out.
+/// Rate limited per client address (before any verification) and per user.
 pub async fn tickets(State(gw): State<Arc<Gateway>>, req: Request) -> Result<Response, Rejection> {
     refuse_when_draining(&gw)?;
+    let client = client_address(&gw, &req);
+    gw.tickets_by_ip
+        .take(&IpKey::of(client))
+        .map_err(|retry_after| Rejection::TooFast {
+            what: "tickets for this address",
+            retry_after,
+        })?;
     let token = auth::bearer(authorization(&req))?;
     let identity = gw.jwt.verify(token)?;
+    gw.tickets_by_user
+        .take(&identity.user)
+        .map_err(|retry_after| Rejection::TooFast {
+            what: "tickets for this user",
+            retry_after,
+        })?;
     let ticket = gw.tickets.issue(identity).await?;
     crate::metrics::ticket_issued();
     let body = serde_json::json!({"ticket": ticket, "expires_in": gw.tickets.ttl().as_secs()});
     Ok(Json(body).into_response())
+}
+
+/// The request's client address ([`ConnInfo`]; the loopback address for a request that did
+/// not come through the accept loop, which does not happen outside tests of the router).
+fn client_address(gw: &Gateway, req: &Request) -> IpAddr {
+    req.extensions()
+        .get::<ConnInfo>()
+        .map(|i| i.client_of(req.headers(), &gw.config.limits))
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 }
 
 /// A draining node takes no new work: clients should go to another node.
@@ -115,8 +142,15 @@ pub async fn publish(State(gw): State<Arc<Gateway>>, req: Request) -> Result<Res
     }
 }
 
+/// Time allowed for a request body to arrive (408 beyond).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, Rejection> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit));
+    let read = read
+        .await
+        .map_err(|_| Rejection::BodyTimeout(BODY_TIMEOUT.as_secs()))?;
+    read.map_err(|e| {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = source {
             if s.is::<http_body_util::LengthLimitError>() {

@@ -1,21 +1,27 @@
 //! The gateway: the only module with sockets. It accepts TCP connections, serves HTTP/1.1 with
 //! hyper (the API routes and the upgrade checks), and runs one task per WebSocket connection.
 
+pub mod client;
 pub mod connection;
+pub mod guarded;
 pub mod http;
+pub mod limits;
 pub mod rejection;
 pub mod tls;
 pub mod upgrade;
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +30,10 @@ use crate::auth::{JwtVerifier, Tickets};
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::hub::Hub;
+use client::ConnInfo;
+use guarded::Guarded;
+use limits::{Buckets, ConnLimits, IpKey, Permit, Refusal};
+use rejection::Rejection;
 
 /// What every handler and connection task shares.
 pub struct Gateway {
@@ -43,8 +53,12 @@ pub struct Gateway {
     pub events: crate::lifecycle::Lifecycle,
     /// Set when shutdown starts: upgrades get 503 and `/readyz` turns 503.
     pub draining: AtomicBool,
-    /// WebSocket connections open or being opened, against `max_connections`.
-    pub conn_slots: AtomicUsize,
+    /// Every TCP connection, counted on the node and per client address.
+    pub conns: Arc<ConnLimits>,
+    /// `POST /v1/tickets` per client address.
+    pub tickets_by_ip: Buckets<IpKey>,
+    /// `POST /v1/tickets` per user.
+    pub tickets_by_user: Buckets<Arc<str>>,
     /// Numbers the connections (with the node id: their ids, unique in the cluster and, with a
     /// random upper half, across restarts).
     pub next_conn_key: std::sync::atomic::AtomicU64,
@@ -66,17 +80,20 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .with_state(gw)
 }
 
-/// Accepts connections until `stop` is cancelled; each is served as HTTP/1.1 with upgrades,
-/// over TLS when `tls` is given.
+/// Accepts connections until `stop` is cancelled; each is counted ([`limits`]), then served as
+/// HTTP/1.1 with upgrades, over TLS when `tls` is given.
 pub async fn serve(
     gw: Arc<Gateway>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) {
-    let app = router(gw);
+    let app = router(gw.clone());
+    // Refusals answered at once, each holding its socket for a moment; past this many at a
+    // time, a refused connection is closed without an answer.
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(c) => c,
@@ -88,37 +105,172 @@ pub async fn serve(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(app.clone());
-        let stop = stop.clone();
-        match tls.clone() {
-            None => {
-                tokio::spawn(http(stream, svc, stop));
+        let peer = peer.ip().to_canonical();
+        // Counted before any TLS or HTTP work.
+        let permit = match gw.conns.admit() {
+            Ok(p) => p,
+            Err(r) => {
+                refuse(stream, peer, r, tls.is_some(), &refusing);
+                continue;
             }
-            Some(acceptor) => {
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => http(tls, svc, stop).await,
-                        Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = Accepted {
+            gw: gw.clone(),
+            app: app.clone(),
+            tls: tls.clone(),
+            stop: stop.clone(),
+            refusing: refusing.clone(),
+        };
+        tokio::spawn(ctx.run(stream, peer, permit));
+    }
+}
+
+/// What a newly accepted connection's task needs.
+struct Accepted {
+    gw: Arc<Gateway>,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    stop: CancellationToken,
+    /// Bounds the refusals answered at once (shared with the accept loop).
+    refusing: Arc<Semaphore>,
+}
+
+impl Accepted {
+    /// Finds the client address (a PROXY header first, from a trusted proxy that sends one),
+    /// counts it, then serves the connection.
+    async fn run(self, mut stream: TcpStream, peer: IpAddr, mut permit: Permit) {
+        let limits = &self.gw.config.limits;
+        let trusted = limits.is_trusted_proxy(peer);
+        let mut info = ConnInfo {
+            client: peer,
+            forwarded: trusted,
+        };
+        if trusted && limits.proxy_protocol {
+            match client::read_proxy_header(&mut stream).await {
+                Ok(named) => {
+                    info = ConnInfo {
+                        client: named.unwrap_or(peer),
+                        forwarded: false,
                     }
-                });
+                }
+                Err(e) => {
+                    tracing::info!(%peer, "connection refused: {e}");
+                    return;
+                }
+            }
+        }
+        // A proxy that names clients per request is counted per request instead.
+        if !info.forwarded
+            && let Err(r) = self.gw.conns.admit_address(&mut permit, info.client)
+        {
+            drop(permit);
+            refuse(stream, info.client, r, self.tls.is_some(), &self.refusing);
+            return;
+        }
+        let io = Guarded::new(stream, permit);
+        let svc = TowerToHyperService::new(WithInfo {
+            app: self.app,
+            info,
+        });
+        match self.tls {
+            None => http(io, svc, self.stop).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+                    Ok(Ok(tls)) => http(tls, svc, self.stop).await,
+                    Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
             }
         }
     }
 }
 
-/// Time allowed for a TLS handshake, and for sending an HTTP request head.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The router, with the connection's [`ConnInfo`] added to every request (cheaper than a
+/// router layer per connection).
+#[derive(Clone)]
+struct WithInfo {
+    app: Router,
+    info: ConnInfo,
+}
 
-/// Serves one HTTP/1.1 connection (with upgrades) until it ends or shutdown.
-async fn http<I>(io: I, svc: TowerToHyperService<Router>, stop: CancellationToken)
+impl tower::Service<axum::http::Request<hyper::body::Incoming>> for WithInfo {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        req.extensions_mut().insert(self.info);
+        tower::Service::call(&mut self.app, req)
+    }
+}
+
+/// Most refusals answered at once.
+const MAX_REFUSING: usize = 256;
+
+/// Answers a connection refused by the counts: for plain HTTP a 503 or 429 (with `Retry-After`)
+/// written at once without reading the request; over TLS the socket is closed before any
+/// handshake work.
+fn refuse(stream: TcpStream, client: IpAddr, r: Refusal, tls: bool, refusing: &Arc<Semaphore>) {
+    let rejection = Rejection::from(r);
+    tracing::info!(%client, reason = rejection.code(), "connection refused: {rejection}");
+    crate::metrics::rejected();
+    if tls {
+        return;
+    }
+    let Ok(slot) = refusing.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _slot = slot;
+        let mut stream = stream;
+        let answer = rejection.raw_response();
+        let write = async {
+            stream.write_all(&answer).await?;
+            stream.shutdown().await?;
+            // Read what the client sent until it closes, so that closing does not reset the
+            // connection before the client has read the answer.
+            let mut sink = [0u8; 1024];
+            let mut left: usize = 64 * 1024;
+            while left > 0 {
+                match stream.read(&mut sink).await? {
+                    0 => break,
+                    n => left = left.saturating_sub(n),
+                }
+            }
+            std::io::Result::Ok(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+    });
+}
+
+/// Time allowed for a TLS handshake, and for sending an HTTP request head (on a new connection,
+/// and between requests on a kept-alive one).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (431 beyond).
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most request headers (431 beyond).
+const MAX_HEADERS: usize = 64;
+
+/// Serves one HTTP/1.1 connection (with upgrades) until it ends or shutdown. Pipelined requests
+/// are answered one at a time, and a client that sends them without reading the answers meets
+/// the write deadline of [`Guarded`].
+async fn http<I>(io: I, svc: TowerToHyperService<WithInfo>, stop: CancellationToken)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES.max(8192))
+        .max_headers(MAX_HEADERS)
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);

@@ -10,6 +10,8 @@ use crate::bus::BusError;
 use crate::protocol::codec::SUBPROTOCOLS;
 use crate::protocol::topic::TopicError;
 
+use super::limits::Refusal;
+
 /// A refused HTTP request or upgrade.
 #[derive(Debug, thiserror::Error)]
 pub enum Rejection {
@@ -40,9 +42,23 @@ pub enum Rejection {
     /// A body over the limit.
     #[error("body is over the limit of {0} bytes")]
     PayloadTooLarge(usize),
-    /// Over the connection limit.
-    #[error("connection limit ({0}) reached; try again later or another node")]
+    /// The node holds `max_connections` TCP connections.
+    #[error("this node holds its most connections ({0}); try again later or another node")]
     TooManyConnections(usize),
+    /// The client address holds `max_connections_per_ip` connections.
+    #[error("this address already has {0} connections open (max_connections_per_ip)")]
+    TooManyAddressConnections(usize),
+    /// The client address or user is over a rate (new connections, tickets).
+    #[error("{what}: too many in too short a time; retry after {retry_after} s")]
+    TooFast {
+        /// What was counted.
+        what: &'static str,
+        /// Seconds until a retry may succeed (`Retry-After`).
+        retry_after: u64,
+    },
+    /// The request body did not arrive in time.
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
     /// The user holds the most connections allowed, across the cluster.
     #[error(
         "this user already has {0} connections open (max_connections_per_user); close one first"
@@ -63,18 +79,20 @@ impl Rejection {
             Rejection::Auth(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED)
             }
-            Rejection::Draining | Rejection::Unavailable(_) | Rejection::Events(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Rejection::Draining
+            | Rejection::Unavailable(_)
+            | Rejection::Events(_)
+            | Rejection::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::NotWebSocket(_)
             | Rejection::UnsupportedSubprotocol
             | Rejection::BadTopic(_)
             | Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
             Rejection::OriginNotAllowed(_) | Rejection::Forbidden(_) => StatusCode::FORBIDDEN,
             Rejection::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Rejection::TooManyConnections(_) | Rejection::TooManyUserConnections(_) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Rejection::TooManyUserConnections(_)
+            | Rejection::TooManyAddressConnections(_)
+            | Rejection::TooFast { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Rejection::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -90,10 +108,61 @@ impl Rejection {
             Rejection::BadRequest(_) => "bad_request",
             Rejection::Forbidden(_) => "forbidden",
             Rejection::PayloadTooLarge(_) => "payload_too_large",
-            Rejection::TooManyConnections(_) | Rejection::TooManyUserConnections(_) => {
-                "too_many_connections"
-            }
+            Rejection::TooManyConnections(_)
+            | Rejection::TooManyUserConnections(_)
+            | Rejection::TooManyAddressConnections(_) => "too_many_connections",
+            Rejection::TooFast { .. } => "rate_limited",
+            Rejection::BodyTimeout(_) => "timeout",
             Rejection::Unavailable(_) | Rejection::Events(_) => "unavailable",
+        }
+    }
+
+    /// Seconds to send in `Retry-After`, for refusals that pass with time.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Rejection::TooFast { retry_after, .. } => Some(*retry_after),
+            Rejection::TooManyConnections(_) | Rejection::TooManyAddressConnections(_) => Some(5),
+            _ => None,
+        }
+    }
+
+    fn body(&self) -> serde_json::Value {
+        let mut body = serde_json::json!({"error": self.code(), "message": self.to_string()});
+        if matches!(self, Rejection::UnsupportedSubprotocol) {
+            body["supported"] = serde_json::json!(SUBPROTOCOLS);
+        }
+        body
+    }
+
+    /// The whole HTTP/1.1 response, for a connection refused before hyper serves it.
+    pub fn raw_response(&self) -> Vec<u8> {
+        let body = self.body().to_string();
+        let status = self.status();
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if let Some(s) = self.retry_after() {
+            out.push_str(&format!("retry-after: {s}\r\n"));
+        }
+        out.push_str("\r\n");
+        out.push_str(&body);
+        out.into_bytes()
+    }
+}
+
+impl From<Refusal> for Rejection {
+    fn from(r: Refusal) -> Rejection {
+        match r {
+            Refusal::NodeFull(n) => Rejection::TooManyConnections(n),
+            Refusal::AddressFull(n) => Rejection::TooManyAddressConnections(n),
+            Refusal::TooFast(s) => Rejection::TooFast {
+                what: "new connections from this address",
+                retry_after: s,
+            },
         }
     }
 }
@@ -101,16 +170,16 @@ impl Rejection {
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
         crate::metrics::rejected();
-        let mut body = serde_json::json!({"error": self.code(), "message": self.to_string()});
-        if matches!(self, Rejection::UnsupportedSubprotocol) {
-            body["supported"] = serde_json::json!(SUBPROTOCOLS);
-        }
-        let mut r = (self.status(), axum::Json(body)).into_response();
+        let mut r = (self.status(), axum::Json(self.body())).into_response();
         if matches!(self, Rejection::NotWebSocket(_)) {
             r.headers_mut().insert(
                 header::SEC_WEBSOCKET_VERSION,
                 HeaderValue::from_static("13"),
             );
+        }
+        if let Some(s) = self.retry_after() {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         r
     }

@@ -1,7 +1,8 @@
 //! WebSocket upgrades on `GET /ws` and `GET /topics/{topic}`: every check that can refuse runs
 //! here, before the 101 (draining, a valid upgrade, Origin, subprotocol, topic and query, the
 //! connection limit, the ticket, the grants), then the raw TCP stream is taken back from hyper and
-//! handed to [`super::connection`].
+//! handed to [`super::connection`]. (The connection limits per node and per address are counted
+//! when the TCP connection is accepted, [`super::limits`].)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,34 +17,27 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::Gateway;
+use super::client::ConnInfo;
 use super::connection::{self, Endpoint};
+use super::guarded::Guarded;
 use super::rejection::Rejection;
 use crate::protocol::{Codec, Position, Topic};
 
-/// Holds one of the node's connection slots; released when dropped.
-pub struct Slot(Arc<Gateway>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.conn_slots.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// The stream hyper hands back after the 101, with any bytes it had read past the request.
 enum Taken {
-    Plain(TcpStream, bytes::Bytes),
+    Plain(Guarded<TcpStream>, bytes::Bytes),
     /// Boxed: a TLS session is kilobytes, and inline it would size every connection's task.
-    Tls(Box<TlsStream<TcpStream>>, bytes::Bytes),
+    Tls(Box<TlsStream<Guarded<TcpStream>>>, bytes::Bytes),
 }
 
 /// Takes the stream back from hyper. A plain function, not inline in the async task: the
 /// downcast's result holds a whole TLS session, which must not live in the task's state.
 fn take_stream(upgraded: hyper::upgrade::Upgraded) -> Option<Taken> {
-    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+    let upgraded = match upgraded.downcast::<TokioIo<Guarded<TcpStream>>>() {
         Ok(p) => return Some(Taken::Plain(p.io.into_inner(), p.read_buf)),
         Err(u) => u,
     };
-    match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+    match upgraded.downcast::<TokioIo<TlsStream<Guarded<TcpStream>>>>() {
         Ok(p) => Some(Taken::Tls(Box::new(p.io.into_inner()), p.read_buf)),
         Err(_) => None,
     }
@@ -163,12 +157,15 @@ async fn upgrade(
             Endpoint::Topic(t, parse_since(&query)?)
         }
     };
-    let max = gw.config.max_connections;
-    if gw.conn_slots.fetch_add(1, Ordering::AcqRel) >= max {
-        gw.conn_slots.fetch_sub(1, Ordering::AcqRel);
-        return Err(Rejection::TooManyConnections(max));
-    }
-    let slot = Slot(gw.clone());
+    // A client that a trusted proxy names per request counts against its address here, for as
+    // long as its WebSocket is open (its TCP connection is the proxy's, counted at accept).
+    let address_permit = match req.extensions().get::<ConnInfo>() {
+        Some(info) if info.forwarded => {
+            let client = info.client_of(req.headers(), &gw.config.limits);
+            Some(gw.conns.admit_forwarded(client)?)
+        }
+        _ => None,
+    };
     let identity = gw
         .tickets
         .redeem(query.get("ticket").map(String::as_str))
@@ -207,6 +204,7 @@ async fn upgrade(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_gw = gw.clone();
     gw.tracker.spawn(async move {
+        let _address_permit = address_permit;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -222,10 +220,10 @@ async fn upgrade(
         let who = (identity, forwarded, conn_num, conn_key.clone());
         let code = match take_stream(upgraded) {
             Some(Taken::Plain(io, buf)) => {
-                connection::run(task_gw, io, buf, who, codec, endpoint, slot).await
+                connection::run(task_gw, io, buf, who, codec, endpoint).await
             }
             Some(Taken::Tls(io, buf)) => {
-                connection::run(task_gw, io, buf, who, codec, endpoint, slot).await
+                connection::run(task_gw, io, buf, who, codec, endpoint).await
             }
             None => {
                 tracing::error!("upgraded connection is neither TCP nor TLS over TCP");

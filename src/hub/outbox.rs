@@ -46,6 +46,9 @@ struct Inner {
     close: Option<CloseCode>,
     /// The connection task, parked until something is queued.
     waker: Option<Waker>,
+    /// The connection task while a write of its is pending: woken only by a close, which must
+    /// take effect even when the peer never reads.
+    close_waker: Option<Waker>,
 }
 
 /// What the writer got from [`Outbox::poll_take`].
@@ -66,6 +69,7 @@ impl Outbox {
                 bytes: 0,
                 close: None,
                 waker: None,
+                close_waker: None,
             }),
             closing: AtomicBool::new(false),
             limit,
@@ -86,7 +90,11 @@ impl Outbox {
                 self.closing.store(true, Ordering::Relaxed);
                 g.queue = VecDeque::new();
                 waker = g.waker.take();
+                let close_waker = g.close_waker.take();
                 drop(g);
+                if let Some(w) = close_waker {
+                    w.wake();
+                }
                 crate::metrics::slow_consumer();
                 if let Some(w) = waker {
                     w.wake();
@@ -106,7 +114,7 @@ impl Outbox {
     /// Asks the connection to close with `code` (the first reason wins). Frames queued so far are
     /// still written, unless the peer is not reading (4008, 4000): then they are dropped.
     pub fn close(&self, code: CloseCode) {
-        let waker = {
+        let (waker, close_waker) = {
             let mut g = self.inner.lock();
             if g.close.is_some() {
                 return;
@@ -116,11 +124,28 @@ impl Outbox {
             if matches!(code, CloseCode::SlowConsumer | CloseCode::HeartbeatTimeout) {
                 g.queue = VecDeque::new();
             }
-            g.waker.take()
+            (g.waker.take(), g.close_waker.take())
         };
-        if let Some(w) = waker {
+        for w in [waker, close_waker].into_iter().flatten() {
             w.wake();
         }
+    }
+
+    /// Ready once the connection has been asked to close; otherwise the task is woken when it
+    /// is (and not by pushes). For a writer whose write is pending.
+    pub fn poll_closing(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_closing() {
+            return Poll::Ready(());
+        }
+        let mut g = self.inner.lock();
+        if g.close.is_some() {
+            return Poll::Ready(());
+        }
+        match &g.close_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => g.close_waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// True once the connection has been asked to close.

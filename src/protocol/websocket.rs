@@ -271,7 +271,8 @@ fn parse_close(payload: &[u8]) -> Result<Option<u16>, WsError> {
         1 => Err(WsError::Protocol("close frame with a one-byte payload")),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
-            let valid = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
+            // The codes registered with IANA (1012-1014 included) and the application range.
+            let valid = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
             if !valid {
                 return Err(WsError::Protocol("close frame with an invalid code"));
             }
@@ -505,6 +506,25 @@ mod tests {
         );
         let f = client_frame(OpCode::Close, true, &999u16.to_be_bytes(), m);
         assert!(Assembler::server(10).step(&f).is_err());
+    }
+
+    #[test]
+    fn every_registered_close_code_is_accepted_and_no_reserved_one() {
+        let m = [5, 6, 7, 8];
+        let close = |code: u16| {
+            let f = client_frame(OpCode::Close, true, &code.to_be_bytes(), m);
+            Assembler::server(10).step(&f).is_ok()
+        };
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1010, 1011, 1012, 1013, 1014, 3000, 4999,
+        ] {
+            assert!(close(code), "{code} is a code a peer may send");
+        }
+        for code in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
+            assert!(!close(code), "{code} may not be sent");
+        }
     }
 
     proptest! {

@@ -133,6 +133,18 @@ async fn client_close_is_answered_with_its_code() {
 }
 
 #[tokio::test]
+async fn a_client_close_with_a_registered_code_1012_to_1014_is_echoed_not_refused() {
+    let node = Node::start().await;
+    for code in [1012u16, 1013, 1014] {
+        let mut ws = raw_client(&node).await;
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"going");
+        ws.send_frame(OpCode::Close, &payload).await;
+        assert_eq!(ws.expect_close_within(WAIT).await, code);
+    }
+}
+
+#[tokio::test]
 async fn flooding_past_the_rate_limit_gets_rate_limited_errors_then_4029() {
     let node = Node::with(&[("HERALD_RATE_LIMIT", "5"), ("HERALD_RATE_BURST", "5")]).await;
     for codec in CODECS {

@@ -14,6 +14,7 @@ mod events;
 mod fanout;
 mod frames;
 mod heartbeat;
+mod hostile;
 mod http_api;
 mod presence;
 mod proxy;

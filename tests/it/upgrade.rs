@@ -237,30 +237,51 @@ async fn plain_get_on_ws_is_400_not_websocket() {
 }
 
 #[tokio::test]
-async fn connections_over_the_limit_are_429_and_a_closed_one_frees_its_slot() {
-    let node = Node::with(&[("HERALD_MAX_CONNECTIONS", "2")]).await;
-    let a = node.client(Codec::Json).await;
-    let _b = node.client(Codec::MsgPack).await;
-    let ticket = node.ticket().await;
-    upgrade(node.addr, &format!("/ws?ticket={ticket}"), &[])
-        .await
-        .assert_refused(429, "too_many_connections");
+async fn connections_over_the_limit_are_503_and_a_closed_one_frees_its_slot() {
+    // Every TCP connection counts: the test's pooled HTTP client (one connection) and two sockets.
+    let node = Node::with(&[("HERALD_MAX_CONNECTIONS", "3")]).await;
+    let tickets: Vec<String> = {
+        let mut t = Vec::new();
+        for _ in 0..40 {
+            t.push(node.ticket().await);
+        }
+        t
+    };
+    let mut tickets = tickets.into_iter();
+    let a = crate::support::raw::upgrade(
+        node.addr,
+        &format!("/ws?ticket={}", tickets.next().unwrap()),
+        &[],
+    )
+    .await
+    .into_ws();
+    let _b = crate::support::raw::upgrade(
+        node.addr,
+        &format!("/ws?ticket={}", tickets.next().unwrap()),
+        &[],
+    )
+    .await
+    .into_ws();
+    let over = format!("/ws?ticket={}", tickets.next().unwrap());
+    let up = upgrade(node.addr, &over, &[]).await;
+    up.assert_refused(503, "too_many_connections");
+    assert!(up.header("retry-after").is_some(), "503 says when to retry");
 
     drop(a);
     // The slot is released once the server has seen the socket go; poll, bounded.
     let deadline = tokio::time::Instant::now() + crate::support::WAIT;
     loop {
-        let ticket = node.ticket().await;
+        let ticket = tickets.next().expect("tickets enough for the wait");
         let up = upgrade(node.addr, &format!("/ws?ticket={ticket}"), &[]).await;
         if up.status == 101 {
             break;
         }
-        up.assert_refused(429, "too_many_connections");
+        up.assert_refused(503, "too_many_connections");
         assert!(
             tokio::time::Instant::now() < deadline,
             "the closed connection's slot was never released"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
 }
 

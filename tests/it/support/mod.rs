@@ -70,6 +70,12 @@ impl Node {
             ("HERALD_API_KEY", API_KEY),
             ("HERALD_JWT_SECRET", JWT_SECRET),
             ("HERALD_NODE_ID", NODE_ID),
+            // Every test client is 127.0.0.1 and most are one user, minting tickets as fast as
+            // they can: the per-address and per-user rates are lifted here, and tested with
+            // their own values where they are the subject (hostile.rs).
+            ("HERALD_CONNECTION_RATE_PER_IP", "100000"),
+            ("HERALD_TICKET_RATE_PER_IP", "100000"),
+            ("HERALD_TICKET_RATE_PER_USER", "100000"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -113,6 +119,28 @@ impl Node {
             .expect("an in-process node")
             .wait()
             .await;
+    }
+
+    /// The in-process node's shared state.
+    pub fn gateway(&self) -> &herald::gateway::Gateway {
+        &self.running.as_ref().expect("an in-process node").gateway
+    }
+
+    /// Waits (bounded by `bound`) until `done` holds of this node's state.
+    pub async fn until(
+        &self,
+        bound: Duration,
+        what: &str,
+        done: impl Fn(&herald::gateway::Gateway) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + bound;
+        while !done(self.gateway()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never: {what} (within {bound:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// A JWT for `user` with `grants`, valid for an hour, signed with the test secret.
