@@ -21,10 +21,13 @@ python3 -c 'import jsonschema' 2>/dev/null || python3 -m pip install -q jsonsche
 
 echo "== format and lints"
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --all-features --locked -- -D warnings
 
 echo "== protocol goldens against their schemas"
 python3 proto/check_goldens.py
+
+echo "== WebSocket conformance: the Autobahn cases (kosoku) against Herald's own framing"
+tests/conformance/autobahn.sh
 
 echo "== unit, property and integration tests (benches are compiled by clippy above)"
 log=$(mktemp)

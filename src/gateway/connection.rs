@@ -648,7 +648,7 @@ impl Session {
 }
 
 /// The close code for a framing error.
-fn close_for(e: &WsError) -> CloseCode {
+pub(super) fn close_for(e: &WsError) -> CloseCode {
     match e {
         WsError::Protocol(_) => CloseCode::ProtocolError,
         WsError::TooBig { .. } => CloseCode::TooBig,

@@ -2,6 +2,8 @@
 //! hyper (the API routes and the upgrade checks), and runs one task per WebSocket connection.
 
 pub mod client;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod connection;
 pub mod guarded;
 pub mod http;
@@ -68,7 +70,10 @@ pub struct Gateway {
 
 /// The HTTP routes.
 pub fn router(gw: Arc<Gateway>) -> Router {
-    Router::new()
+    let router = Router::new();
+    #[cfg(feature = "conformance")]
+    let router = router.route("/conformance/echo", get(conformance::echo));
+    router
         .route("/ws", get(upgrade::ws))
         .route("/topics/{topic}", get(upgrade::topic))
         .route("/v1/tickets", post(http::tickets))

@@ -24,7 +24,7 @@ use super::rejection::Rejection;
 use crate::protocol::{Codec, Position, Topic};
 
 /// The stream hyper hands back after the 101, with any bytes it had read past the request.
-enum Taken {
+pub(super) enum Taken {
     Plain(Guarded<TcpStream>, bytes::Bytes),
     /// Boxed: a TLS session is kilobytes, and inline it would size every connection's task.
     Tls(Box<TlsStream<Guarded<TcpStream>>>, bytes::Bytes),
@@ -32,7 +32,7 @@ enum Taken {
 
 /// Takes the stream back from hyper. A plain function, not inline in the async task: the
 /// downcast's result holds a whole TLS session, which must not live in the task's state.
-fn take_stream(upgraded: hyper::upgrade::Upgraded) -> Option<Taken> {
+pub(super) fn take_stream(upgraded: hyper::upgrade::Upgraded) -> Option<Taken> {
     let upgraded = match upgraded.downcast::<TokioIo<Guarded<TcpStream>>>() {
         Ok(p) => return Some(Taken::Plain(p.io.into_inner(), p.read_buf)),
         Err(u) => u,
@@ -108,14 +108,8 @@ fn parse_since(query: &HashMap<String, String>) -> Result<Option<Position>, Reje
     }
 }
 
-async fn upgrade(
-    gw: Arc<Gateway>,
-    mut req: Request,
-    topic: Option<String>,
-) -> Result<Response, Rejection> {
-    if gw.draining.load(Ordering::Relaxed) {
-        return Err(Rejection::Draining);
-    }
+/// The `Sec-WebSocket-Key` of a valid RFC 6455 upgrade request.
+pub(super) fn handshake_key(req: &Request) -> Result<Vec<u8>, Rejection> {
     let headers = req.headers();
     if req.method() != Method::GET
         || !header_has_token(headers, header::CONNECTION, "upgrade")
@@ -132,14 +126,42 @@ async fn upgrade(
     {
         return Err(Rejection::NotWebSocket("Sec-WebSocket-Version must be 13"));
     }
-    let key = match headers.get(header::SEC_WEBSOCKET_KEY) {
-        Some(k) if k.len() == 24 => k.as_bytes().to_vec(),
-        _ => {
-            return Err(Rejection::NotWebSocket(
-                "missing or malformed Sec-WebSocket-Key",
-            ));
-        }
-    };
+    match headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(k) if k.len() == 24 => Ok(k.as_bytes().to_vec()),
+        _ => Err(Rejection::NotWebSocket(
+            "missing or malformed Sec-WebSocket-Key",
+        )),
+    }
+}
+
+/// The 101 answer to a handshake with `key`, naming `subprotocol` when one was chosen.
+pub(super) fn switching(key: &[u8], subprotocol: Option<&'static str>) -> Response {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    let accept = crate::protocol::websocket::accept_key(key);
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    if let Some(p) = subprotocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
+    resp
+}
+
+async fn upgrade(
+    gw: Arc<Gateway>,
+    mut req: Request,
+    topic: Option<String>,
+) -> Result<Response, Rejection> {
+    if gw.draining.load(Ordering::Relaxed) {
+        return Err(Rejection::Draining);
+    }
+    let key = handshake_key(&req)?;
+    let headers = req.headers();
     if let Some(origin) = headers.get(header::ORIGIN) {
         let o = origin.to_str().unwrap_or("");
         if !gw.config.origin_allowed(o) {
@@ -235,21 +257,5 @@ async fn upgrade(
         }
         let _ = gw.bus.close_conn(&user, &conn_key).await;
     });
-    let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    let accept = crate::protocol::websocket::accept_key(&key);
-    h.insert(
-        header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
-    );
-    if let Some(c) = chosen {
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(c.subprotocol()),
-        );
-    }
-    Ok(resp)
+    Ok(switching(&key, chosen.map(Codec::subprotocol)))
 }

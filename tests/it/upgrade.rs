@@ -314,3 +314,13 @@ async fn a_user_over_max_connections_per_user_is_429_too_many_connections() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn the_conformance_echo_route_is_not_in_a_default_build() {
+    let node = Node::start().await;
+    let up = upgrade(node.addr, "/conformance/echo", &[]).await;
+    assert_eq!(
+        up.status, 404,
+        "only a build with the feature `conformance` has it"
+    );
+}
