@@ -35,7 +35,7 @@ pub use raw::{KEYS, Key, RawConfig};
 /// Where a cluster's Redis is, and the prefix of Herald's keys and channels in it.
 #[derive(Clone)]
 pub struct RedisSettings {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://...`.
+    /// `redis://[user:password@]host:port[/db]` (`rediss://` is refused: no TLS in this build).
     pub url: String,
     /// Prefix of every key and channel (default `herald:`).
     pub prefix: String,
@@ -396,11 +396,20 @@ impl Config {
                 None
             }
             Some(url) => {
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                if url.starts_with("rediss://") {
+                    // Refused here rather than failing at start: this build has no TLS to Redis.
                     return Err(ConfigError::Invalid {
                         key: REDIS_URL,
-                        problem: "expected redis://host:port[/db] or rediss://host:port[/db]"
+                        problem: "rediss:// (TLS to Redis) is not supported by this build; \
+                                  use redis:// on a private network, or a TLS tunnel \
+                                  (stunnel, a sidecar) that Herald reaches with redis://"
                             .into(),
+                    });
+                }
+                if !url.starts_with("redis://") {
+                    return Err(ConfigError::Invalid {
+                        key: REDIS_URL,
+                        problem: "expected redis://[user:password@]host:port[/db]".into(),
                     });
                 }
                 let prefix = raw

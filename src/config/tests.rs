@@ -150,6 +150,8 @@ fn every_bad_value_is_an_error_naming_its_key() {
         (SHUTDOWN_TIMEOUT_SECS, "601"),
         (TLS_CERT, "/nonexistent/herald/cert.pem"),
         (DEV, "maybe"),
+        (raw::REDIS_URL, "rediss://127.0.0.1:6380"),
+        (raw::REDIS_URL, "http://127.0.0.1:6379"),
         (WRITE_TIMEOUT_SECS, "0"),
         (WRITE_TIMEOUT_SECS, "601"),
         (MAX_CONNECTIONS_PER_IP, "0"),

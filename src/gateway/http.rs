@@ -102,6 +102,7 @@ pub async fn publish(State(gw): State<Arc<Gateway>>, req: Request) -> Result<Res
         ))
     })?;
     let data = Bytes::copy_from_slice(parsed.data.get().as_bytes());
+    crate::protocol::frame::check_nesting(&data).map_err(Rejection::BadRequest)?;
     match (parsed.topic, parsed.user) {
         (Some(t), None) => {
             let topic = Topic::parse(&t).map_err(Rejection::BadTopic)?;

@@ -203,10 +203,50 @@ fn take_topic(map: &Map<String, Value>, id: u64) -> Result<Topic, RequestError> 
 fn take_data(map: &mut Map<String, Value>, id: u64) -> Result<Bytes, RequestError> {
     match map.remove("data") {
         None => Err(RequestError::bad_request(Some(id), "missing `data`")),
-        Some(v) => Ok(Bytes::from(serde_json::to_vec(&v).map_err(|e| {
-            RequestError::bad_request(Some(id), format!("`data` cannot be JSON: {e}"))
-        })?)),
+        Some(v) => {
+            let json = serde_json::to_vec(&v).map_err(|e| {
+                RequestError::bad_request(Some(id), format!("`data` cannot be JSON: {e}"))
+            })?;
+            check_nesting(&json).map_err(|e| RequestError::bad_request(Some(id), e))?;
+            Ok(Bytes::from(json))
+        }
     }
+}
+
+/// Deepest nesting of arrays and objects a payload may have: well inside what every codec reads
+/// back (serde_json stops at 128, and a frame adds its own level), so that no subscriber ever
+/// gets a payload it cannot decode.
+pub const MAX_NESTING: usize = 100;
+
+/// Refuses JSON text nested deeper than [`MAX_NESTING`] (a single pass over the bytes; the text
+/// is assumed to be JSON otherwise).
+pub fn check_nesting(json: &[u8]) -> Result<(), String> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(format!(
+                        "`data` is nested deeper than {MAX_NESTING} arrays and objects"
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn parse_since(v: &Value) -> Result<Position, String> {
@@ -329,4 +369,25 @@ pub enum ServerFrame {
         /// The payload.
         data: Value,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(depth: usize) -> String {
+        format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_passes_and_deeper_is_refused() {
+        assert!(check_nesting(nested(MAX_NESTING).as_bytes()).is_ok());
+        assert!(check_nesting(nested(MAX_NESTING + 1).as_bytes()).is_err());
+        // What passes, serde_json reads back inside a frame.
+        let frame = format!("{{\"op\":\"msg\",\"data\":{}}}", nested(MAX_NESTING));
+        assert!(serde_json::from_str::<Value>(&frame).is_ok());
+        // Brackets inside strings do not count, escaped quotes included.
+        let s = format!("{{\"a\":\"{}\\\"{}\"}}", "[".repeat(500), "{".repeat(500));
+        assert!(check_nesting(s.as_bytes()).is_ok());
+    }
 }

@@ -274,3 +274,47 @@ async fn any_frame_on_the_topic_endpoint_is_bad_request_without_id_and_it_surviv
         assert!(wrong.is_empty(), "{}: {wrong:#?}", codec_name(codec));
     }
 }
+
+/// JSON nested `depth` arrays deep.
+fn nested(depth: usize) -> Value {
+    let mut v = json!(1);
+    for _ in 0..depth {
+        v = json!([v]);
+    }
+    v
+}
+
+#[tokio::test]
+async fn payloads_nested_deeper_than_every_codec_reads_are_refused_and_none_reaches_a_subscriber_as_null()
+ {
+    let node = Node::start().await;
+    // Over HTTP: 400 before it is stored.
+    let deep = format!(
+        "{{\"topic\":\"deep\",\"data\":{}}}",
+        "[".repeat(200) + &"]".repeat(200)
+    );
+    let (status, body) = node
+        .http
+        .post("/v1/publish", Some(crate::support::API_KEY), &deep)
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    // Over the socket, from either codec (MessagePack reads deeper than JSON does).
+    for codec in CODECS {
+        let mut c = node.client(codec).await;
+        let frame = json!({"op": "pub", "id": 7, "topic": "deep", "data": nested(101)});
+        c.send(encode(codec, &frame)).await;
+        expect_error(&mut c, "bad_request", Some(7), codec_name(codec)).await;
+    }
+    // At the limit, subscribers of both codecs get the payload itself.
+    for codec in CODECS {
+        let mut sub = node.client(codec).await;
+        sub.sub(1, "deep").await;
+        node.publish("deep", nested(100)).await;
+        let m = sub.next_frame().await;
+        assert_eq!(m["data"], nested(100), "not null: {}", codec_name(codec));
+    }
+}
