@@ -1,5 +1,5 @@
 //! The composition root: builds the hub, the bus, auth and the gateway from a [`Config`], wires
-//! the bus's messages into the hub, and owns the order of shutdown: stop accepting, turn
+//! the bus's messages into the hub (and its lost topics into closing their subscribers), and owns the order of shutdown: stop accepting, turn
 //! `/readyz` to 503, close every client with 1012, wait for them up to the deadline.
 
 use std::net::SocketAddr;
@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{JwtVerifier, MemoryTicketStore, RedisTicketStore, TicketStore, Tickets};
 use crate::bus::local::LocalBus;
 use crate::bus::redis::{RedisBus, Settings as RedisSettingsForBus};
-use crate::bus::{Bus, Direct, DirectSink, PresenceEvent, PresenceSink, Sink, Sinks};
+use crate::bus::{Bus, Direct, DirectSink, LostSink, PresenceEvent, PresenceSink, Sink, Sinks};
 use crate::config::Config;
 use crate::config::events::EventsSink;
 use crate::gateway::{self, Gateway};
@@ -23,7 +23,7 @@ use crate::hub::{self, Hub};
 use crate::lifecycle::Lifecycle;
 use crate::lifecycle::redis::RedisEvents;
 use crate::lifecycle::webhook::WebhookEvents;
-use crate::protocol::CloseCode;
+use crate::protocol::{CloseCode, Topic};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -93,10 +93,17 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let presence: PresenceSink = Arc::new(move |e: &PresenceEvent| {
         to_hub.deliver_presence(&e.topic, e.join, &e.conn, &e.user);
     });
+    let to_hub = hub.clone();
+    let lost: LostSink = Arc::new(move |t: &Topic| {
+        // They resume with `since` on a node that can replay exactly (or learn it cannot).
+        let n = to_hub.close_topic(t, CloseCode::Restarting);
+        tracing::warn!("cannot fill a gap in {t:?}: closed its {n} local subscribers with 1012");
+    });
     let sinks = Sinks {
         messages: sink,
         direct,
         presence,
+        lost,
     };
     let stop = CancellationToken::new();
     // The bus's command connection, for lifecycle events in a cluster.

@@ -295,6 +295,7 @@ mod tests {
             messages: sink,
             direct: Arc::new(|_: &Direct| {}),
             presence: Arc::new(|_: &PresenceEvent| {}),
+            lost: Arc::new(|_: &Topic| {}),
         };
         (LocalBus::new(sinks, size, Duration::from_secs(60)), seen)
     }

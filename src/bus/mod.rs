@@ -1,7 +1,7 @@
 //! The bus: where a published message gets its offset and epoch, where history is kept for
 //! recovery, and where messages come from for the hub. A narrow trait with two implementations:
 //! the in-process bus (the embedded default) and Redis (a cluster of nodes). `server.rs` hands
-//! the bus a sink that feeds the hub, so the two never import each other.
+//! the bus its sinks, which feed the hub, so the two never import each other.
 
 pub mod local;
 pub mod redis;
@@ -50,6 +50,11 @@ pub struct PresenceEvent {
 /// Where the bus hands every presence change.
 pub type PresenceSink = Arc<dyn Fn(&PresenceEvent) + Send + Sync>;
 
+/// Where the bus says that it cannot deliver a topic's messages without a gap (its live path
+/// broke and the missed messages could not be read back): every local subscriber of the topic
+/// must be told to resume elsewhere with `since` (closed with 1012), never left with a gap.
+pub type LostSink = Arc<dyn Fn(&Topic) + Send + Sync>;
+
 /// Everything the bus delivers to, in one place (the hub, wired by `server.rs`).
 #[derive(Clone)]
 pub struct Sinks {
@@ -59,6 +64,8 @@ pub struct Sinks {
     pub direct: DirectSink,
     /// Presence changes.
     pub presence: PresenceSink,
+    /// Topics whose delivery has a gap that cannot be filled (the in-process bus never has one).
+    pub lost: LostSink,
 }
 
 /// What a subscriber gets when it joins a topic.

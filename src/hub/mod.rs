@@ -200,6 +200,13 @@ impl Hub {
         }
     }
 
+    /// Asks every local subscriber of `topic` to close with `code` (what was queued for it is
+    /// still written first); returns how many were asked.
+    pub fn close_topic(&self, topic: &Topic, code: CloseCode) -> usize {
+        let t = self.topics.get(topic.as_arc()).map(|r| r.clone());
+        t.map_or(0, |t| t.close_all(code))
+    }
+
     /// Asks every connection to close with `code` (shutdown).
     pub fn close_all(&self, code: CloseCode) {
         for s in self.snapshot() {

@@ -105,3 +105,24 @@ async fn one_encoding_is_shared_by_every_subscriber_of_a_codec() {
         assert_eq!(offsets(s).await, vec![1]);
     }
 }
+
+#[tokio::test]
+async fn close_topic_closes_only_that_topics_subscribers() {
+    let hub = Hub::new(1 << 20);
+    let (t, other) = (Topic::parse("t").unwrap(), Topic::parse("u").unwrap());
+    let (a, b, c) = (
+        hub.connect(Codec::Json),
+        hub.connect(Codec::MsgPack),
+        hub.connect(Codec::Json),
+    );
+    hub.subscribe(&t, &a);
+    hub.subscribe(&t, &b);
+    hub.subscribe(&other, &c);
+    assert_eq!(hub.close_topic(&t, CloseCode::Restarting), 2);
+    assert!(a.outbox.is_closing() && b.outbox.is_closing());
+    assert!(!c.outbox.is_closing());
+    assert_eq!(
+        hub.close_topic(&Topic::parse("none").unwrap(), CloseCode::Restarting),
+        0
+    );
+}

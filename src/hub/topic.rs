@@ -147,6 +147,15 @@ impl TopicSubs {
         n
     }
 
+    /// Asks every subscriber to close with `code`; returns how many were asked.
+    pub fn close_all(&self, code: crate::protocol::CloseCode) -> usize {
+        let s = self.state.lock();
+        for e in &s.entries {
+            e.sub.outbox.close(code);
+        }
+        s.entries.len()
+    }
+
     /// Fans `m` out to every subscriber: encoded once per codec in use. Returns deliveries queued.
     pub fn deliver(&self, m: &Message) -> usize {
         let mut json: Option<Bytes> = None;

@@ -7,32 +7,46 @@
 //!   functions (`proto/redis.md`).
 //! - Publishing uses a multiplexed connection: concurrent publishes are pipelined, with no round
 //!   trip per message on the delivery path.
-//! - Live messages come from one RESP3 pub/sub connection. The node subscribes to a topic's
-//!   channel while it has local subscribers (one Redis subscription per topic per node), and
-//!   every message goes from the push callback straight into the sink (the hub).
+//! - Live messages come from one RESP3 pub/sub connection that this module builds and rebuilds
+//!   itself (not a `ConnectionManager`: when its reconnect meets an error other than I/O, such as
+//!   a refused authentication, the manager keeps that failed connection for good, so it neither
+//!   reconnects nor resubscribes again). The node subscribes to a topic's channel while it has local
+//!   subscribers (one Redis subscription per topic per node), and every message goes from the
+//!   push callback straight into the sink (the hub).
 //! - A subscriber's replay is read atomically (`herald_history`) after its subscription is live,
 //!   so the hub's catch-up merges the two without a gap.
-//! - Faults: pub/sub delivers at most once, so the bus remembers the last offset it delivered per
-//!   topic. When the pub/sub connection drops (or the liveness probe, a message the node sends
-//!   itself through Redis every second, stops coming back), the node turns not-ready; once Redis
-//!   answers again it reloads the library if Redis lost it, and for every watched topic reads what
-//!   it missed from the stream and delivers it before the live messages held meanwhile: every
-//!   message Redis accepted reaches the hub once, in order.
+//! - Faults: pub/sub delivers at most once, so the bus remembers per topic the last offset it
+//!   delivered (or, before the first, where its subscribers' replays started). When the pub/sub
+//!   connection drops, a subscription change fails on it, or the liveness probe (a message the
+//!   node sends itself through Redis every half second) is not back within
+//!   [`monitor::PROBE_DEADLINE`], the node turns not-ready and holds live messages. The monitor
+//!   then builds a new pub/sub connection (whatever error the previous attempt met), subscribes it
+//!   to every watched channel, reloads the library if Redis lost it, and for every watched topic
+//!   reads what it missed from the stream and delivers it before the held messages: every message
+//!   Redis accepted reaches the hub once, in order.
+//! - A gap that cannot be filled is never skipped: when the history no longer reaches back, the
+//!   topic's epoch changed with its new history incomplete, the held messages pass
+//!   [`HOLD_BYTES`] (a constant, 16 MiB for all topics of the node together), or the node has
+//!   not delivered for [`monitor::SUBSCRIBERS_WAIT`] (a constant, 10 s: Redis away, or its
+//!   history unreadable), the topic's delivery state is reset and the `lost` sink closes its local
+//!   subscribers with 1012, so that they resume with `since` (an exact replay, or an honest
+//!   `recovered: false`). A topic whose epoch changed and whose new history is complete (Redis
+//!   restarted empty) is delivered from the new epoch's first offset: its subscribers stay.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{PushInfo, PushKind, Value};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio_util::sync::CancellationToken;
 
 mod monitor;
 mod parse;
 
-use super::{BoxFuture, Bus, BusError, Direct, Replay, Sink, Sinks};
+use super::{BoxFuture, Bus, BusError, Direct, Replay, Sinks};
 use crate::protocol::{Message, Position, Topic};
 use monitor::{monitor, node_probe_id, refresh_conns};
 use parse::{channel, parse_direct, parse_presence, parse_push, user_channel};
@@ -58,40 +72,104 @@ pub enum RedisError {
     },
 }
 
+/// Bytes of live messages held, all topics of the node together, while gaps are filled: a topic
+/// whose next held message would pass it is given up (its subscribers closed with 1012).
+pub const HOLD_BYTES: usize = 16 << 20;
+
+/// What a held message counts for beyond its payload.
+const HELD_OVERHEAD: usize = 64;
+
 /// What the bus has delivered of one watched topic.
 #[derive(Default)]
 struct Delivered {
     /// The last position handed to the sink.
     last: Option<Position>,
+    /// Before anything was handed to the sink: the lowest latest position read for a local
+    /// subscriber's replay, where filling a gap starts (every local subscriber has what precedes).
+    base: Option<Position>,
     /// While a gap is being filled: live messages held until the fill is done.
     held: Option<Vec<Message>>,
+    /// The bytes of `held`, as counted against [`HOLD_BYTES`].
+    held_bytes: usize,
+}
+
+/// Per-topic delivery state, and the bytes held across topics.
+#[derive(Default)]
+struct Deliveries {
+    topics: HashMap<Topic, Delivered>,
+    held_bytes: usize,
+}
+
+impl Deliveries {
+    /// Starts holding live messages of every watched topic (a gap may be opening).
+    fn hold_all(&mut self) {
+        for d in self.topics.values_mut() {
+            d.held.get_or_insert_with(Vec::new);
+        }
+    }
+
+    /// Forgets what was delivered of `topic` and what is held for it, and has the sink close its
+    /// local subscribers: they resume elsewhere with `since`. Delivery starts afresh.
+    fn lose(&mut self, sinks: &Sinks, topic: &Topic) {
+        if let Some(d) = self.topics.get_mut(topic) {
+            self.held_bytes -= d.held_bytes;
+            *d = Delivered::default();
+            (sinks.lost)(topic);
+        }
+    }
+
+    /// Ends the hold of `topic`: hands `missed` (read from its history) and then the held
+    /// messages to the sink, without duplicates.
+    fn release(&mut self, sinks: &Sinks, topic: &Topic, missed: Vec<Message>) {
+        let Some(d) = self.topics.get_mut(topic) else {
+            return;
+        };
+        let held = d.held.take().unwrap_or_default();
+        self.held_bytes -= std::mem::take(&mut d.held_bytes);
+        for m in missed.into_iter().chain(held) {
+            self.deliver(sinks, m);
+        }
+    }
+
+    /// Hands `m` to the sink unless it was delivered already; holds it while its topic is
+    /// filling (giving the topic up when the hold would pass [`HOLD_BYTES`]).
+    fn deliver(&mut self, sinks: &Sinks, m: Message) {
+        let Some(d) = self.topics.get_mut(&m.topic) else {
+            return; // no longer watched
+        };
+        if let Some(held) = &mut d.held {
+            let size = m.data.len() + HELD_OVERHEAD;
+            if self.held_bytes + size > HOLD_BYTES {
+                tracing::warn!(
+                    "more than {HOLD_BYTES} bytes held while filling gaps: giving {:?} up",
+                    m.topic
+                );
+                let topic = m.topic.clone();
+                self.lose(sinks, &topic);
+                return;
+            }
+            held.push(m);
+            d.held_bytes += size;
+            self.held_bytes += size;
+            return;
+        }
+        let fresh = match &d.last {
+            None => true,
+            Some(p) => *p.epoch != *m.epoch || m.offset > p.offset,
+        };
+        if fresh {
+            (sinks.messages)(&m);
+            d.last = Some(Position {
+                offset: m.offset,
+                epoch: m.epoch.clone(),
+            });
+        }
+    }
 }
 
 /// Per-topic delivery state, shared with the push callback. A plain mutex: held only while
-/// handing messages to the sink, never across `.await`.
-type DeliveryState = Arc<parking_lot::Mutex<HashMap<Topic, Delivered>>>;
-
-/// Hands `m` to the sink unless it was delivered already; holds it while its topic is filling.
-fn deliver(state: &mut HashMap<Topic, Delivered>, sink: &Sink, m: Message) {
-    let Some(d) = state.get_mut(&m.topic) else {
-        return; // no longer watched
-    };
-    if let Some(held) = &mut d.held {
-        held.push(m);
-        return;
-    }
-    let fresh = match &d.last {
-        None => true,
-        Some(p) => *p.epoch != *m.epoch || m.offset > p.offset,
-    };
-    if fresh {
-        sink(&m);
-        d.last = Some(Position {
-            offset: m.offset,
-            epoch: m.epoch.clone(),
-        });
-    }
-}
+/// handing messages to the sinks, never across `.await`.
+type DeliveryState = Arc<parking_lot::Mutex<Deliveries>>;
 
 /// What the Redis bus is configured with.
 pub struct Settings<'a> {
@@ -109,30 +187,43 @@ pub struct Settings<'a> {
 
 /// The bus over Redis.
 pub struct RedisBus {
-    /// Publishes and history reads; multiplexed, so concurrent requests are pipelined.
+    /// Publishes and history reads; multiplexed, so concurrent requests are pipelined. Still a
+    /// `ConnectionManager` (shared with the ticket store and the event log): should its own
+    /// reconnect be refused other than by I/O, it stays failed like the old pub/sub one did.
     cmd: ConnectionManager,
-    /// The pub/sub connection (RESP3, resubscribes by itself after a reconnect).
-    sub: ConnectionManager,
+    /// Opens the pub/sub connections.
+    client: redis::Client,
+    /// The pub/sub connection (RESP3). `None` until the first is built; replaced by the monitor
+    /// after a fault. Plain mutex, never held across `.await` (users clone the handle out).
+    pubsub: parking_lot::Mutex<Option<MultiplexedConnection>>,
+    /// The generation of the current pub/sub connection: pushes of older ones are ignored.
+    pubsub_gen: AtomicU64,
+    /// True when the pub/sub connection must be rebuilt (it dropped, failed a command, or the
+    /// liveness probe was lost); subscription changes fail at once meanwhile.
+    pubsub_broken: AtomicBool,
+    /// Wakes the monitor when the pub/sub connection drops, so that recovery starts at once.
+    wake: tokio::sync::Notify,
     /// Local watchers per channel (a topic's, or a user's): SUBSCRIBE on the first, UNSUBSCRIBE
     /// after the last. An async mutex, held across the round trip, so that subscription changes
-    /// never reorder.
+    /// never reorder, and a rebuilt connection subscribes to exactly the channels watched.
     watched: tokio::sync::Mutex<HashMap<String, usize>>,
     prefix: String,
     /// The library source with this node's settings, for (re)loading.
     library: String,
-    /// False after the pub/sub connection dropped, until Redis answers again with the library.
-    ready: Arc<AtomicBool>,
+    /// False after the pub/sub connection broke, until it is rebuilt, Redis has the library and
+    /// every gap is filled (or given up).
+    ready: AtomicBool,
     /// False after a command failed to reach Redis, until the monitor's ping answers: publishes
     /// and replays then fail at once instead of waiting on reconnection attempts.
     reachable: AtomicBool,
     /// What was delivered per watched topic (for deduplication and filling gaps).
     state: DeliveryState,
-    /// Where messages go (the hub).
-    sink: Sink,
+    /// Where messages go (the hub), and where lost topics are reported.
+    sinks: Sinks,
     /// This node's probe channel, and the probe counter last sent and last received back.
     probe_channel: String,
-    probe_sent: std::sync::atomic::AtomicU64,
-    probe_seen: Arc<std::sync::atomic::AtomicU64>,
+    probe_sent: AtomicU64,
+    probe_seen: AtomicU64,
     /// This node's open connections per user: refreshed in Redis every third of `node_ttl`, so
     /// that they keep counting towards the per-user limit while this node lives. Plain mutex,
     /// never held across `.await` (the refresh copies it out).
@@ -147,6 +238,9 @@ pub struct RedisBus {
 fn unavailable(e: redis::RedisError) -> BusError {
     BusError::Unavailable(e.to_string())
 }
+
+/// How long building a pub/sub connection (connect, handshake, SUBSCRIBE) may take in all.
+const PUBSUB_SETUP: Duration = Duration::from_secs(3);
 
 impl RedisBus {
     /// Connects, loads the function library when missing or older, and starts the readiness
@@ -183,50 +277,7 @@ impl RedisBus {
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let cmd = ConnectionManager::new_with_config(client.clone(), base.clone())
-            .await
-            .map_err(err)?;
-        let ready = Arc::new(AtomicBool::new(false));
-        let state: DeliveryState = Arc::default();
-        let probe_channel = format!("{prefix}{{node:{}}}:probe", node_probe_id());
-        let probe_seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let push_prefix = prefix.to_owned();
-        let push_ready = ready.clone();
-        let push_state = state.clone();
-        let push_sinks = sinks.clone();
-        let push_probe = (probe_channel.clone(), probe_seen.clone());
-        let on_push = move |p: PushInfo| -> Result<(), ()> {
-            match p.kind {
-                PushKind::Message => {
-                    if let Some(e) = parse_presence(&push_prefix, &p.data) {
-                        (push_sinks.presence)(&e);
-                    } else if let Some(m) = parse_push(&push_prefix, &p.data) {
-                        deliver(&mut push_state.lock(), &push_sinks.messages, m);
-                    } else if let Some(d) = parse_direct(&push_prefix, &p.data) {
-                        (push_sinks.direct)(&d);
-                    } else if let (Some(Value::BulkString(ch)), Some(Value::BulkString(n))) =
-                        (p.data.first(), p.data.get(1))
-                        && ch == push_probe.0.as_bytes()
-                        && let Some(n) = std::str::from_utf8(n).ok().and_then(|n| n.parse().ok())
-                    {
-                        push_probe.1.store(n, Ordering::Relaxed);
-                    }
-                }
-                PushKind::Disconnection => {
-                    tracing::warn!("Redis pub/sub connection lost; reconnecting");
-                    push_ready.store(false, Ordering::Relaxed);
-                    // Hold live messages from now on: the manager may resubscribe before the gap
-                    // is filled, and a newer message must not overtake the missing ones.
-                    for d in push_state.lock().values_mut() {
-                        d.held.get_or_insert_with(Vec::new);
-                    }
-                }
-                _ => {}
-            }
-            Ok(())
-        };
-        let sub_config = base.set_push_sender(on_push).set_automatic_resubscription();
-        let sub = ConnectionManager::new_with_config(client, sub_config)
+        let cmd = ConnectionManager::new_with_config(client.clone(), base)
             .await
             .map_err(err)?;
         let library = include_str!("herald.lua")
@@ -239,28 +290,141 @@ impl RedisBus {
             );
         let bus = Arc::new(RedisBus {
             cmd,
-            sub,
+            client,
+            pubsub: parking_lot::Mutex::new(None),
+            pubsub_gen: AtomicU64::new(0),
+            pubsub_broken: AtomicBool::new(true),
+            wake: tokio::sync::Notify::new(),
             watched: tokio::sync::Mutex::new(HashMap::new()),
             prefix: prefix.to_owned(),
             library,
-            ready,
+            ready: AtomicBool::new(false),
             reachable: AtomicBool::new(true),
-            state,
-            sink: sinks.messages.clone(),
-            probe_channel,
-            probe_sent: std::sync::atomic::AtomicU64::new(0),
-            probe_seen,
+            state: DeliveryState::default(),
+            sinks,
+            probe_channel: format!("{prefix}{{node:{}}}:probe", node_probe_id()),
+            probe_sent: AtomicU64::new(0),
+            probe_seen: AtomicU64::new(0),
             user_conns: Default::default(),
             presence_members: Default::default(),
             node_ttl,
         });
-        tokio::spawn(refresh_conns(bus.clone(), stop.clone()));
         bus.ensure_library().await.map_err(err)?;
-        let mut s = bus.sub.clone();
-        s.subscribe(&bus.probe_channel).await.map_err(err)?;
+        bus.open_pubsub().await.map_err(err)?;
         bus.ready.store(true, Ordering::Relaxed);
+        tokio::spawn(refresh_conns(bus.clone(), stop.clone()));
         tokio::spawn(monitor(bus.clone(), stop));
         Ok(bus)
+    }
+
+    /// What the pub/sub connection of generation `generation` does with each push: messages to
+    /// the sinks, the probe to its counter, its drop to [`RedisBus::broke`].
+    fn on_push(bus: &Weak<RedisBus>, generation: u64, p: PushInfo) {
+        let Some(bus) = bus.upgrade() else {
+            return;
+        };
+        if bus.pubsub_gen.load(Ordering::Acquire) != generation {
+            return; // a replaced connection's
+        }
+        match p.kind {
+            PushKind::Message => {
+                if let Some(e) = parse_presence(&bus.prefix, &p.data) {
+                    (bus.sinks.presence)(&e);
+                } else if let Some(m) = parse_push(&bus.prefix, &p.data) {
+                    bus.state.lock().deliver(&bus.sinks, m);
+                } else if let Some(d) = parse_direct(&bus.prefix, &p.data) {
+                    (bus.sinks.direct)(&d);
+                } else if let (Some(Value::BulkString(ch)), Some(Value::BulkString(n))) =
+                    (p.data.first(), p.data.get(1))
+                    && ch == bus.probe_channel.as_bytes()
+                    && let Some(n) = std::str::from_utf8(n).ok().and_then(|n| n.parse().ok())
+                {
+                    bus.probe_seen.fetch_max(n, Ordering::Relaxed);
+                }
+            }
+            PushKind::Disconnection => {
+                bus.broke("Redis pub/sub connection lost");
+                bus.wake.notify_one();
+            }
+            _ => {}
+        }
+    }
+
+    /// The pub/sub path is broken: not ready, hold live messages (a gap is opening, and a newer
+    /// message must not overtake the missing ones), and have the monitor rebuild it.
+    fn broke(&self, why: &str) {
+        if !self.pubsub_broken.swap(true, Ordering::AcqRel) {
+            tracing::warn!("{why}; reconnecting");
+        }
+        self.ready.store(false, Ordering::Relaxed);
+        self.state.lock().hold_all();
+    }
+
+    /// Builds a new pub/sub connection subscribed to the probe and every watched channel, and
+    /// makes it the current one (live messages of watched topics are held from now on: the
+    /// monitor fills their gaps next). Bounded by [`PUBSUB_SETUP`].
+    async fn open_pubsub(self: &Arc<Self>) -> redis::RedisResult<()> {
+        let watched = self.watched.lock().await;
+        // From here, pushes of the previous connection are ignored, and this one's are held.
+        let generation = self.pubsub_gen.fetch_add(1, Ordering::AcqRel) + 1;
+        self.state.lock().hold_all();
+        let weak = Arc::downgrade(self);
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_push_sender(move |p: PushInfo| -> Result<(), ()> {
+                RedisBus::on_push(&weak, generation, p);
+                Ok(())
+            });
+        let mut channels: Vec<&str> = watched.keys().map(String::as_str).collect();
+        channels.push(&self.probe_channel);
+        let setup = async {
+            let mut conn = self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            // From here a drop is this connection's: its push sets the flag again.
+            self.pubsub_broken.store(false, Ordering::Release);
+            conn.subscribe(&channels).await?;
+            Ok::<_, redis::RedisError>(conn)
+        };
+        let built = tokio::time::timeout(PUBSUB_SETUP, setup)
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "building the pub/sub connection timed out",
+                )))
+            });
+        match built {
+            Ok(conn) => {
+                *self.pubsub.lock() = Some(conn);
+                Ok(())
+            }
+            Err(e) => {
+                self.pubsub_broken.store(true, Ordering::Release);
+                Err(e)
+            }
+        }
+    }
+
+    /// The current pub/sub connection, unless it is broken.
+    fn pubsub_conn(&self) -> Result<MultiplexedConnection, BusError> {
+        let conn = if self.pubsub_broken.load(Ordering::Acquire) {
+            None
+        } else {
+            self.pubsub.lock().clone()
+        };
+        conn.ok_or_else(|| BusError::Unavailable("Redis pub/sub is reconnecting".into()))
+    }
+
+    /// A subscription change failed: when it was the connection's fault, rebuild it.
+    fn pubsub_failed(&self, e: redis::RedisError) -> BusError {
+        if !matches!(e.kind(), redis::ErrorKind::Server(_)) {
+            self.broke(&format!("Redis pub/sub command failed ({e})"));
+            self.wake.notify_one();
+        }
+        unavailable(e)
     }
 
     /// One more local watcher of `ch`: SUBSCRIBE for the first.
@@ -268,35 +432,72 @@ impl RedisBus {
         let mut w = self.watched.lock().await;
         let n = w.entry(ch.clone()).or_insert(0);
         if *n == 0 {
-            let mut s = self.sub.clone();
-            if let Err(e) = s.subscribe(&ch).await {
+            let subscribed = match self.pubsub_conn() {
+                Ok(mut s) => s.subscribe(&ch).await.map_err(|e| self.pubsub_failed(e)),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = subscribed {
                 w.remove(&ch);
-                return Err(self.failed(e));
+                return Err(e);
             }
         }
         *n += 1;
         Ok(())
     }
 
-    /// One local watcher of `ch` fewer: UNSUBSCRIBE after the last. True when it was the last.
-    async fn unsubscribe_counted(&self, ch: String) -> Result<bool, BusError> {
+    /// One local watcher of `ch` fewer: UNSUBSCRIBE after the last. True when it was the last
+    /// (even if UNSUBSCRIBE failed: a rebuilt connection leaves the channel out, and messages
+    /// of unwatched channels are dropped).
+    async fn unsubscribe_counted(&self, ch: String) -> bool {
         let mut w = self.watched.lock().await;
         let Some(n) = w.get_mut(&ch) else {
-            return Ok(false);
+            return false;
         };
         *n -= 1;
         if *n > 0 {
-            return Ok(false);
+            return false;
         }
         w.remove(&ch);
-        let mut s = self.sub.clone();
-        s.unsubscribe(&ch).await.map_err(|e| self.failed(e))?;
-        Ok(true)
+        if let Ok(mut s) = self.pubsub_conn()
+            && let Err(e) = s.unsubscribe(&ch).await
+        {
+            let e = self.pubsub_failed(e);
+            tracing::debug!("UNSUBSCRIBE {ch}: {e}");
+        }
+        true
     }
 
     /// The command connection, shared with the Redis ticket store: the monitor keeps it checked.
     pub fn command_connection(&self) -> ConnectionManager {
         self.cmd.clone()
+    }
+
+    /// Drops the delivery state of a topic nobody here watches any more.
+    fn forget(&self, topic: &Topic) {
+        let mut st = self.state.lock();
+        if let Some(d) = st.topics.remove(topic) {
+            st.held_bytes -= d.held_bytes;
+        }
+    }
+
+    /// A local subscriber's replay of `topic` ended at `latest` (it gets later messages from the
+    /// bus). Until the bus delivers one, a gap is filled from the lowest such position: every
+    /// local subscriber has what precedes it.
+    fn note_start(&self, topic: &Topic, latest: &Position) {
+        let mut st = self.state.lock();
+        let Some(d) = st.topics.get_mut(topic) else {
+            return;
+        };
+        if d.last.is_some() {
+            return;
+        }
+        let lower = match &d.base {
+            Some(b) => *b.epoch != *latest.epoch || latest.offset < b.offset,
+            None => true,
+        };
+        if lower {
+            d.base = Some(latest.clone());
+        }
     }
 
     /// An error at once while Redis is known to be away, rather than a wait on reconnects.
@@ -387,18 +588,20 @@ impl Bus for RedisBus {
         let since = since.cloned();
         Box::pin(async move {
             self.check_reachable()?;
-            self.replay_unchecked(&topic, since.as_ref()).await
+            let r = self.replay_unchecked(&topic, since.as_ref()).await?;
+            self.note_start(&topic, &r.latest);
+            Ok(r)
         })
     }
 
     fn watch(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BusError>> {
         // Before SUBSCRIBE: a message may arrive as soon as it is confirmed.
-        self.state.lock().entry(topic.clone()).or_default();
+        self.state.lock().topics.entry(topic.clone()).or_default();
         let (topic, ch) = (topic.clone(), channel(&self.prefix, topic.as_str()));
         Box::pin(async move {
             let r = self.subscribe_counted(ch.clone()).await;
             if r.is_err() && !self.watched.lock().await.contains_key(&ch) {
-                self.state.lock().remove(&topic);
+                self.forget(&topic);
             }
             r
         })
@@ -408,8 +611,8 @@ impl Bus for RedisBus {
         let topic = topic.clone();
         let ch = channel(&self.prefix, topic.as_str());
         Box::pin(async move {
-            if self.unsubscribe_counted(ch).await? {
-                self.state.lock().remove(&topic);
+            if self.unsubscribe_counted(ch).await {
+                self.forget(&topic);
             }
             Ok(())
         })
@@ -571,7 +774,10 @@ impl Bus for RedisBus {
 
     fn unwatch_user(&self, user: &str) -> BoxFuture<'_, Result<(), BusError>> {
         let ch = user_channel(&self.prefix, user);
-        Box::pin(async move { self.unsubscribe_counted(ch).await.map(|_| ()) })
+        Box::pin(async move {
+            self.unsubscribe_counted(ch).await;
+            Ok(())
+        })
     }
 
     fn is_ready(&self) -> bool {

@@ -1,75 +1,125 @@
-//! The Redis bus's background work: the liveness probe and recovery after Redis comes back
-//! (library reload, gap filling), and the periodic refresh of this node's connections and
-//! presence members, so that a killed node's expire.
+//! The Redis bus's background work: the liveness probe and recovery after a fault (a new
+//! pub/sub connection, library reload, gap filling, and giving up gaps that cannot be filled),
+//! and the periodic refresh of this node's connections and presence members, so that a killed
+//! node's expire.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use bytes::Bytes;
 use redis::Value;
 
+use super::RedisBus;
 use super::parse::{as_str, as_u64};
-use super::{RedisBus, deliver};
 use crate::bus::{BusError, Replay};
 use crate::protocol::{Message, Position, Topic};
 
-/// Once a second: sends the liveness probe and checks the previous one came back; while the
-/// bus is not ready, waits for Redis to answer, reloads the library if Redis lost it, fills the
-/// gaps of every watched topic, then marks the bus ready again.
+/// How often the monitor probes (and, while not ready, tries to recover).
+const TICK: Duration = Duration::from_millis(500);
+
+/// A probe not back within this turns the node not-ready: `/readyz` follows a stalled Redis
+/// within about this plus [`TICK`].
+pub(super) const PROBE_DEADLINE: Duration = Duration::from_millis(1500);
+
+/// How long subscribers may wait while the node cannot deliver (pub/sub down, or a gap that
+/// cannot be read yet): then every topic still waiting is given up, and its local subscribers
+/// are closed with 1012 to resume with `since` on a node that can.
+pub(super) const SUBSCRIBERS_WAIT: Duration = Duration::from_secs(10);
+
+/// The bound of one command the monitor sends while probing, so that its rhythm holds when
+/// Redis stalls.
+const COMMAND_DEADLINE: Duration = Duration::from_millis(500);
+
+/// Every [`TICK`] (or at once when the pub/sub connection drops): checks that the probes come
+/// back, and sends the next; while the bus is not ready, rebuilds the pub/sub connection when it
+/// is broken, reloads the library if Redis lost it, fills the gaps of every watched topic, then
+/// marks the bus ready again; past [`SUBSCRIBERS_WAIT`] it gives up the topics still waiting.
 pub(super) async fn monitor(bus: Arc<RedisBus>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Probes sent without coming back before the pub/sub path counts as broken.
-    const PROBES_MISSED: u64 = 3;
+    // Probes sent and not back yet, oldest first, with when they were sent.
+    let mut outstanding: VecDeque<(u64, Instant)> = VecDeque::new();
+    // Since when the bus has not been ready.
+    let mut down_since: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+            _ = bus.wake.notified() => {}
         }
-        let sent = bus.probe_sent.load(Ordering::Relaxed);
-        let seen = bus.probe_seen.load(Ordering::Relaxed);
-        if bus.ready.load(Ordering::Relaxed) && sent > seen + PROBES_MISSED {
-            tracing::warn!("Redis pub/sub is silent (liveness probe lost); not ready");
-            bus.ready.store(false, Ordering::Relaxed);
+        if bus.ready.load(Ordering::Relaxed) {
+            let seen = bus.probe_seen.load(Ordering::Relaxed);
+            while outstanding.front().is_some_and(|(n, _)| *n <= seen) {
+                outstanding.pop_front();
+            }
+            if outstanding
+                .front()
+                .is_some_and(|(_, at)| at.elapsed() > PROBE_DEADLINE)
+            {
+                bus.broke("Redis pub/sub is silent (liveness probe lost)");
+            }
         }
         if !bus.reachable.load(Ordering::Relaxed) {
             let mut c = bus.cmd.clone();
-            let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c).await;
-            if ping.is_ok() {
+            let ping = tokio::time::timeout(COMMAND_DEADLINE, async {
+                redis::cmd("PING").query_async::<String>(&mut c).await
+            });
+            if matches!(ping.await, Ok(Ok(_))) {
                 bus.reachable.store(true, Ordering::Relaxed);
             }
         }
         if !bus.ready.load(Ordering::Relaxed) {
-            let mut s = bus.sub.clone();
-            let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut s).await;
-            if ping.is_err() || bus.ensure_library().await.is_err() {
-                continue;
-            }
-            // Resubscribe explicitly too: harmless when the manager already did.
-            let channels: Vec<String> = bus.watched.lock().await.keys().cloned().collect();
-            for ch in &channels {
-                let _ = s.subscribe(ch).await;
-            }
-            let _ = s.subscribe(&bus.probe_channel).await;
-            let topics: Vec<Topic> = bus.state.lock().keys().cloned().collect();
-            if bus.fill_gaps(&topics).await.is_ok() {
-                tracing::info!("Redis is back; gaps of {} topics filled", topics.len());
-                bus.probe_seen
-                    .store(bus.probe_sent.load(Ordering::Relaxed), Ordering::Relaxed);
+            let since = *down_since.get_or_insert_with(Instant::now);
+            if recover(&bus, since).await {
+                down_since = None;
+                outstanding.clear();
                 bus.ready.store(true, Ordering::Relaxed);
             }
             continue;
         }
         let n = bus.probe_sent.fetch_add(1, Ordering::Relaxed) + 1;
+        outstanding.push_back((n, Instant::now()));
         let mut c = bus.cmd.clone();
-        let _: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-            .arg(&bus.probe_channel)
-            .arg(n)
-            .query_async(&mut c)
-            .await;
+        let _ = tokio::time::timeout(COMMAND_DEADLINE, async {
+            redis::cmd("PUBLISH")
+                .arg(&bus.probe_channel)
+                .arg(n)
+                .query_async::<i64>(&mut c)
+                .await
+        })
+        .await;
+    }
+}
+
+/// One attempt at recovery, the bus not ready since `since`: true when it may be ready again.
+async fn recover(bus: &Arc<RedisBus>, since: Instant) -> bool {
+    if since.elapsed() >= SUBSCRIBERS_WAIT {
+        bus.give_up_waiting();
+    }
+    if bus.pubsub_broken.load(Ordering::Acquire)
+        && let Err(e) = bus.open_pubsub().await
+    {
+        tracing::debug!("Redis pub/sub: reconnecting failed: {e}");
+        return false;
+    }
+    let library = tokio::time::timeout(Duration::from_secs(2), bus.ensure_library()).await;
+    if !matches!(library, Ok(Ok(()))) {
+        return false;
+    }
+    match bus.fill_gaps().await {
+        Ok(n) => {
+            tracing::info!("Redis is back; gaps of {n} topics filled");
+            true
+        }
+        Err(e) => {
+            tracing::debug!("filling gaps failed, trying again: {e}");
+            false
+        }
     }
 }
 
@@ -182,39 +232,99 @@ impl RedisBus {
         Ok(Replay { latest, messages })
     }
 
-    /// Delivers what `topics` missed while pub/sub was down: live messages are held meanwhile,
-    /// then follow the filled ones, without duplicates.
-    pub(super) async fn fill_gaps(&self, topics: &[Topic]) -> Result<(), BusError> {
-        {
-            let mut st = self.state.lock();
-            for t in topics {
-                if let Some(d) = st.get_mut(t) {
-                    d.held.get_or_insert_with(Vec::new);
-                }
-            }
+    /// Gives up every topic still waiting for its gap to be filled: their subscribers have
+    /// waited [`SUBSCRIBERS_WAIT`] (they are closed with 1012, to resume with `since`).
+    pub(super) fn give_up_waiting(&self) {
+        let mut st = self.state.lock();
+        let waiting: Vec<Topic> = st
+            .topics
+            .iter()
+            // Held with something to fill from: a topic given up already, or never delivered
+            // nor replayed, has nobody here waiting for a gap.
+            .filter(|(_, d)| d.held.is_some() && (d.last.is_some() || d.base.is_some()))
+            .map(|(t, _)| t.clone())
+            .collect();
+        if !waiting.is_empty() {
+            tracing::warn!(
+                "Redis has not delivered for {SUBSCRIBERS_WAIT:?}: giving up {} topics",
+                waiting.len()
+            );
         }
-        let mut result = Ok(());
-        for t in topics {
-            let last = self.state.lock().get(t).and_then(|d| d.last.clone());
-            let missed = match self.replay_unchecked(t, last.as_ref()).await {
-                Ok(r) => r.messages.unwrap_or_else(|| {
-                    // Another epoch (Redis lost the topic) or history gone: deliver what is kept.
-                    Vec::new()
-                }),
-                Err(e) => {
-                    result = Err(e);
-                    Vec::new()
-                }
+        for t in &waiting {
+            st.lose(&self.sinks, t);
+        }
+    }
+
+    /// Delivers what every held topic missed while pub/sub was down, then the live messages held
+    /// meanwhile, without duplicates; the pub/sub connection must be subscribed again first.
+    /// A topic whose gap cannot be read (its history no longer reaches back, or its epoch
+    /// changed with an incomplete new history) is given up; a read that fails leaves the topic
+    /// held for the next attempt (an error). Returns how many topics were filled.
+    pub(super) async fn fill_gaps(&self) -> Result<usize, BusError> {
+        let topics: Vec<(Topic, Option<Position>)> = self
+            .state
+            .lock()
+            .topics
+            .iter()
+            .filter(|(_, d)| d.held.is_some())
+            .map(|(t, d)| (t.clone(), d.last.clone().or_else(|| d.base.clone())))
+            .collect();
+        let mut result = Ok(topics.len());
+        for (t, start) in topics {
+            let missed = match &start {
+                // Nothing delivered and no subscriber's start known: nothing can be missing.
+                None => Some(Vec::new()),
+                Some(s) => match self.missed_since(&t, s).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        result = Err(e);
+                        continue;
+                    }
+                },
             };
             let mut st = self.state.lock();
-            let held = st
-                .get_mut(t)
-                .and_then(|d| d.held.take())
-                .unwrap_or_default();
-            for m in missed.into_iter().chain(held) {
-                deliver(&mut st, &self.sink, m);
+            let Some(d) = st.topics.get(&t) else {
+                continue; // no longer watched
+            };
+            if d.held.is_none() {
+                continue; // given up meanwhile
+            }
+            if d.last.clone().or_else(|| d.base.clone()) != start {
+                // A subscriber's replay moved the start meanwhile: read again.
+                result = Err(BusError::Unavailable(format!(
+                    "{t:?} changed while filling"
+                )));
+                continue;
+            }
+            match missed {
+                Some(missed) => st.release(&self.sinks, &t, missed),
+                None => st.lose(&self.sinks, &t),
             }
         }
         result
+    }
+
+    /// The messages of `topic` after `start`, read from its history; `None` when they cannot be
+    /// read exactly. When the topic's epoch changed (Redis lost it), the new epoch's messages from
+    /// its first offset, if its history still holds them all.
+    async fn missed_since(
+        &self,
+        topic: &Topic,
+        start: &Position,
+    ) -> Result<Option<Vec<Message>>, BusError> {
+        let r = self.replay_unchecked(topic, Some(start)).await?;
+        if r.messages.is_some() || *r.latest.epoch == *start.epoch {
+            return Ok(r.messages);
+        }
+        let from_first = Position {
+            offset: 0,
+            epoch: r.latest.epoch.clone(),
+        };
+        let r = self.replay_unchecked(topic, Some(&from_first)).await?;
+        Ok(if *r.latest.epoch == *from_first.epoch {
+            r.messages
+        } else {
+            None
+        })
     }
 }

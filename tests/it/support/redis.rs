@@ -84,6 +84,33 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// `redis://<user>:<password>@127.0.0.1:<port>`: for a node with its own ACL user.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("redis://{user}:{password}@127.0.0.1:{}", self.port)
+    }
+
+    /// A connection of the test's own (the default user), opened now: it keeps working when
+    /// Redis refuses new connections (`maxclients`) or a user.
+    pub async fn connect(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("a Redis URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connecting to the test's redis-server")
+    }
+
+    /// Sends SIGSTOP (`stop: true`) or SIGCONT to the server: it stalls with every connection
+    /// open, as an overloaded or frozen host does.
+    pub fn signal_stop(&self, stop: bool) {
+        let pid = self.child.as_ref().expect("a running server").id();
+        let sig = if stop { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(ok.success(), "kill {sig} {pid}");
+    }
+
     /// Runs `redis-cli` against it (a plain Redis client, no Herald code) and returns stdout.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")

@@ -131,10 +131,16 @@ impl Client {
     /// The next data frame (`Ok`) or the server's close code (`Err`); pings are skipped. Fails
     /// the test when the connection ends without a close frame or nothing comes within [`WAIT`].
     pub async fn next_event(&mut self) -> Result<Value, u16> {
+        self.next_event_within(WAIT).await
+    }
+
+    /// [`Client::next_event`] with another bound.
+    pub async fn next_event_within(&mut self, bound: Duration) -> Result<Value, u16> {
+        let deadline = tokio::time::Instant::now() + bound;
         loop {
-            let m = tokio::time::timeout(WAIT, self.ws.next())
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
-                .unwrap_or_else(|_| panic!("nothing within {WAIT:?}"));
+                .unwrap_or_else(|_| panic!("nothing within {bound:?}"));
             match m {
                 Some(Ok(Message::Close(Some(f)))) => return Err(u16::from(f.code)),
                 Some(Ok(Message::Close(None))) => panic!("a close frame without a code"),
