@@ -31,6 +31,9 @@ pub(super) const PROBE_DEADLINE: Duration = Duration::from_millis(1500);
 /// are closed with 1012 to resume with `since` on a node that can.
 pub(super) const SUBSCRIBERS_WAIT: Duration = Duration::from_secs(10);
 
+/// The bound of one attempt at filling every held topic's gap.
+const FILL_DEADLINE: Duration = Duration::from_secs(5);
+
 /// The bound of one command the monitor sends while probing, so that its rhythm holds when
 /// Redis stalls.
 const COMMAND_DEADLINE: Duration = Duration::from_millis(500);
@@ -111,15 +114,18 @@ async fn recover(bus: &Arc<RedisBus>, since: Instant) -> bool {
     if !matches!(library, Ok(Ok(()))) {
         return false;
     }
-    match bus.fill_gaps().await {
-        Ok(n) => {
+    // Bounded, so that subscribers are given up on time however many topics wait (an attempt
+    // cut short leaves the topics it did not reach held for the next).
+    match tokio::time::timeout(FILL_DEADLINE, bus.fill_gaps()).await {
+        Ok(Ok(n)) => {
             tracing::info!("Redis is back; gaps of {n} topics filled");
             true
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             tracing::debug!("filling gaps failed, trying again: {e}");
             false
         }
+        Err(_) => false,
     }
 }
 
