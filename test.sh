@@ -29,6 +29,9 @@ python3 proto/check_goldens.py
 echo "== WebSocket conformance: the Autobahn cases (kosoku) against Herald's own framing"
 tests/conformance/autobahn.sh
 
+echo "== fuzzing smoke: each cargo-fuzz target for 20 s, seeded from proto/golden (fuzz/run.sh)"
+fuzz/run.sh 20
+
 echo "== unit, property and integration tests (benches are compiled by clippy above)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

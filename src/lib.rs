@@ -26,6 +26,8 @@
 pub mod auth;
 pub mod bus;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gateway;
 pub mod hub;
 pub mod lifecycle;

@@ -87,7 +87,7 @@ fn choose_codec(headers: &HeaderMap) -> Result<Option<Codec>, Rejection> {
     }
 }
 
-fn parse_since(query: &HashMap<String, String>) -> Result<Option<Position>, Rejection> {
+pub(crate) fn parse_since(query: &HashMap<String, String>) -> Result<Option<Position>, Rejection> {
     match (query.get("since"), query.get("epoch")) {
         (None, None) => Ok(None),
         (Some(s), Some(e)) => {

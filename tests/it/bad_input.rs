@@ -318,3 +318,41 @@ async fn payloads_nested_deeper_than_every_codec_reads_are_refused_and_none_reac
         assert_eq!(m["data"], nested(100), "not null: {}", codec_name(codec));
     }
 }
+
+#[tokio::test]
+async fn a_flood_of_subscriptions_past_max_subscriptions_gets_forbidden_each_and_holds_nothing() {
+    let node = Node::with(&[("HERALD_MAX_SUBSCRIPTIONS", "8")]).await;
+    let mut c = node.client(Codec::Json).await;
+    for i in 0..8 {
+        c.sub(i + 1, &format!("flood.{i}")).await;
+    }
+    // 100 more, sent at once without waiting for an answer (under the frame rate's burst).
+    for i in 8..108u64 {
+        c.send_json(json!({"op": "sub", "id": i + 1, "topic": format!("flood.{i}")}))
+            .await;
+    }
+    for i in 8..108u64 {
+        let e = expect_error(&mut c, "forbidden", Some(i + 1), "sub past the limit").await;
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("subscription limit (8)"),
+            "{e}"
+        );
+    }
+    // None of them took hold: a message to a refused topic does not arrive, one to a held
+    // topic does, and freeing one slot lets one more in.
+    node.publish("flood.50", json!("refused")).await;
+    node.publish("flood.0", json!("held")).await;
+    let m = c.next_msg("flood.0").await;
+    assert_eq!(m["data"], "held");
+    let r = c
+        .request(json!({"op": "unsub", "id": 500, "topic": "flood.0"}))
+        .await;
+    assert_eq!(r["op"], "ok", "{r}");
+    c.sub(501, "flood.50").await;
+    node.publish("flood.50", json!("now held")).await;
+    let m = c.next_msg("flood.50").await;
+    assert_eq!(m["data"], "now held");
+}

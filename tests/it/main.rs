@@ -13,6 +13,7 @@ mod direct;
 mod events;
 mod fanout;
 mod frames;
+mod fuzz_regressions;
 mod heartbeat;
 mod hostile;
 mod http_api;

@@ -44,7 +44,7 @@ use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio_util::sync::CancellationToken;
 
 mod monitor;
-mod parse;
+pub(crate) mod parse;
 
 use super::{BoxFuture, Bus, BusError, Direct, Replay, Sinks};
 use crate::protocol::{Message, Position, Topic};

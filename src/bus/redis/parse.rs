@@ -31,7 +31,7 @@ pub(super) fn channel_and_payload(data: &[Value]) -> Option<(&str, &[u8])> {
 }
 
 /// Parses a presence change on a topic's channel: payload `J <conn> <user>` or `L <conn> <user>`.
-pub(super) fn parse_presence(prefix: &str, data: &[Value]) -> Option<PresenceEvent> {
+pub(crate) fn parse_presence(prefix: &str, data: &[Value]) -> Option<PresenceEvent> {
     let (ch, payload) = channel_and_payload(data)?;
     let join = match payload.get(..2)? {
         b"J " => true,
@@ -54,7 +54,7 @@ pub(super) fn parse_presence(prefix: &str, data: &[Value]) -> Option<PresenceEve
 
 /// Parses a directed message: channel `<prefix>{user:<user>}:direct`, payload `<from> <data>`
 /// (`from` is `-` when the sender did not name itself).
-pub(super) fn parse_direct(prefix: &str, data: &[Value]) -> Option<Direct> {
+pub(crate) fn parse_direct(prefix: &str, data: &[Value]) -> Option<Direct> {
     let (ch, payload) = channel_and_payload(data)?;
     let user = ch
         .strip_prefix(prefix)?
@@ -72,7 +72,7 @@ pub(super) fn parse_direct(prefix: &str, data: &[Value]) -> Option<Direct> {
 
 /// Parses a pub/sub message into a [`Message`]: channel `<prefix>{<topic>}:msg`, payload
 /// `<offset> <epoch> <data>`.
-pub(super) fn parse_push(prefix: &str, data: &[Value]) -> Option<Message> {
+pub(crate) fn parse_push(prefix: &str, data: &[Value]) -> Option<Message> {
     let (ch, payload) = channel_and_payload(data)?;
     let name = ch
         .strip_prefix(prefix)?
@@ -81,7 +81,9 @@ pub(super) fn parse_push(prefix: &str, data: &[Value]) -> Option<Message> {
     let topic = Topic::parse(name).ok()?;
     let mut parts = payload.splitn(3, |b| *b == b' ');
     let offset = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-    let epoch = std::str::from_utf8(parts.next()?).ok()?;
+    let epoch = std::str::from_utf8(parts.next()?)
+        .ok()
+        .filter(|e| is_epoch(e))?;
     let body = parts.next()?;
     Some(Message {
         topic,
@@ -91,7 +93,15 @@ pub(super) fn parse_push(prefix: &str, data: &[Value]) -> Option<Message> {
     })
 }
 
-pub(super) fn as_u64(v: &Value) -> Option<u64> {
+/// Epochs are written by `herald.lua` in hex. Anything else did not come from Herald, and would
+/// have to be escaped in the JSON frames, which write epochs as they are.
+fn is_epoch(e: &str) -> bool {
+    e.len() <= crate::protocol::frame::MAX_EPOCH
+        && e.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+pub(crate) fn as_u64(v: &Value) -> Option<u64> {
     match v {
         Value::Int(i) => u64::try_from(*i).ok(),
         Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
@@ -100,7 +110,7 @@ pub(super) fn as_u64(v: &Value) -> Option<u64> {
     }
 }
 
-pub(super) fn as_str(v: &Value) -> Option<&str> {
+pub(crate) fn as_str(v: &Value) -> Option<&str> {
     match v {
         Value::BulkString(b) => std::str::from_utf8(b).ok(),
         Value::SimpleString(s) => Some(s),
@@ -128,5 +138,7 @@ mod tests {
         assert_eq!(&m.data[..], b"{\"a\": 1}");
         assert!(parse_push("herald:", &[v("other:{news}:msg"), v("1 e x")]).is_none());
         assert!(parse_push("herald:", &[v("herald:{news}:msg"), v("x e {}")]).is_none());
+        // An epoch Herald never writes (one a JSON frame would have to escape) is not Herald's.
+        assert!(parse_push("herald:", &[v("herald:{news}:msg"), v("1 e\"1 {}")]).is_none());
     }
 }
