@@ -31,7 +31,8 @@ fn wire_err(stage: &str, e: WireError) -> String {
 
 pub async fn open(target: &Target, tickets: &Tickets, codec: Codec) -> Result<Ws, String> {
     let ticket = tickets.get().await?;
-    let mut stream = TcpStream::connect(target.addr)
+    let mut stream = target
+        .connect()
         .await
         .map_err(|e| format!("connect: {}", e.kind()))?;
     stream

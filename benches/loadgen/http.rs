@@ -8,6 +8,8 @@ use hyper::{Request, StatusCode, Uri, header};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The server under test. Loopback only.
@@ -18,6 +20,12 @@ pub struct Target {
     pub addr: SocketAddr,
     /// `http://host:port`
     pub base: String,
+    /// Loopback addresses to connect from, taken in turn (`--source-addrs`); empty: the kernel's
+    /// choice. Spreads the bench over many client addresses, so that the node's per-address
+    /// limits can stay at their defaults.
+    pub sources: Arc<[IpAddr]>,
+    /// The next source to use.
+    next_source: Arc<AtomicUsize>,
 }
 
 impl Target {
@@ -45,7 +53,48 @@ impl Target {
             base: format!("http://{authority}"),
             authority,
             addr: SocketAddr::new(ip, port),
+            sources: Arc::from([]),
+            next_source: Arc::default(),
         })
+    }
+
+    /// Connects from `n` addresses, 127.0.1.1 upwards (IPv4 targets only; 0: the kernel's choice).
+    pub fn with_sources(mut self, n: usize) -> anyhow::Result<Target> {
+        if n > 0 && !self.addr.is_ipv4() {
+            bail!("--source-addrs needs an IPv4 --url");
+        }
+        if n > 65_000 {
+            bail!("--source-addrs is at most 65000");
+        }
+        self.sources = (0..n)
+            .map(|i| {
+                let i = u16::try_from(i + 1).expect("bounded above");
+                let [hi, lo] = (256 + i).to_be_bytes();
+                IpAddr::V4(Ipv4Addr::new(127, 0, hi, lo))
+            })
+            .collect();
+        Ok(self)
+    }
+
+    /// The address to connect from next, if any.
+    pub fn source(&self) -> Option<IpAddr> {
+        if self.sources.is_empty() {
+            return None;
+        }
+        let i = self.next_source.fetch_add(1, Ordering::Relaxed);
+        Some(self.sources[i % self.sources.len()])
+    }
+
+    /// A TCP connection to the target, from the next source address.
+    pub async fn connect(&self) -> std::io::Result<tokio::net::TcpStream> {
+        match self.source() {
+            None => tokio::net::TcpStream::connect(self.addr).await,
+            Some(src) => {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(src, 0))?;
+                socket.connect(self.addr).await
+            }
+        }
     }
 }
 
@@ -69,21 +118,35 @@ pub fn mint_jwt(secret: &[u8], sub: &str, ttl: Duration) -> anyhow::Result<Strin
 /// Gets one-use tickets with `POST /v1/tickets` over a keep-alive pool.
 #[derive(Clone)]
 pub struct Tickets {
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// One pool per source address (one in all without `--source-addrs`), taken in turn.
+    clients: Arc<[Client<HttpConnector, Full<Bytes>>]>,
+    next: Arc<AtomicUsize>,
     uri: Uri,
     auth: String,
 }
 
 impl Tickets {
     pub fn new(target: &Target, jwt: &str) -> anyhow::Result<Self> {
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(1024)
-            .build(conn);
+        let sources: Vec<Option<IpAddr>> = if target.sources.is_empty() {
+            vec![None]
+        } else {
+            target.sources.iter().copied().map(Some).collect()
+        };
+        let clients = sources
+            .into_iter()
+            .map(|src| {
+                let mut conn = HttpConnector::new();
+                conn.set_nodelay(true);
+                conn.set_local_address(src);
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(30))
+                    .pool_max_idle_per_host(1024)
+                    .build(conn)
+            })
+            .collect();
         Ok(Tickets {
-            client,
+            clients,
+            next: Arc::default(),
             uri: format!("{}/v1/tickets", target.base).parse()?,
             auth: format!("Bearer {jwt}"),
         })
@@ -96,8 +159,8 @@ impl Tickets {
             .header(header::CONTENT_LENGTH, "0")
             .body(Full::new(Bytes::new()))
             .map_err(|e| format!("ticket request: {e}"))?;
-        let resp = self
-            .client
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        let resp = self.clients[i]
             .request(req)
             .await
             .map_err(|e| format!("ticket http: {e}"))?;
@@ -143,7 +206,7 @@ pub struct Publisher {
 
 impl Publisher {
     pub async fn connect(target: &Target, api_key: &str) -> anyhow::Result<Self> {
-        let tcp = tokio::net::TcpStream::connect(target.addr).await?;
+        let tcp = target.connect().await?;
         tcp.set_nodelay(true)?;
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
         tokio::spawn(async move {

@@ -115,6 +115,10 @@ pub struct Args {
     /// Connection attempts in progress at once.
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
+    /// Connect (and fetch tickets) from this many loopback addresses, 127.0.1.1 upwards, in
+    /// turn, so that the node's per-address limits can stay at their defaults. 0: one address.
+    #[arg(long, default_value_t = 0)]
+    pub source_addrs: usize,
     /// Seconds allowed for opening and subscribing all connections.
     #[arg(long, default_value_t = 120.0)]
     pub connect_timeout: f64,

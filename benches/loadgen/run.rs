@@ -32,11 +32,11 @@ struct Subscribers {
 }
 
 pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
-    let target = Target::parse(&args.url)?;
+    let target = Target::parse(&args.url)?.with_sources(args.source_addrs)?;
     // Subscribers go round-robin over every node given.
     let mut targets = vec![target.clone()];
     for u in &args.also_urls {
-        targets.push(Target::parse(u)?);
+        targets.push(Target::parse(u)?.with_sources(args.source_addrs)?);
     }
     if let Some(r) = &args.redis_url {
         let host = r
