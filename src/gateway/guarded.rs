@@ -5,18 +5,36 @@
 //!
 //! The deadline costs nothing while writes go through: a timer exists only from the moment a
 //! write is pending until it makes progress again.
+//!
+//! A connection dropped while a write is pending (the deadline passed, or a due close's grace
+//! ran out) is reset, not closed: otherwise the kernel would keep its unsent bytes, up to a whole
+//! send buffer, in a socket that lingers for minutes after the node let go of it.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::limits::Permit;
 
+/// A stream that can be told to reset when it is dropped, rather than linger with unsent bytes.
+pub trait Resettable {
+    /// Makes the coming drop reset the connection (best effort).
+    fn reset_on_drop(&self);
+}
+
+impl Resettable for TcpStream {
+    fn reset_on_drop(&self) {
+        // SO_LINGER 0: close sends RST and frees the socket's buffers at once (never blocks).
+        let _ = self.set_zero_linger();
+    }
+}
+
 /// A stream with a write-progress deadline and a connection permit.
-pub struct Guarded<S> {
+pub struct Guarded<S: Resettable> {
     io: S,
     /// Armed while a write is pending; dropped as soon as one makes progress.
     stall: Option<Pin<Box<Sleep>>>,
@@ -24,7 +42,16 @@ pub struct Guarded<S> {
     permit: Permit,
 }
 
-impl<S> Guarded<S> {
+impl<S: Resettable> Drop for Guarded<S> {
+    fn drop(&mut self) {
+        // A write still pending: the peer is not taking what the node has for it.
+        if self.stall.is_some() {
+            self.io.reset_on_drop();
+        }
+    }
+}
+
+impl<S: Resettable> Guarded<S> {
     /// Wraps `io`, counted by `permit`.
     pub fn new(io: S, permit: Permit) -> Guarded<S> {
         Guarded {
@@ -64,7 +91,7 @@ impl<S> Guarded<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+impl<S: AsyncRead + Resettable + Unpin> AsyncRead for Guarded<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -74,7 +101,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+impl<S: AsyncWrite + Resettable + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -44,7 +44,7 @@ async fn a_write_that_makes_no_progress_drops_the_connection_after_write_timeout
         ("HERALD_WRITE_TIMEOUT_SECS", "2"),
     ])
     .await;
-    let _ws = stalled_subscriber(&node, "stall").await;
+    let mut ws = stalled_subscriber(&node, "stall").await;
     publish_5mb(&node, "stall").await;
     node.until(
         Duration::from_secs(30),
@@ -52,6 +52,7 @@ async fn a_write_that_makes_no_progress_drops_the_connection_after_write_timeout
         |gw| gw.hub.connections() == 0,
     )
     .await;
+    ws.expect_reset().await;
 }
 
 #[tokio::test]
@@ -63,7 +64,7 @@ async fn a_close_that_is_due_ends_a_connection_whose_peer_never_reads() {
         ("HERALD_WRITE_TIMEOUT_SECS", "600"),
     ])
     .await;
-    let _ws = stalled_subscriber(&node, "overflow").await;
+    let mut ws = stalled_subscriber(&node, "overflow").await;
     publish_5mb(&node, "overflow").await;
     node.until(
         Duration::from_secs(20),
@@ -71,6 +72,8 @@ async fn a_close_that_is_due_ends_a_connection_whose_peer_never_reads() {
         |gw| gw.hub.connections() == 0,
     )
     .await;
+    // Its close frame could not be written either: the socket is reset, not left lingering.
+    ws.expect_reset().await;
 }
 
 #[tokio::test]

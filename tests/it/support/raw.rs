@@ -218,6 +218,21 @@ impl RawWs {
         }
     }
 
+    /// Reads what is left until the connection ends, and checks that the server reset it (RST)
+    /// rather than closed it (FIN): a socket it dropped with unsent bytes is freed at once.
+    pub async fn expect_reset(&mut self) {
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await {
+                Err(_) => panic!("the connection neither ended nor was reset"),
+                Ok(Ok(0)) => panic!("the server closed with FIN, keeping its unsent bytes"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+                Ok(Err(e)) => panic!("reading: {e}"),
+            }
+        }
+    }
+
     /// Reads until the server's close frame (skipping everything else) and returns its code.
     pub async fn expect_close_within(&mut self, bound: Duration) -> u16 {
         let deadline = tokio::time::Instant::now() + bound;
