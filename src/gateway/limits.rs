@@ -84,13 +84,40 @@ impl Bucket {
     }
 }
 
+/// How often a full table may be swept: a sweep visits every entry, so an attacker with many
+/// addresses must not be able to cause one per new connection.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Allows a sweep at most once per [`SWEEP_EVERY`].
+#[derive(Default)]
+struct Sweeps {
+    /// When the last sweep ran. Plain lock, held only to read and set it.
+    last: parking_lot::Mutex<Option<Instant>>,
+}
+
+impl Sweeps {
+    /// True when a sweep may run now (and records that it does).
+    fn due(&self, now: Instant) -> bool {
+        let mut last = self.last.lock();
+        match *last {
+            Some(at) if now.duration_since(at) < SWEEP_EVERY => false,
+            _ => {
+                *last = Some(now);
+                true
+            }
+        }
+    }
+}
+
 /// Token buckets by key (an address, a user), in a bounded table.
 pub struct Buckets<K: Eq + Hash> {
     rate: u32,
     /// Sharded; an entry is never held across `.await` (nothing here awaits).
     table: DashMap<K, Bucket>,
-    /// Most entries; at the bound, full buckets are swept, and new keys refused while none is.
+    /// Most entries; at the bound, full buckets are swept (at most once a second), and new
+    /// keys refused while none is.
     cap: usize,
+    sweeps: Sweeps,
 }
 
 impl<K: Eq + Hash + Clone> Buckets<K> {
@@ -100,6 +127,7 @@ impl<K: Eq + Hash + Clone> Buckets<K> {
             rate,
             table: DashMap::new(),
             cap,
+            sweeps: Sweeps::default(),
         }
     }
 
@@ -110,7 +138,9 @@ impl<K: Eq + Hash + Clone> Buckets<K> {
             return b.take(self.rate, now);
         }
         if self.table.len() >= self.cap {
-            self.table.retain(|_, b| !b.is_full(self.rate, now));
+            if self.sweeps.due(now) {
+                self.table.retain(|_, b| !b.is_full(self.rate, now));
+            }
             if self.table.len() >= self.cap {
                 return Err(1);
             }
@@ -140,8 +170,9 @@ pub struct ConnLimits {
     open: AtomicUsize,
     /// Per client address; sharded, never held across `.await`.
     addresses: DashMap<IpKey, Address>,
-    /// Most addresses tracked at once.
+    /// Most addresses tracked at once; at the bound, idle ones are swept at most once a second.
     cap: usize,
+    sweeps: Sweeps,
 }
 
 impl ConnLimits {
@@ -155,6 +186,7 @@ impl ConnLimits {
             open: AtomicUsize::new(0),
             addresses: DashMap::new(),
             cap: max_connections.saturating_add(100_000),
+            sweeps: Sweeps::default(),
         })
     }
 
@@ -189,8 +221,10 @@ impl ConnLimits {
         let key = IpKey::of(ip);
         let now = Instant::now();
         if !self.addresses.contains_key(&key) && self.addresses.len() >= self.cap {
-            self.addresses
-                .retain(|_, a| a.open > 0 || !a.bucket.is_full(self.rate, now));
+            if self.sweeps.due(now) {
+                self.addresses
+                    .retain(|_, a| a.open > 0 || !a.bucket.is_full(self.rate, now));
+            }
             if self.addresses.len() >= self.cap {
                 return Err(Refusal::TooFast(1));
             }
@@ -332,5 +366,20 @@ mod tests {
         assert!(b.take(&3).is_ok());
         // Full table, no full bucket to sweep: a new key waits.
         assert_eq!(b.take(&4), Err(1));
+    }
+
+    #[test]
+    fn a_full_table_is_swept_at_most_once_a_second_however_many_new_keys_come() {
+        let s = Sweeps::default();
+        let t0 = Instant::now();
+        assert!(s.due(t0));
+        for ms in [0, 1, 500, 999] {
+            assert!(
+                !s.due(t0 + Duration::from_millis(ms)),
+                "{ms} ms after a sweep"
+            );
+        }
+        assert!(s.due(t0 + Duration::from_millis(1000)));
+        assert!(!s.due(t0 + Duration::from_millis(1001)));
     }
 }
