@@ -233,7 +233,7 @@ async fn drive(
 /// service on a single node, or none.
 async fn lifecycle(
     config: &Config,
-    redis_cmd: Option<redis::aio::ConnectionManager>,
+    redis_cmd: Option<crate::bus::redis::Commands>,
     proxy: &Arc<crate::proxy::Proxy>,
     stop: &CancellationToken,
 ) -> Result<(Lifecycle, Option<Arc<WebhookEvents>>), ServerError> {

@@ -1,21 +1,23 @@
 //! Tickets in Redis, for a cluster: minted on one node, redeemed once on any node. Redemption
 //! is one atomic `GETDEL`, so of two nodes racing for a ticket exactly one wins; a tombstone
 //! then answers `ticket_used` for a while. Tickets are stored only as their SHA-256 (hex) in
-//! the key. Besides `bus/redis.rs`, the only place Redis types appear.
+//! the key. Besides `bus/redis/`, the only place Redis types appear; it shares the bus's command
+//! connection ([`Commands`]), which the bus keeps usable.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use super::ticket::REMEMBER_EXPIRED;
+use crate::bus::redis::Commands;
+
 use super::{AuthError, BoxFuture, Grants, Identity, RawGrants, TicketKey, TicketStore};
 
 /// The ticket store over Redis.
 pub struct RedisTicketStore {
-    /// A multiplexed connection (cheap to clone per call).
-    conn: ConnectionManager,
+    /// The bus's command connection; the current one is taken for each call.
+    conn: Commands,
     prefix: String,
 }
 
@@ -45,18 +47,11 @@ fn store_error(e: redis::RedisError) -> AuthError {
 
 impl RedisTicketStore {
     /// A store on `conn`, with keys `<prefix>ticket:<sha256 hex>`.
-    pub fn new(conn: ConnectionManager, prefix: &str) -> RedisTicketStore {
+    pub fn new(conn: Commands, prefix: &str) -> RedisTicketStore {
         RedisTicketStore {
             conn,
             prefix: prefix.to_owned(),
         }
-    }
-
-    /// Connects to `url` (for the store alone).
-    pub async fn connect(url: &str, prefix: &str) -> Result<RedisTicketStore, AuthError> {
-        let client = redis::Client::open(url).map_err(store_error)?;
-        let conn = ConnectionManager::new(client).await.map_err(store_error)?;
-        Ok(RedisTicketStore::new(conn, prefix))
     }
 
     fn key(&self, key: &TicketKey) -> String {
@@ -75,7 +70,7 @@ impl TicketStore for RedisTicketStore {
         identity: Identity,
         ttl: Duration,
     ) -> BoxFuture<'_, Result<(), AuthError>> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn.get();
         let k = self.key(&key);
         Box::pin(async move {
             let stored = Stored {
@@ -100,7 +95,7 @@ impl TicketStore for RedisTicketStore {
     }
 
     fn take(&self, key: TicketKey) -> BoxFuture<'_, Result<Identity, AuthError>> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn.get();
         let (k, used) = (self.key(&key), self.used_key(&key));
         Box::pin(async move {
             let got: Option<String> = redis::cmd("GETDEL")

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::bus::redis::Commands;
 use tokio_util::sync::CancellationToken;
 
 use super::{Event, EventLog, LifecycleError};
@@ -39,7 +39,7 @@ struct Live {
 /// The event log over Redis.
 pub struct RedisEvents {
     /// The bus's multiplexed command connection (pipelined with everything else).
-    cmd: ConnectionManager,
+    cmd: Commands,
     node: String,
     config: EventsConfig,
     max_len: u64,
@@ -64,7 +64,7 @@ impl RedisEvents {
     /// Records the disconnects a previous run of this node left (`node_restart`), registers the
     /// node, and keeps it registered until `stop`.
     pub async fn start(
-        cmd: ConnectionManager,
+        cmd: Commands,
         node: &str,
         config: EventsConfig,
         max_len: u64,
@@ -92,7 +92,7 @@ impl RedisEvents {
 
     /// Records a disconnect for every connection still registered to this node.
     async fn reap_own(&self, reason: &str) -> Result<u64, LifecycleError> {
-        let mut c = self.cmd.clone();
+        let mut c = self.cmd.get();
         let mut total = 0;
         loop {
             let (n, more): (u64, u64) = redis::cmd("FCALL")
@@ -115,7 +115,7 @@ impl RedisEvents {
 
     /// Registers the node and `conns` (conn, user, topics), a batch per call.
     async fn join(&self, conns: Vec<Joining>, reason: &str) -> Result<(), LifecycleError> {
-        let mut c = self.cmd.clone();
+        let mut c = self.cmd.get();
         let mut chunks: Vec<&[Joining]> = conns.chunks(BATCH).collect();
         if chunks.is_empty() {
             chunks.push(&[]);
@@ -177,7 +177,7 @@ impl RedisEvents {
     }
 
     async fn call(&self, e: &Event) -> Result<(), redis::RedisError> {
-        let mut c = self.cmd.clone();
+        let mut c = self.cmd.get();
         let extra = match e.kind {
             EventKind::Disconnect => e.code.unwrap_or(1006).to_string(),
             _ => e
@@ -271,7 +271,7 @@ impl RedisEvents {
                 return Err(unavailable(err));
             }
         }
-        let mut c = self.cmd.clone();
+        let mut c = self.cmd.get();
         // Bounded: at most this many batches of a dead node's connections per beat.
         for _ in 0..100 {
             let seen = *self.gate.read().await;

@@ -12,7 +12,7 @@ use redis::aio::MultiplexedConnection;
 
 use crate::support::redis::RedisServer;
 use crate::support::ws::Client;
-use crate::support::{CODECS, Node};
+use crate::support::{API_KEY, CODECS, Node};
 
 /// Polls `/readyz` until it answers `want`, for at most `bound`; returns how long it took.
 async fn until_ready_is(n: &Node, want: u16, bound: Duration) -> Duration {
@@ -168,6 +168,54 @@ async fn a_node_refused_by_redis_for_a_while_recovers_and_delivers_what_was_publ
     let last = HashMap::from([("acl.busy", 14), ("acl.quiet", 6)]);
     let r = read_in_order(&mut c, &mut next, &last, Duration::from_secs(10)).await;
     assert_eq!(r, Ok(()), "every message, in order, on the same connection");
+}
+
+#[tokio::test]
+async fn a_node_whose_every_connection_is_refused_for_a_while_recovers_its_commands_too() {
+    // All the node's connections killed while its login is refused: the command connection
+    // (publishes, tickets, history) must come back as well as the pub/sub one.
+    let redis = RedisServer::start();
+    let n = node_as_herald(&redis).await;
+    let mut backend = redis.connect().await;
+    let mut c = n.client(CODECS[0]).await;
+    c.sub(1, "acl.all").await;
+    publish(&mut backend, "acl.all", 1..=2).await;
+    c.expect_offsets("acl.all", 1..=2).await;
+
+    let refused = auth_refusals(&mut backend).await;
+    assert_eq!(redis.cli(&["ACL", "SETUSER", "herald", "off"]).trim(), "OK");
+    let killed = redis.cli(&["CLIENT", "KILL", "USER", "herald"]);
+    assert!(
+        killed.trim().parse::<u32>().is_ok_and(|k| k >= 2),
+        "the node's pub/sub and command connections were killed: {killed}"
+    );
+    until_ready_is(&n, 503, Duration::from_secs(5)).await;
+    // Meanwhile a publish through the node is refused honestly (and makes its command connection
+    // try to reconnect while its login is refused).
+    let body = serde_json::json!({"topic": "acl.all", "data": 0}).to_string();
+    let (status, _) = n.http.post("/v1/publish", Some(API_KEY), &body).await;
+    assert_eq!(status, 503);
+    publish(&mut backend, "acl.all", 3..=5).await;
+    until(
+        "two refused reconnects",
+        Duration::from_secs(10),
+        async || auth_refusals(&mut backend).await >= refused + 2,
+    )
+    .await;
+
+    assert_eq!(redis.cli(&["ACL", "SETUSER", "herald", "on"]).trim(), "OK");
+    until_ready_is(&n, 200, Duration::from_secs(5)).await;
+    // Commands work again: a publish through the node, and a new client's ticket.
+    let (offset, _) = n.publish("acl.all", serde_json::json!({"i": 6})).await;
+    assert_eq!(offset, 6);
+    let mut late = n.client(CODECS[0]).await;
+    late.sub(1, "acl.all").await;
+    publish(&mut backend, "acl.all", 7..=7).await;
+    let mut next = HashMap::from([("acl.all", 3)]);
+    let last = HashMap::from([("acl.all", 7)]);
+    let r = read_in_order(&mut c, &mut next, &last, Duration::from_secs(10)).await;
+    assert_eq!(r, Ok(()), "every message, in order, on the same connection");
+    late.expect_offsets("acl.all", 7..=7).await;
 }
 
 #[tokio::test]

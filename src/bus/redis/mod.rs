@@ -6,7 +6,10 @@
 //!   atomic step, so offsets, history and live delivery never disagree. Backends call the same
 //!   functions (`proto/redis.md`).
 //! - Publishing uses a multiplexed connection: concurrent publishes are pipelined, with no round
-//!   trip per message on the delivery path.
+//!   trip per message on the delivery path. It is shared with the Redis ticket store and the
+//!   event log ([`Commands`]); when a command finds it unusable, the monitor checks it every half
+//!   second and rebuilds it from scratch when the check fails, whatever error its own reconnect
+//!   met.
 //! - Live messages come from one RESP3 pub/sub connection that this module builds and rebuilds
 //!   itself (not a `ConnectionManager`: when its reconnect meets an error other than I/O, such as
 //!   a refused authentication, the manager keeps that failed connection for good, so it neither
@@ -39,15 +42,17 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio_util::sync::CancellationToken;
 
+mod commands;
 mod monitor;
 pub(crate) mod parse;
 
 use super::{BoxFuture, Bus, BusError, Direct, Replay, Sinks};
 use crate::protocol::{Message, Position, Topic};
+pub use commands::Commands;
 use monitor::{monitor, node_probe_id, refresh_conns};
 use parse::{channel, parse_direct, parse_presence, parse_push, user_channel};
 
@@ -187,10 +192,9 @@ pub struct Settings<'a> {
 
 /// The bus over Redis.
 pub struct RedisBus {
-    /// Publishes and history reads; multiplexed, so concurrent requests are pipelined. Still a
-    /// `ConnectionManager` (shared with the ticket store and the event log): should its own
-    /// reconnect be refused other than by I/O, it stays failed like the old pub/sub one did.
-    cmd: ConnectionManager,
+    /// Publishes and history reads; multiplexed, so concurrent requests are pipelined. Shared
+    /// with the ticket store and the event log; the monitor rebuilds it when it stays failed.
+    cmd: Commands,
     /// Opens the pub/sub connections.
     client: redis::Client,
     /// The pub/sub connection (RESP3). `None` until the first is built; replaced by the monitor
@@ -235,6 +239,17 @@ pub struct RedisBus {
     node_ttl: Duration,
 }
 
+/// True when `e` says the command connection is unusable, rather than that Redis refused one
+/// command: I/O, a timeout, a refused connection, or a login refused when it reconnected.
+fn connection_failed(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_connection_refusal()
+        || e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
+}
+
 fn unavailable(e: redis::RedisError) -> BusError {
     BusError::Unavailable(e.to_string())
 }
@@ -277,9 +292,7 @@ impl RedisBus {
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let cmd = ConnectionManager::new_with_config(client.clone(), base)
-            .await
-            .map_err(err)?;
+        let cmd = Commands::connect(client.clone(), base).await.map_err(err)?;
         let library = include_str!("herald.lua")
             .replace("__PREFIX__", prefix)
             .replace("__VERSION__", &LIBRARY_VERSION.to_string())
@@ -468,7 +481,7 @@ impl RedisBus {
     }
 
     /// The command connection, shared with the Redis ticket store: the monitor keeps it checked.
-    pub fn command_connection(&self) -> ConnectionManager {
+    pub fn command_connection(&self) -> Commands {
         self.cmd.clone()
     }
 
@@ -513,11 +526,7 @@ impl RedisBus {
 
     /// Turns a command's error into a bus error, noting when Redis could not be reached.
     fn failed(&self, e: redis::RedisError) -> BusError {
-        if e.is_io_error()
-            || e.is_connection_dropped()
-            || e.is_timeout()
-            || e.is_connection_refusal()
-        {
+        if connection_failed(&e) {
             self.reachable.store(false, Ordering::Relaxed);
         }
         unavailable(e)
@@ -525,7 +534,7 @@ impl RedisBus {
 
     /// Loads the library unless Redis already has this version or a newer one.
     async fn ensure_library(&self) -> redis::RedisResult<()> {
-        let mut c = self.cmd.clone();
+        let mut c = self.cmd.get();
         let have: redis::RedisResult<i64> = redis::cmd("FCALL_RO")
             .arg("herald_version")
             .arg(0)
@@ -546,7 +555,7 @@ impl RedisBus {
 
     /// The topic's epoch, latest offset, first offset kept, and the entries after `after`.
     async fn history(&self, topic: &Topic, after: Option<u64>) -> Result<Vec<Value>, BusError> {
-        let mut c = self.cmd.clone();
+        let mut c = self.cmd.get();
         redis::cmd("FCALL")
             .arg("herald_history")
             .arg(1)
@@ -560,7 +569,7 @@ impl RedisBus {
 
 impl Bus for RedisBus {
     fn publish(&self, topic: &Topic, data: Bytes) -> BoxFuture<'_, Result<Position, BusError>> {
-        let mut c = self.cmd.clone();
+        let mut c = self.cmd.get();
         let topic = topic.as_str().to_owned();
         Box::pin(async move {
             self.check_reachable()?;
@@ -619,7 +628,7 @@ impl Bus for RedisBus {
     }
 
     fn publish_direct(&self, d: Direct) -> BoxFuture<'_, Result<(), BusError>> {
-        let mut c = self.cmd.clone();
+        let mut c = self.cmd.get();
         Box::pin(async move {
             self.check_reachable()?;
             let mut cmd = redis::cmd("FCALL");
@@ -642,7 +651,7 @@ impl Bus for RedisBus {
         user: &str,
     ) -> BoxFuture<'_, Result<(), BusError>> {
         let (topic, conn, user) = (topic.clone(), conn.to_owned(), user.to_owned());
-        let mut c = self.cmd.clone();
+        let mut c = self.cmd.get();
         Box::pin(async move {
             self.check_reachable()?;
             let _: i64 = redis::cmd("FCALL")
@@ -681,7 +690,7 @@ impl Bus for RedisBus {
             }
         }
         let (topic, conn, user) = (topic.clone(), conn.to_owned(), user.to_owned());
-        let mut c = self.cmd.clone();
+        let mut c = self.cmd.get();
         Box::pin(async move {
             let _: i64 = redis::cmd("FCALL")
                 .arg("herald_presence_leave")
@@ -698,7 +707,7 @@ impl Bus for RedisBus {
 
     fn presence(&self, topic: &Topic) -> BoxFuture<'_, Result<Vec<(String, String)>, BusError>> {
         let topic = topic.clone();
-        let mut c = self.cmd.clone();
+        let mut c = self.cmd.get();
         Box::pin(async move {
             self.check_reachable()?;
             let members: Vec<String> = redis::cmd("FCALL")
@@ -722,7 +731,7 @@ impl Bus for RedisBus {
         limit: usize,
     ) -> BoxFuture<'_, Result<bool, BusError>> {
         let (user, conn) = (user.to_owned(), conn.to_owned());
-        let mut c = self.cmd.clone();
+        let mut c = self.cmd.get();
         Box::pin(async move {
             self.check_reachable()?;
             let ok: i64 = redis::cmd("FCALL")
@@ -753,7 +762,7 @@ impl Bus for RedisBus {
             }
         }
         let (user, conn) = (user.to_owned(), conn.to_owned());
-        let mut c = self.cmd.clone();
+        let mut c = self.cmd.get();
         Box::pin(async move {
             let _: i64 = redis::cmd("FCALL")
                 .arg("herald_conn_close")

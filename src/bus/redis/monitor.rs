@@ -68,13 +68,7 @@ pub(super) async fn monitor(bus: Arc<RedisBus>, stop: CancellationToken) {
             }
         }
         if !bus.reachable.load(Ordering::Relaxed) {
-            let mut c = bus.cmd.clone();
-            let ping = tokio::time::timeout(COMMAND_DEADLINE, async {
-                redis::cmd("PING").query_async::<String>(&mut c).await
-            });
-            if matches!(ping.await, Ok(Ok(_))) {
-                bus.reachable.store(true, Ordering::Relaxed);
-            }
+            check_commands(&bus).await;
         }
         if !bus.ready.load(Ordering::Relaxed) {
             let since = *down_since.get_or_insert_with(Instant::now);
@@ -87,8 +81,8 @@ pub(super) async fn monitor(bus: Arc<RedisBus>, stop: CancellationToken) {
         }
         let n = bus.probe_sent.fetch_add(1, Ordering::Relaxed) + 1;
         outstanding.push_back((n, Instant::now()));
-        let mut c = bus.cmd.clone();
-        let _ = tokio::time::timeout(COMMAND_DEADLINE, async {
+        let mut c = bus.cmd.get();
+        let sent = tokio::time::timeout(COMMAND_DEADLINE, async {
             redis::cmd("PUBLISH")
                 .arg(&bus.probe_channel)
                 .arg(n)
@@ -96,6 +90,33 @@ pub(super) async fn monitor(bus: Arc<RedisBus>, stop: CancellationToken) {
                 .await
         })
         .await;
+        if let Ok(Err(e)) = sent {
+            // The command connection itself may be what failed: checked on the next tick.
+            let _ = bus.failed(e);
+        }
+    }
+}
+
+/// While Redis seems away: a PING on the command connection; when it fails, the connection is
+/// rebuilt from scratch (its own reconnect may have met an error it never recovers from, such as
+/// a refused login), and Redis counts as reachable again once a PING answers.
+async fn check_commands(bus: &RedisBus) {
+    let ping = |mut c: redis::aio::ConnectionManager| async move {
+        let cmd = redis::cmd("PING");
+        let answer = tokio::time::timeout(COMMAND_DEADLINE, cmd.query_async::<String>(&mut c));
+        matches!(answer.await, Ok(Ok(_)))
+    };
+    if ping(bus.cmd.get()).await {
+        bus.reachable.store(true, Ordering::Relaxed);
+        return;
+    }
+    match bus.cmd.rebuild().await {
+        Ok(()) if ping(bus.cmd.get()).await => {
+            tracing::info!("Redis command connection rebuilt");
+            bus.reachable.store(true, Ordering::Relaxed);
+        }
+        Ok(()) => {}
+        Err(e) => tracing::debug!("Redis command connection: rebuilding failed: {e}"),
     }
 }
 
@@ -111,8 +132,14 @@ async fn recover(bus: &Arc<RedisBus>, since: Instant) -> bool {
         return false;
     }
     let library = tokio::time::timeout(Duration::from_secs(2), bus.ensure_library()).await;
-    if !matches!(library, Ok(Ok(()))) {
-        return false;
+    match library {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            // Not reachable when the command connection failed: checked (and rebuilt) next tick.
+            let _ = bus.failed(e);
+            return false;
+        }
+        Err(_) => return false,
     }
     // Bounded, so that subscribers are given up on time however many topics wait (an attempt
     // cut short leaves the topics it did not reach held for the next).
@@ -173,10 +200,11 @@ pub(super) async fn refresh_conns(bus: Arc<RedisBus>, stop: CancellationToken) {
                 .arg(conns)
                 .ignore();
         }
-        let mut c = bus.cmd.clone();
+        let mut c = bus.cmd.get();
         let r: redis::RedisResult<()> = pipe.query_async(&mut c).await;
         if let Err(e) = r {
             tracing::warn!("refreshing this node's connections in Redis failed: {e}");
+            let _ = bus.failed(e);
         }
     }
 }
