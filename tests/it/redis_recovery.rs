@@ -127,6 +127,37 @@ async fn read_in_order(
     Ok(())
 }
 
+/// Switches the node's Redis user off and kills its connections matching `kill` (a `CLIENT KILL`
+/// filter; at least `min_killed` of them), then waits until the node is not ready. Returns the
+/// refused logins so far, for [`until_refused_twice`].
+async fn refuse_logins(
+    redis: &RedisServer,
+    n: &Node,
+    backend: &mut MultiplexedConnection,
+    kill: [&str; 2],
+    min_killed: u32,
+) -> u64 {
+    let refused = auth_refusals(backend).await;
+    assert_eq!(redis.cli(&["ACL", "SETUSER", "herald", "off"]).trim(), "OK");
+    let killed = redis.cli(&["CLIENT", "KILL", kill[0], kill[1]]);
+    assert!(
+        killed.trim().parse::<u32>().is_ok_and(|k| k >= min_killed),
+        "CLIENT KILL {kill:?} killed {killed:?}, not at least {min_killed}"
+    );
+    until_ready_is(n, 503, Duration::from_secs(5)).await;
+    refused
+}
+
+/// Waits until the node has tried to come back and been refused twice since `refused`.
+async fn until_refused_twice(backend: &mut MultiplexedConnection, refused: u64) {
+    until(
+        "two refused reconnects",
+        Duration::from_secs(10),
+        async || auth_refusals(backend).await >= refused + 2,
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_node_refused_by_redis_for_a_while_recovers_and_delivers_what_was_published_meanwhile() {
     let redis = RedisServer::start();
@@ -139,24 +170,11 @@ async fn a_node_refused_by_redis_for_a_while_recovers_and_delivers_what_was_publ
     publish(&mut backend, "acl.busy", 1..=3).await;
     c.expect_offsets("acl.busy", 1..=3).await;
 
-    let refused = auth_refusals(&mut backend).await;
-    assert_eq!(redis.cli(&["ACL", "SETUSER", "herald", "off"]).trim(), "OK");
-    let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
-    assert_ne!(
-        killed.trim(),
-        "0",
-        "the node's pub/sub connection was killed"
-    );
-    until_ready_is(&n, 503, Duration::from_secs(5)).await;
+    // The node's pub/sub connection.
+    let refused = refuse_logins(&redis, &n, &mut backend, ["TYPE", "pubsub"], 1).await;
     publish(&mut backend, "acl.busy", 4..=10).await;
     publish(&mut backend, "acl.quiet", 1..=5).await;
-    // The node tried to come back and was refused, more than once.
-    until(
-        "two refused reconnects",
-        Duration::from_secs(10),
-        async || auth_refusals(&mut backend).await >= refused + 2,
-    )
-    .await;
+    until_refused_twice(&mut backend, refused).await;
     publish(&mut backend, "acl.busy", 11..=12).await;
 
     assert_eq!(redis.cli(&["ACL", "SETUSER", "herald", "on"]).trim(), "OK");
@@ -182,26 +200,15 @@ async fn a_node_whose_every_connection_is_refused_for_a_while_recovers_its_comma
     publish(&mut backend, "acl.all", 1..=2).await;
     c.expect_offsets("acl.all", 1..=2).await;
 
-    let refused = auth_refusals(&mut backend).await;
-    assert_eq!(redis.cli(&["ACL", "SETUSER", "herald", "off"]).trim(), "OK");
-    let killed = redis.cli(&["CLIENT", "KILL", "USER", "herald"]);
-    assert!(
-        killed.trim().parse::<u32>().is_ok_and(|k| k >= 2),
-        "the node's pub/sub and command connections were killed: {killed}"
-    );
-    until_ready_is(&n, 503, Duration::from_secs(5)).await;
+    // Its pub/sub and command connections.
+    let refused = refuse_logins(&redis, &n, &mut backend, ["USER", "herald"], 2).await;
     // Meanwhile a publish through the node is refused honestly (and makes its command connection
     // try to reconnect while its login is refused).
     let body = serde_json::json!({"topic": "acl.all", "data": 0}).to_string();
     let (status, _) = n.http.post("/v1/publish", Some(API_KEY), &body).await;
     assert_eq!(status, 503);
     publish(&mut backend, "acl.all", 3..=5).await;
-    until(
-        "two refused reconnects",
-        Duration::from_secs(10),
-        async || auth_refusals(&mut backend).await >= refused + 2,
-    )
-    .await;
+    until_refused_twice(&mut backend, refused).await;
 
     assert_eq!(redis.cli(&["ACL", "SETUSER", "herald", "on"]).trim(), "OK");
     until_ready_is(&n, 200, Duration::from_secs(5)).await;
