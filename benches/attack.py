@@ -243,7 +243,7 @@ async def flood(a, port: int, stop: asyncio.Event, out: dict):
             s.close()
 
     waves = 0
-    while not stop.is_set() and waves < a.max_waves:
+    while a.flood > 0 and not stop.is_set() and waves < a.max_waves:
         for r in await asyncio.gather(*(one() for _ in range(a.flood))):
             out[r] = out.get(r, 0) + 1
         waves += 1
@@ -273,7 +273,7 @@ async def pipeliners(a, port: int, watch: Watch, stop: asyncio.Event, out: dict)
         s.close()
 
     n = 0
-    while not stop.is_set() and n < a.max_pipeliners:
+    while a.pipeliners > 0 and not stop.is_set() and n < a.max_pipeliners:
         await asyncio.gather(*(one() for _ in range(a.pipeliners)))
         n += a.pipeliners
     out["connections"] = n

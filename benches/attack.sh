@@ -5,6 +5,7 @@
 # clients that never read, and large messages on the stalled readers' topic).
 #
 #   benches/attack.sh [-- herald-bench options ...]   (default: scenario (b) with 100 messages)
+#   ATTACK_ARGS="--flood 0" benches/attack.sh           # attack.py options: one attack at a time
 #
 # The node keeps its default per-address limits: the bench connects from 100 loopback addresses
 # (--source-addrs 100); only the per-user limits are lifted, as every bench connection is the one
@@ -61,7 +62,7 @@ echo "== under attack"
 start_node attack
 rm -f "$out/ready"
 taskset -c 1 nice -n 10 python3 benches/attack.py --url "http://127.0.0.1:$port" \
-    --ready-file "$out/ready" --duration 180 > "$out/attack.txt" 2>&1 &
+    --ready-file "$out/ready" --duration 180 ${ATTACK_ARGS:-} > "$out/attack.txt" 2>&1 &
 attacker=$!
 for _ in $(seq 600); do [ -e "$out/ready" ] && break; sleep 0.1; done
 [ -e "$out/ready" ] || { cat "$out/attack.txt"; echo "attack.sh: the attacker never got ready" >&2; exit 1; }

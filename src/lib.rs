@@ -4,20 +4,32 @@
 //! subscribe to topics and receive every message published to them, in order and without gaps,
 //! even across reconnects (`since`). Backends publish with `POST /v1/publish`.
 //!
-//! The module map (dependencies point downward only):
+//! How a message travels: a publish (`POST /v1/publish`, a client's `pub`, or a backend's
+//! `FCALL herald_publish` straight to Redis) reaches the [`bus`], which gives it its offset and
+//! keeps it in history ([`bus::local`] in process, [`bus::redis`] through Redis and its pub/sub);
+//! the bus hands every message to the sink that [`server`] wired to the [`hub`]; the hub encodes
+//! it once per codec and pushes the same bytes into the bounded outbox of each local subscriber;
+//! each connection's task ([`gateway::connection`]) drains its outbox into coalesced writes on its
+//! socket.
 //!
-//! | module | owns |
-//! |---|---|
-//! | [`server`] | composition root: builds everything from [`config::Config`], wires bus to hub, owns shutdown |
-//! | [`gateway`] | the only module with sockets: listener, HTTP routes, upgrade checks, one task per connection |
-//! | [`hub`] | topics and local subscribers, encode-once fan-out, per-connection bounded outbox |
-//! | [`bus`] | where messages get their offsets and history: the in-process bus (default) |
-//! | [`auth`] | JWT verification, one-time tickets, grants |
-//! | [`proxy`] | backend services: balancing, health checks, forwarding `send` |
-//! | [`lifecycle`] | connect, disconnect and subscribe events for the backend, at least once |
-//! | [`protocol`] | frames, codecs (JSON, MessagePack), RFC 6455 framing, close codes; pure |
-//! | [`config`] | raw (file, env) to validated [`config::Config`]; the only reader of files and env |
-//! | [`metrics`], [`shutdown`] | leaves |
+//! The module map:
+//!
+//! | module | owns | may import (besides leaves) |
+//! |---|---|---|
+//! | [`server`] | composition root: builds everything from [`config::Config`], wires bus to hub, owns shutdown | everything |
+//! | [`gateway`] | the only module with sockets: listener, HTTP routes, upgrade checks, one task per connection | `auth`, `bus`, `config`, `hub`, `lifecycle`, `proxy` |
+//! | [`lifecycle`] | connect, disconnect and subscribe events for the backend, at least once | `bus`, `config`, `proxy` |
+//! | [`hub`] | topics and local subscribers, encode-once fan-out, per-connection bounded outbox | none |
+//! | [`bus`] | where messages get their offsets and history: the in-process bus (default) or Redis | `config` |
+//! | [`auth`] | JWT verification, one-time tickets, grants | `bus` (the Redis ticket store shares its command connection) |
+//! | [`proxy`] | backend services: balancing, health checks, forwarding `send` | `config` |
+//! | [`config`] | raw (file, env) to validated [`config::Config`]; the only reader of files and env | none |
+//! | [`protocol`] | frames, codecs (JSON, MessagePack), RFC 6455 framing, close codes; pure | nothing |
+//! | [`metrics`], [`shutdown`] | leaves: anyone may import them (and `protocol`) | nothing |
+//!
+//! Nothing imports `server`, and only `server` imports `gateway` (besides [`fuzz`], the fuzz
+//! targets' entry points). No module reaches into another's
+//! private parts: the Redis connection type stays inside `bus::redis` and the Redis ticket store.
 //!
 //! Where each technique lives: encode once per codec ([`hub::topic`]), the byte-bounded outbox and
 //! its slow-consumer policy ([`hub::outbox`]), coalesced writes ([`gateway::connection`]),

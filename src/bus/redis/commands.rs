@@ -56,7 +56,7 @@ impl Commands {
         self.inner.conn.read().clone()
     }
 
-    /// Replaces the connection with a new one, within [`REBUILD_DEADLINE`]. When a rebuild is
+    /// Replaces the connection with a new one, within `REBUILD_DEADLINE` (1 s). When a rebuild is
     /// already under way, waits for it instead of starting another.
     pub async fn rebuild(&self) -> redis::RedisResult<()> {
         let Ok(_one) = self.inner.rebuilding.try_lock() else {
