@@ -21,7 +21,7 @@ python3 -c 'import jsonschema' 2>/dev/null || python3 -m pip install -q jsonsche
 
 echo "== format and lints"
 cargo fmt --all -- --check
-cargo clippy --all-targets --all-features --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 echo "== protocol goldens against their schemas"
 python3 proto/check_goldens.py

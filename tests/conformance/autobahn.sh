@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 python3 -c 'import kosoku' 2>/dev/null || python3 -m pip install -q kosoku
-cargo build --locked --quiet --features conformance --bin herald --target-dir target/conformance
+cargo build --locked --quiet -p herald --features conformance --bin herald --target-dir target/conformance
 dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # Every case connects anew from one address, with messages up to 16 MiB.
