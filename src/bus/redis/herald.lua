@@ -4,8 +4,11 @@
 -- backends publish with the same functions. Documented in proto/redis.md.
 --
 -- Keys of a topic T (one Redis Cluster slot, through the hash tag {T}):
---   __PREFIX__{T}:meta   hash: epoch (set on first use), seq (last offset)
+--   __PREFIX__{T}:meta   hash: epoch (set by the first publish), seq (last offset)
 --   __PREFIX__{T}:log    stream: entry id "<offset>-0", fields o (offset), d (data)
+-- Only a publish creates them, and both expire HISTORY_TTL_MS after the last publish: a topic
+-- that is only read (subscribed to, replayed) leaves nothing behind, and a topic idle for that
+-- long starts a new epoch on its next publish.
 -- Channel: __PREFIX__{T}:msg, payload "<offset> <epoch> <data>".
 -- A user U's directed messages go to the channel __PREFIX__{user:U}:direct, payload
 -- "<from> <data>" ("-" when the sender did not name itself); U's open connections across the
@@ -15,6 +18,9 @@ local PREFIX = '__PREFIX__'
 local VERSION = __VERSION__
 local HISTORY_SIZE = __HISTORY_SIZE__
 local HISTORY_TTL_MS = __HISTORY_TTL_MS__
+-- The epoch answered for a topic without history (never published, or expired): never a real
+-- epoch (those are at least 6 hex digits of the server's clock), and nothing is replayed from it.
+local NO_EPOCH = '0'
 
 local function valid_name(name)
   if type(name) ~= 'string' or #name == 0 or #name > 255 then return false end
@@ -30,12 +36,15 @@ local function check_json(data)
   end
 end
 
-local function epoch_of(meta)
+-- The topic's epoch; a new one when it has none (its history expired, or it never had one),
+-- and then whatever is left of an older log goes, so that offsets start again at 1.
+local function epoch_of(meta, log)
   local epoch = redis.call('HGET', meta, 'epoch')
   if not epoch then
     local t = redis.call('TIME')
     epoch = string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))
     redis.call('HSET', meta, 'epoch', epoch)
+    redis.call('DEL', log)
   end
   return epoch
 end
@@ -49,11 +58,11 @@ local function publish(keys, args)
   local bad = check_json(data)
   if bad then return bad end
   local base = PREFIX .. '{' .. topic .. '}'
-  local meta = base .. ':meta'
-  local epoch = epoch_of(meta)
+  local meta, log = base .. ':meta', base .. ':log'
+  local epoch = epoch_of(meta, log)
   local offset = redis.call('HINCRBY', meta, 'seq', 1)
+  redis.call('PEXPIRE', meta, HISTORY_TTL_MS)
   if HISTORY_SIZE > 0 then
-    local log = base .. ':log'
     redis.call('XADD', log, 'MAXLEN', '~', HISTORY_SIZE, offset .. '-0', 'o', offset, 'd', data)
     redis.call('PEXPIRE', log, HISTORY_TTL_MS)
   end
@@ -62,8 +71,8 @@ local function publish(keys, args)
 end
 
 -- FCALL herald_history 1 <topic> [after-offset]  ->  {epoch, latest, first-kept, o1, d1, ...}
--- Creates the topic's epoch if it has none yet, so that a subscriber of a topic nobody has
--- published to gets the epoch later messages will carry.
+-- Reads only: a topic without history (never published, or expired) answers {NO_EPOCH, 0, 0}
+-- and nothing is created.
 -- The entries after <after-offset> (decimal digits), oldest first; none when it is absent or
 -- empty. first-kept is 0 when the log is empty.
 local function history(keys, args)
@@ -72,8 +81,9 @@ local function history(keys, args)
     return redis.error_reply('ERR herald: bad topic name')
   end
   local base = PREFIX .. '{' .. topic .. '}'
-  local epoch = epoch_of(base .. ':meta')
-  local latest = tonumber(redis.call('HGET', base .. ':meta', 'seq') or '0')
+  local meta = redis.call('HMGET', base .. ':meta', 'epoch', 'seq')
+  if not meta[1] then return {NO_EPOCH, 0, 0} end
+  local epoch, latest = meta[1], tonumber(meta[2] or '0')
   local out = {epoch, latest, 0}
   local log = base .. ':log'
   local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
@@ -302,7 +312,7 @@ local function version()
 end
 
 redis.register_function('herald_publish', publish)
-redis.register_function('herald_history', history)
+redis.register_function{function_name = 'herald_history', callback = history, flags = {'no-writes'}}
 redis.register_function('herald_publish_user', publish_user)
 redis.register_function('herald_presence_join', presence_join)
 redis.register_function('herald_presence_leave', presence_leave)

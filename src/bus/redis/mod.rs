@@ -53,7 +53,12 @@ use parse::{channel, parse_direct, parse_presence, parse_push, user_channel};
 
 /// The library's version: bump it whenever `herald.lua` changes, so that nodes replace an older
 /// library in Redis.
-pub const LIBRARY_VERSION: i64 = 5;
+pub const LIBRARY_VERSION: i64 = 6;
+
+/// The epoch `herald_history` answers for a topic without history (never published, or idle
+/// past `history_ttl`): reading creates nothing in Redis. Never a real epoch, so a `since` in it
+/// is never replayed (`recovered: false`): the history may have come and gone since.
+pub(super) const NO_EPOCH: &str = "0";
 
 /// Why the Redis bus could not start.
 #[derive(Debug, thiserror::Error)]
@@ -491,8 +496,12 @@ impl RedisBus {
         if d.last.is_some() {
             return;
         }
+        // A start in no epoch (the topic had no history) is the lowest: its subscribers saw nothing.
         let lower = match &d.base {
-            Some(b) => *b.epoch != *latest.epoch || latest.offset < b.offset,
+            Some(b) if *b.epoch == *NO_EPOCH => false,
+            Some(b) => {
+                *latest.epoch == *NO_EPOCH || *b.epoch != *latest.epoch || latest.offset < b.offset
+            }
             None => true,
         };
         if lower {

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use bytes::Bytes;
 use redis::Value;
 
-use super::RedisBus;
 use super::parse::{as_str, as_u64};
+use super::{NO_EPOCH, RedisBus};
 use crate::bus::{BusError, Replay};
 use crate::protocol::{Message, Position, Topic};
 
@@ -208,7 +208,7 @@ impl RedisBus {
             epoch: epoch.clone(),
         };
         let messages = since.and_then(|s| {
-            if *s.epoch != *latest.epoch || s.offset > latest.offset {
+            if *s.epoch != *latest.epoch || s.offset > latest.offset || *s.epoch == *NO_EPOCH {
                 return None;
             }
             let oldest = if first_kept == 0 {
@@ -311,14 +311,18 @@ impl RedisBus {
     }
 
     /// The messages of `topic` after `start`, read from its history; `None` when they cannot be
-    /// read exactly. When the topic's epoch changed (Redis lost it), the new epoch's messages from
-    /// its first offset, if its history still holds them all.
+    /// read exactly. When the topic's epoch changed (Redis lost it, or it expired), the new
+    /// epoch's messages from its first offset, if its history still holds them all; nothing when
+    /// the topic has no history now.
     async fn missed_since(
         &self,
         topic: &Topic,
         start: &Position,
     ) -> Result<Option<Vec<Message>>, BusError> {
         let r = self.replay_unchecked(topic, Some(start)).await?;
+        if *r.latest.epoch == *NO_EPOCH {
+            return Ok(Some(Vec::new()));
+        }
         if r.messages.is_some() || *r.latest.epoch == *start.epoch {
             return Ok(r.messages);
         }
