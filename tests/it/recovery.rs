@@ -195,3 +195,86 @@ async fn topic_endpoint_with_since_and_epoch_replays_then_goes_live() {
         only_new_messages_follow(&node, &mut c, "news.eu", 11).await;
     }
 }
+
+#[tokio::test]
+async fn since_past_any_offset_a_store_holds_is_not_recovered_and_a_non_integer_is_bad_request() {
+    let redis = crate::support::redis::RedisServer::start();
+    let url = redis.url();
+    for (bus, env) in [
+        ("memory", vec![]),
+        ("redis", vec![("HERALD_REDIS_URL", url.as_str())]),
+    ] {
+        let node = Node::with(&env).await;
+        let epoch = publish_n(&node, "far", 3).await;
+        let mut latest = 3;
+        for codec in CODECS {
+            let mut c = node.client(codec).await;
+            // Integers in 0..=2^64-1: past 2^53 (Lua's exact doubles), 10^19, the largest u64.
+            for (id, offset) in [
+                (1, (1u64 << 53) + 1),
+                (2, 10_000_000_000_000_000_000),
+                (3, u64::MAX),
+            ] {
+                let ok = c.sub_since(id, "far", offset, &epoch).await;
+                assert_eq!(
+                    (
+                        ok["op"].as_str(),
+                        ok["recovered"].as_bool(),
+                        ok["offset"].as_u64()
+                    ),
+                    (Some("ok"), Some(false), Some(latest)),
+                    "{bus} {}: since {offset}: {ok}",
+                    codec_name(codec)
+                );
+                let r = c
+                    .request(json!({"op": "unsub", "id": 10 + id, "topic": "far"}))
+                    .await;
+                assert_eq!(r["op"], "ok", "{r}");
+            }
+            c.sub_since(4, "far", u64::MAX, &epoch).await;
+            only_new_messages_follow(&node, &mut c, "far", latest).await;
+            latest += 1;
+        }
+        // Not an integer of 0..=2^64-1 (JSON reads 1e19 and 2^64 as floats): a clear error, and
+        // the connection goes on.
+        let mut c = node.client(CODECS[0]).await;
+        for (id, offset) in [
+            (1, "1e19"),
+            (2, "18446744073709551616"),
+            (3, "-1"),
+            (4, "1.5"),
+        ] {
+            let frame = format!(
+                r#"{{"op":"sub","id":{id},"topic":"far","since":{{"offset":{offset},"epoch":"{epoch}"}}}}"#
+            );
+            c.send(tokio_tungstenite::tungstenite::Message::text(frame))
+                .await;
+            let e = c.next_frame().await;
+            assert_eq!(
+                (e["op"].as_str(), e["id"].as_u64(), e["code"].as_str()),
+                (Some("error"), Some(id), Some("bad_request")),
+                "{bus}: since.offset {offset}: {e}"
+            );
+        }
+        let ok = c.sub(5, "far").await;
+        assert_eq!(ok["offset"], latest, "{bus}: {ok}");
+        // The same on /topics/{topic}: the largest u64 is not recovered, 1e19 is a 400.
+        let ticket = node.ticket().await;
+        let path = format!(
+            "/topics/far?since={}&epoch={epoch}&ticket={ticket}",
+            u64::MAX
+        );
+        let mut t = node.open(&path, CODECS[0]).await;
+        assert_eq!(t.next_frame().await["op"], "welcome");
+        only_new_messages_follow(&node, &mut t, "far", latest).await;
+        let ticket = node.ticket().await;
+        let path = format!("/topics/far?since=1e19&epoch={epoch}&ticket={ticket}");
+        let refused = crate::support::raw::upgrade(node.addr, &path, &[]).await;
+        assert_eq!(refused.status, 400, "{bus}");
+        assert_eq!(
+            refused.body["error"], "bad_request",
+            "{bus}: {:?}",
+            refused.body
+        );
+    }
+}

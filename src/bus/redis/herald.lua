@@ -73,8 +73,8 @@ end
 -- FCALL herald_history 1 <topic> [after-offset]  ->  {epoch, latest, first-kept, o1, d1, ...}
 -- Reads only: a topic without history (never published, or expired) answers {NO_EPOCH, 0, 0}
 -- and nothing is created.
--- The entries after <after-offset> (decimal digits), oldest first; none when it is absent or
--- empty. first-kept is 0 when the log is empty.
+-- The entries after <after-offset> (decimal digits), oldest first; none when it is absent,
+-- empty, or past 2^53. first-kept is 0 when the log is empty.
 local function history(keys, args)
   local topic = keys[1]
   if not valid_name(topic) then
@@ -90,9 +90,11 @@ local function history(keys, args)
   if #first > 0 then out[3] = tonumber(first[1][2][2]) end
   local after = args[1]
   if after == nil or after == '' then return out end
-  if not string.match(after, '^%d+$') or #after > 19 then
+  if not string.match(after, '^%d+$') then
     return redis.error_reply('ERR herald: the offset must be decimal digits')
   end
+  -- Past 2^53 (where Lua numbers stop being exact) no topic has entries: none to read.
+  if #after > 16 or tonumber(after) > 9007199254740992 then return out end
   local entries = redis.call('XRANGE', log, '(' .. after .. '-0', '+')
   for _, e in ipairs(entries) do
     out[#out + 1] = tonumber(e[2][2])

@@ -60,6 +60,10 @@ pub const LIBRARY_VERSION: i64 = 6;
 /// is never replayed (`recovered: false`): the history may have come and gone since.
 pub(super) const NO_EPOCH: &str = "0";
 
+/// The highest offset a topic can reach in Redis: `herald.lua` counts in Lua numbers (doubles),
+/// exact up to 2^53.
+pub const MAX_OFFSET: u64 = 1 << 53;
+
 /// Why the Redis bus could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
@@ -554,8 +558,11 @@ impl RedisBus {
     }
 
     /// The topic's epoch, latest offset, first offset kept, and the entries after `after`.
+    /// An `after` past [`MAX_OFFSET`] reads no entries: no topic reaches it, so the caller finds
+    /// it beyond the latest (`recovered: false`).
     async fn history(&self, topic: &Topic, after: Option<u64>) -> Result<Vec<Value>, BusError> {
         let mut c = self.cmd.clone();
+        let after = after.filter(|a| *a <= MAX_OFFSET);
         redis::cmd("FCALL")
             .arg("herald_history")
             .arg(1)
