@@ -136,3 +136,78 @@ async fn redis_a_topic_idle_past_history_ttl_starts_a_new_epoch_and_old_position
         "a since in no epoch is never replayed: {r}"
     );
 }
+
+#[tokio::test]
+async fn redis_fcall_publish_refuses_what_a_subscriber_could_not_read_and_leaves_no_gap() {
+    let redis = RedisServer::start();
+    let n = node(&redis, &[]).await;
+    let mut subs = Vec::new();
+    for codec in CODECS {
+        let mut c = n.client(codec).await;
+        c.sub(1, "checked").await;
+        subs.push(c);
+    }
+    let mut backend = redis.connect().await;
+    let deep = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+    let bad: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("invalid UTF-8", b"\"\xff\"".to_vec(), "UTF-8"),
+        ("an overlong form", b"\"\xc0\x80\"".to_vec(), "UTF-8"),
+        ("a UTF-8 surrogate", b"\"\xed\xa0\x80\"".to_vec(), "UTF-8"),
+        ("a truncated sequence", b"[\"\xe2\x82\"]".to_vec(), "UTF-8"),
+        ("NaN", b"NaN".to_vec(), "must be JSON"),
+        ("Infinity", b"{\"x\":Infinity}".to_vec(), "must be JSON"),
+        ("-Infinity", b"[-Infinity]".to_vec(), "must be JSON"),
+        ("a hex number", b"{\"x\":0x10}".to_vec(), "must be JSON"),
+        ("a number out of range", b"[1e400]".to_vec(), "finite"),
+        ("nesting of 101", deep(101).into_bytes(), "100 deep"),
+        (
+            "a lone surrogate escape",
+            b"\"\\ud800\"".to_vec(),
+            "must be JSON",
+        ),
+        ("trailing text", b"{} x".to_vec(), "must be JSON"),
+    ];
+    let fcall = |f: &str, key: &str, data: &[u8]| {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(f).arg(1).arg(key).arg(data);
+        cmd
+    };
+    let good: [Vec<u8>; 3] = [
+        b"{\"i\":1}".to_vec(),
+        deep(100).into_bytes(),
+        "{\"text\":\"h\u{e9}llo \u{1F600}\",\"n\":1e300}"
+            .as_bytes()
+            .to_vec(),
+    ];
+    for (i, ok) in good.iter().enumerate() {
+        for (what, data, says) in &bad {
+            for f in ["herald_publish", "herald_publish_user"] {
+                let key = if f == "herald_publish" {
+                    "checked"
+                } else {
+                    "alice"
+                };
+                let r: redis::RedisResult<redis::Value> =
+                    fcall(f, key, data).query_async(&mut backend).await;
+                let e = r.expect_err(what).to_string();
+                assert!(
+                    e.contains("herald: the payload must be JSON"),
+                    "{what}: {e}"
+                );
+                assert!(e.contains(says), "{what}: {e}");
+            }
+        }
+        let (offset, _): (u64, String) = fcall("herald_publish", "checked", ok)
+            .query_async(&mut backend)
+            .await
+            .unwrap();
+        assert_eq!(offset, i as u64 + 1, "the refused ones took no offset");
+        let want: serde_json::Value = serde_json::from_slice(ok).unwrap();
+        for c in &mut subs {
+            // Not closed, and the next message is the next good one.
+            let m = c.next_msg("checked").await;
+            assert_eq!(m["offset"], i as u64 + 1, "{m}");
+            assert_eq!(m["data"], want, "{m}");
+        }
+    }
+}

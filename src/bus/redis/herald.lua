@@ -30,9 +30,78 @@ local function valid_name(name)
   return true
 end
 
+-- Payloads are checked here, since backends publish with FCALL and nodes write what they get
+-- into text frames as it is: valid UTF-8, JSON without NaN, Infinity or hex numbers, nested
+-- at most 100 deep (Herald's MAX_NESTING), with finite numbers (what every codec reads back).
+-- A private cjson, so that no other library's settings apply (made at the first call: the
+-- library's load runs without `cjson`).
+local json
+
+local function strict_json()
+  if not json then
+    json = cjson.new()
+    json.decode_invalid_numbers(false)
+    json.decode_max_depth(100)
+  end
+  return json
+end
+
+-- True when s is valid UTF-8 (as Rust's str::from_utf8 has it: no overlong forms, no
+-- surrogates, nothing past U+10FFFF). ASCII runs are skipped with one find each.
+local function valid_utf8(s)
+  local find, byte = string.find, string.byte
+  local i, n = find(s, '[\128-\255]'), #s
+  while i do
+    local c, need, lo, hi = byte(s, i), 0, 0x80, 0xBF
+    if c >= 0xC2 and c <= 0xDF then need = 1
+    elseif c == 0xE0 then need, lo = 2, 0xA0
+    elseif c == 0xED then need, hi = 2, 0x9F
+    elseif c >= 0xE1 and c <= 0xEF then need = 2
+    elseif c == 0xF0 then need, lo = 3, 0x90
+    elseif c == 0xF4 then need, hi = 3, 0x8F
+    elseif c >= 0xF1 and c <= 0xF3 then need = 3
+    else return false end
+    if i + need > n then return false end
+    local b = byte(s, i + 1)
+    if b < lo or b > hi then return false end
+    for k = 2, need do
+      b = byte(s, i + k)
+      if b < 0x80 or b > 0xBF then return false end
+    end
+    i = find(s, '[\128-\255]', i + need + 1)
+  end
+  return true
+end
+
+-- True when a decoded value holds a number JSON readers cannot represent (1e400 reads as inf).
+local function has_infinite(v)
+  if type(v) == 'number' then return v == math.huge or v == -math.huge end
+  if type(v) == 'table' then
+    for _, x in pairs(v) do
+      if has_infinite(x) then return true end
+    end
+  end
+  return false
+end
+
 local function check_json(data)
-  if type(data) ~= 'string' or not pcall(cjson.decode, data) then
+  if type(data) ~= 'string' then
     return redis.error_reply('ERR herald: the payload must be JSON')
+  end
+  if not valid_utf8(data) then
+    return redis.error_reply('ERR herald: the payload must be JSON in UTF-8 (invalid UTF-8)')
+  end
+  local ok, v = pcall(strict_json().decode, data)
+  if not ok then
+    if string.find(tostring(v), 'too many nested', 1, true) then
+      return redis.error_reply('ERR herald: the payload must be JSON nested at most 100 deep')
+    end
+    return redis.error_reply('ERR herald: the payload must be JSON (' .. tostring(v) .. ')')
+  end
+  -- Only text with a long exponent or a long run of digits can hold an out-of-range number.
+  if (string.find(data, '%d[eE][+]?%d%d%d') or string.find(data, string.rep('%d', 300)))
+      and has_infinite(v) then
+    return redis.error_reply('ERR herald: the payload must be JSON with finite numbers')
   end
 end
 
