@@ -12,7 +12,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use super::{BoxFuture, Bus, BusError, Direct, PresenceEvent, Replay, Sinks};
+use super::{BoxFuture, Bus, BusError, Direct, PresenceEvent, REPLAY_PAGE, Replay, Sinks};
 use crate::protocol::{Message, Position, Topic};
 
 /// A presence topic's members: connection to user.
@@ -116,7 +116,7 @@ impl LocalBus {
         pos
     }
 
-    /// The replay for `since`, synchronously.
+    /// The replay for `since` (its first [`REPLAY_PAGE`]), synchronously.
     pub fn replay_now(&self, topic: &Topic, since: Option<&Position>) -> Replay {
         let log = self.log(topic);
         let mut l = log.lock();
@@ -125,22 +125,7 @@ impl LocalBus {
             offset: l.last,
             epoch: l.epoch.clone(),
         };
-        let messages = since.and_then(|s| {
-            if *s.epoch != *l.epoch || s.offset > l.last {
-                return None;
-            }
-            let first_kept = l.ring.front().map_or(l.last + 1, |(m, _)| m.offset);
-            if s.offset + 1 < first_kept {
-                return None;
-            }
-            Some(
-                l.ring
-                    .iter()
-                    .filter(|(m, _)| m.offset > s.offset)
-                    .map(|(m, _)| m.clone())
-                    .collect(),
-            )
-        });
+        let messages = since.and_then(|s| page_after(&l, s));
         Replay { latest, messages }
     }
 
@@ -156,6 +141,27 @@ impl LocalBus {
     }
 }
 
+/// At most [`REPLAY_PAGE`] messages of `l` after `s`; `None` unless they follow `s` exactly.
+fn page_after(l: &Log, s: &Position) -> Option<Vec<Message>> {
+    if *s.epoch != *l.epoch || s.offset > l.last {
+        return None;
+    }
+    let first_kept = l.ring.front().map_or(l.last + 1, |(m, _)| m.offset);
+    if s.offset + 1 < first_kept {
+        return None;
+    }
+    // Offsets in the ring are consecutive: the first one after `s` is found by subtraction.
+    let skip = usize::try_from((s.offset + 1).saturating_sub(first_kept)).ok()?;
+    Some(
+        l.ring
+            .iter()
+            .skip(skip)
+            .take(REPLAY_PAGE)
+            .map(|(m, _)| m.clone())
+            .collect(),
+    )
+}
+
 impl Bus for LocalBus {
     fn publish(&self, topic: &Topic, data: Bytes) -> BoxFuture<'_, Result<Position, BusError>> {
         let p = self.publish_now(topic, data);
@@ -169,6 +175,20 @@ impl Bus for LocalBus {
     ) -> BoxFuture<'_, Result<Replay, BusError>> {
         let r = self.replay_now(topic, since);
         Box::pin(std::future::ready(Ok(r)))
+    }
+
+    fn replay_more(
+        &self,
+        topic: &Topic,
+        after: &Position,
+    ) -> BoxFuture<'_, Result<Option<Vec<Message>>, BusError>> {
+        let log = self.logs.get(topic.as_arc()).map(|l| l.clone());
+        let page = log.and_then(|log| {
+            let mut l = log.lock();
+            self.trim(&mut l, Instant::now());
+            page_after(&l, after)
+        });
+        Box::pin(std::future::ready(Ok(page)))
     }
 
     fn publish_direct(&self, direct: Direct) -> BoxFuture<'_, Result<(), BusError>> {
@@ -339,5 +359,38 @@ mod tests {
         };
         assert_eq!(offs(b.replay_now(&t, Some(&other))), None);
         assert_eq!(b.replay_now(&t, None).latest.offset, 5);
+    }
+
+    #[tokio::test]
+    async fn a_replay_comes_in_pages_that_follow_each_other_exactly() {
+        let (b, _) = bus(2500);
+        let t = Topic::parse("a").unwrap();
+        let mut epoch = None;
+        for _ in 0..2500 {
+            epoch = Some(b.publish_now(&t, Bytes::from_static(b"1")).epoch);
+        }
+        let at = |offset| Position {
+            offset,
+            epoch: epoch.clone().unwrap(),
+        };
+        let offs = |v: Vec<Message>| v.iter().map(|m| m.offset).collect::<Vec<_>>();
+        let first = b.replay_now(&t, Some(&at(0))).messages.unwrap();
+        assert_eq!(offs(first), (1..=1000).collect::<Vec<_>>());
+        let page = b.replay_more(&t, &at(1000)).await.unwrap().unwrap();
+        assert_eq!(offs(page), (1001..=2000).collect::<Vec<_>>());
+        let page = b.replay_more(&t, &at(2000)).await.unwrap().unwrap();
+        assert_eq!(offs(page), (2001..=2500).collect::<Vec<_>>());
+        assert!(
+            b.replay_more(&t, &at(2500))
+                .await
+                .unwrap()
+                .unwrap()
+                .is_empty()
+        );
+        let other = Position {
+            offset: 1000,
+            epoch: Arc::from("other"),
+        };
+        assert!(b.replay_more(&t, &other).await.unwrap().is_none());
     }
 }

@@ -278,3 +278,55 @@ async fn since_past_any_offset_a_store_holds_is_not_recovered_and_a_non_integer_
         );
     }
 }
+
+/// `herald_replay_pages_total` from the node's `/metrics` (process-wide: other tests add to it).
+async fn replay_pages(node: &Node) -> u64 {
+    let m = node.http.get("/metrics").await;
+    m.text
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_replay_pages_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no herald_replay_pages_total in {}", m.text))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_history_is_replayed_page_by_page_in_order_while_publishing_goes_on() {
+    const BEFORE: u64 = 4500;
+    const DURING: u64 = 300;
+    let redis = crate::support::redis::RedisServer::start();
+    let url = redis.url();
+    for (bus, mut env) in [
+        ("memory", vec![]),
+        ("redis", vec![("HERALD_REDIS_URL", url.as_str())]),
+    ] {
+        env.push(("HERALD_HISTORY_SIZE", "10000"));
+        let node = Arc::new(Node::with(&env).await);
+        let mut epoch = String::new();
+        for chunk in (1..=BEFORE).collect::<Vec<_>>().chunks(100) {
+            let publishes = chunk.iter().map(|i| node.publish("long", json!({"i": i})));
+            epoch = futures_util::future::join_all(publishes)
+                .await
+                .pop()
+                .unwrap()
+                .1;
+        }
+        let pages_before = replay_pages(&node).await;
+        let mut c = node.client(CODECS[0]).await;
+        // Publishing goes on while the replay is read and queued.
+        let publisher = {
+            let node = node.clone();
+            tokio::spawn(async move {
+                for i in BEFORE + 1..=BEFORE + DURING {
+                    node.publish("long", json!({"i": i})).await;
+                }
+            })
+        };
+        let ok = c.sub_since(1, "long", 0, &epoch).await;
+        assert_eq!(ok["recovered"], true, "{bus}: {ok}");
+        c.expect_offsets("long", 1..=BEFORE + DURING).await;
+        publisher.await.unwrap();
+        let pages = replay_pages(&node).await - pages_before;
+        // 4500 in pages of at most 1000: at least five reads.
+        assert!(pages > BEFORE / 1000, "{bus}: {pages} pages");
+    }
+}

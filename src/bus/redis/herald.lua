@@ -139,11 +139,12 @@ local function publish(keys, args)
   return {offset, epoch}
 end
 
--- FCALL herald_history 1 <topic> [after-offset]  ->  {epoch, latest, first-kept, o1, d1, ...}
+-- FCALL herald_history 1 <topic> [after-offset [count]]  ->  {epoch, latest, first-kept, o1, d1, ...}
 -- Reads only: a topic without history (never published, or expired) answers {NO_EPOCH, 0, 0}
 -- and nothing is created.
--- The entries after <after-offset> (decimal digits), oldest first; none when it is absent,
--- empty, or past 2^53. first-kept is 0 when the log is empty.
+-- The entries after <after-offset> (decimal digits), oldest first, at most <count> of them
+-- when given; none when the offset is absent, empty, or past 2^53. first-kept is 0 when the
+-- log is empty.
 local function history(keys, args)
   local topic = keys[1]
   if not valid_name(topic) then
@@ -164,7 +165,13 @@ local function history(keys, args)
   end
   -- Past 2^53 (where Lua numbers stop being exact) no topic has entries: none to read.
   if #after > 16 or tonumber(after) > 9007199254740992 then return out end
-  local entries = redis.call('XRANGE', log, '(' .. after .. '-0', '+')
+  local count = tonumber(args[2])
+  local entries
+  if count then
+    entries = redis.call('XRANGE', log, '(' .. after .. '-0', '+', 'COUNT', count)
+  else
+    entries = redis.call('XRANGE', log, '(' .. after .. '-0', '+')
+  end
   for _, e in ipairs(entries) do
     out[#out + 1] = tonumber(e[2][2])
     out[#out + 1] = e[2][4]

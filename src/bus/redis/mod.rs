@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 mod monitor;
 mod parse;
 
-use super::{BoxFuture, Bus, BusError, Direct, Replay, Sinks};
+use super::{BoxFuture, Bus, BusError, Direct, REPLAY_PAGE, Replay, Sinks};
 use crate::protocol::{Message, Position, Topic};
 use monitor::{monitor, node_probe_id, refresh_conns};
 use parse::{channel, parse_direct, parse_presence, parse_push, user_channel};
@@ -560,6 +560,7 @@ impl RedisBus {
     /// The topic's epoch, latest offset, first offset kept, and the entries after `after`.
     /// An `after` past [`MAX_OFFSET`] reads no entries: no topic reaches it, so the caller finds
     /// it beyond the latest (`recovered: false`).
+    /// At most [`REPLAY_PAGE`] entries.
     async fn history(&self, topic: &Topic, after: Option<u64>) -> Result<Vec<Value>, BusError> {
         let mut c = self.cmd.clone();
         let after = after.filter(|a| *a <= MAX_OFFSET);
@@ -568,6 +569,7 @@ impl RedisBus {
             .arg(1)
             .arg(topic.as_str())
             .arg(after.map(|a| a.to_string()).unwrap_or_default())
+            .arg(REPLAY_PAGE)
             .query_async(&mut c)
             .await
             .map_err(|e| self.failed(e))
@@ -607,6 +609,18 @@ impl Bus for RedisBus {
             let r = self.replay_unchecked(&topic, since.as_ref()).await?;
             self.note_start(&topic, &r.latest);
             Ok(r)
+        })
+    }
+
+    fn replay_more(
+        &self,
+        topic: &Topic,
+        after: &Position,
+    ) -> BoxFuture<'_, Result<Option<Vec<Message>>, BusError>> {
+        let (topic, after) = (topic.clone(), after.clone());
+        Box::pin(async move {
+            self.check_reachable()?;
+            Ok(self.replay_unchecked(&topic, Some(&after)).await?.messages)
         })
     }
 
