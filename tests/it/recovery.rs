@@ -330,3 +330,38 @@ async fn a_long_history_is_replayed_page_by_page_in_order_while_publishing_goes_
         assert!(pages > BEFORE / 1000, "{bus}: {pages} pages");
     }
 }
+
+#[tokio::test]
+async fn past_history_bytes_the_oldest_history_of_any_topic_goes_and_resuming_before_it_is_not_recovered()
+ {
+    // 64 KiB of history for the whole node: about 55 entries of a 1000-byte payload.
+    let node = Node::with(&[("HERALD_HISTORY_BYTES", "65536")]).await;
+    let pad = "x".repeat(1000);
+    let mut live = node.client(CODECS[1]).await;
+    live.sub(1, "busy").await;
+    let mut quiet = String::new();
+    for i in 1..=20 {
+        quiet = node.publish("quiet", json!({"i": i, "pad": pad})).await.1;
+    }
+    let mut busy = String::new();
+    for i in 1..=100 {
+        busy = node.publish("busy", json!({"i": i, "pad": pad})).await.1;
+    }
+    // The live subscriber lost nothing.
+    live.expect_offsets("busy", 1..=100).await;
+    let mut c = node.client(CODECS[0]).await;
+    // The quiet topic's history was the oldest: all gone, honestly.
+    let ok = c.sub_since(1, "quiet", 0, &quiet).await;
+    assert_eq!(
+        (&ok["recovered"], &ok["offset"]),
+        (&json!(false), &json!(20)),
+        "{ok}"
+    );
+    // The busy topic keeps its most recent messages, not its oldest.
+    let ok = c.sub_since(2, "busy", 0, &busy).await;
+    assert_eq!(ok["recovered"], false, "{ok}");
+    let mut d = node.client(CODECS[0]).await;
+    let ok = d.sub_since(1, "busy", 70, &busy).await;
+    assert_eq!(ok["recovered"], true, "{ok}");
+    d.expect_offsets("busy", 71..=100).await;
+}
