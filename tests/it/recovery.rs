@@ -365,3 +365,44 @@ async fn past_history_bytes_the_oldest_history_of_any_topic_goes_and_resuming_be
     assert_eq!(ok["recovered"], true, "{ok}");
     d.expect_offsets("busy", 71..=100).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_whose_next_page_is_gone_closes_with_1012_after_the_pages_it_had() {
+    // Pages of 1000 messages of 32 KiB: far more than the outbox and the socket buffers hold,
+    // so the first page is still being queued while the history moves on under it.
+    let redis = crate::support::redis::RedisServer::start();
+    let url = redis.url();
+    let pad = "x".repeat(32 << 10);
+    for (bus, mut env) in [
+        ("memory", vec![]),
+        ("redis", vec![("HERALD_REDIS_URL", url.as_str())]),
+    ] {
+        env.push(("HERALD_HISTORY_SIZE", "1001"));
+        let node = Arc::new(Node::with(&env).await);
+        let mut epoch = String::new();
+        for chunk in (1..=1001).collect::<Vec<u64>>().chunks(50) {
+            let publishes = chunk
+                .iter()
+                .map(|i| node.publish("moving", json!({"i": i, "pad": pad})));
+            epoch = futures_util::future::join_all(publishes)
+                .await
+                .pop()
+                .unwrap()
+                .1;
+        }
+        let mut c = node.client(CODECS[0]).await;
+        let ok = c.sub_since(1, "moving", 0, &epoch).await;
+        assert_eq!(ok["recovered"], true, "{bus}: {ok}");
+        // While the client has read nothing, the history loses 1001 (the second page).
+        if bus == "memory" {
+            for i in 0..1001 {
+                node.publish("moving", json!(i)).await;
+            }
+        } else {
+            redis.cli(&["DEL", "herald:{moving}:log", "herald:{moving}:meta"]);
+        }
+        c.expect_offsets("moving", 1..=1000).await;
+        let code = c.expect_close().await;
+        assert_eq!(code, 1012, "{bus}: resume with since, never a gap");
+    }
+}
