@@ -13,8 +13,11 @@
 //!   reconnects nor resubscribes again). The node subscribes to a topic's channel while it has local
 //!   subscribers (one Redis subscription per topic per node), and every message goes from the
 //!   push callback straight into the sink (the hub).
-//! - A subscriber's replay is read atomically (`herald_history`) after its subscription is live,
-//!   so the hub's catch-up merges the two without a gap.
+//! - A subscriber's replay is read (`herald_history`) after its subscription is live, so the
+//!   hub's catch-up merges the two without a gap; a page of [`REPLAY_PAGE`] entries at a time,
+//!   each read atomically with the epoch and latest offset and checked to follow the last.
+//! - Reading creates nothing in Redis: a topic's keys exist only from its first publish and
+//!   expire `history_ttl` after its last (until then it answers epoch `0`).
 //! - Faults: pub/sub delivers at most once, so the bus remembers per topic the last offset it
 //!   delivered (or, before the first, where its subscribers' replays started). When the pub/sub
 //!   connection drops, a subscription change fails on it, or the liveness probe (a message the
