@@ -16,6 +16,7 @@ static BYTES_OUT: AtomicU64 = AtomicU64::new(0);
 static WRITES: AtomicU64 = AtomicU64::new(0);
 static REJECTED: AtomicU64 = AtomicU64::new(0);
 static TICKETS: AtomicU64 = AtomicU64::new(0);
+static REPLAY_PAGES: AtomicU64 = AtomicU64::new(0);
 
 /// Sets the number of open WebSocket connections.
 pub fn connections(n: usize) {
@@ -63,10 +64,15 @@ pub fn ticket_issued() {
     TICKETS.fetch_add(1, Relaxed);
 }
 
+/// Counts a page of history read for a subscriber's replay.
+pub fn replay_page() {
+    REPLAY_PAGES.fetch_add(1, Relaxed);
+}
+
 /// The Prometheus text exposition of every metric.
 pub fn render() -> String {
     let mut s = String::with_capacity(1024);
-    let rows: [(&str, &str, &str, &AtomicU64); 10] = [
+    let rows: [(&str, &str, &str, &AtomicU64); 11] = [
         (
             "herald_connections",
             "gauge",
@@ -126,6 +132,12 @@ pub fn render() -> String {
             "counter",
             "Tickets issued.",
             &TICKETS,
+        ),
+        (
+            "herald_replay_pages_total",
+            "counter",
+            "Pages of history read for replays (each at most 1000 messages).",
+            &REPLAY_PAGES,
         ),
     ];
     for (name, kind, help, v) in rows {

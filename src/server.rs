@@ -114,6 +114,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
                 sinks,
                 config.history_size,
                 config.history_ttl,
+                config.history_bytes,
             ));
             (
                 local.clone(),

@@ -1,8 +1,12 @@
-//! Tickets in Redis, for a cluster: minted on one node, redeemed once on any node. Redemption
-//! is one atomic `GETDEL`, so of two nodes racing for a ticket exactly one wins; a tombstone
-//! then answers `ticket_used` for a while. Tickets are stored only as their SHA-256 (hex) in
-//! the key. Besides `bus/redis/`, the only place Redis types appear; it shares the bus's command
-//! connection ([`Commands`]), which the bus keeps usable.
+//! Tickets in Redis, for a cluster: minted on one node, redeemed once on any node. Tickets are
+//! stored only as their SHA-256 (hex) in the key. Redemption is one script on that one key:
+//! it reads the ticket and marks it used in the same atomic step (the value gets a `u` in
+//! front, the key keeps its expiry), so of any number of nodes racing for a ticket exactly one
+//! wins and every other one sees it used. The key lives as long as the memory store keeps an
+//! entry (`ttl + max(ttl, 60 s)`), and a redeemed ticket answers as there: `ticket_used` until
+//! the ticket would have expired, `ticket_expired` after, then `invalid_ticket`. Besides
+//! `bus/redis/`, the only place Redis types appear; it shares the bus's command connection
+//! ([`Commands`]), which the bus keeps usable.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,11 +18,23 @@ use crate::bus::redis::Commands;
 
 use super::{AuthError, BoxFuture, Grants, Identity, RawGrants, TicketKey, TicketStore};
 
+/// Redeems the ticket at `KEYS[1]`: its stored value, and from then on the value marked used
+/// (`u` + value, same expiry). A used ticket answers its marked value; an unknown one nil.
+const REDEEM: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, 1) ~= 'u' then
+  redis.call('SET', KEYS[1], 'u' .. v, 'KEEPTTL')
+end
+return v
+";
+
 /// The ticket store over Redis.
 pub struct RedisTicketStore {
     /// The bus's command connection; the current one is taken for each call.
     conn: Commands,
     prefix: String,
+    /// [`REDEEM`], run by its SHA (loaded again when Redis lost it).
+    redeem: redis::Script,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -51,15 +67,12 @@ impl RedisTicketStore {
         RedisTicketStore {
             conn,
             prefix: prefix.to_owned(),
+            redeem: redis::Script::new(REDEEM),
         }
     }
 
     fn key(&self, key: &TicketKey) -> String {
         format!("{}ticket:{}", self.prefix, hex(key))
-    }
-
-    fn used_key(&self, key: &TicketKey) -> String {
-        format!("{}ticket-used:{}", self.prefix, hex(key))
     }
 }
 
@@ -96,37 +109,28 @@ impl TicketStore for RedisTicketStore {
 
     fn take(&self, key: TicketKey) -> BoxFuture<'_, Result<Identity, AuthError>> {
         let mut c = self.conn.get();
-        let (k, used) = (self.key(&key), self.used_key(&key));
+        let k = self.key(&key);
         Box::pin(async move {
-            let got: Option<String> = redis::cmd("GETDEL")
-                .arg(&k)
-                .query_async(&mut c)
+            let got: Option<String> = self
+                .redeem
+                .key(&k)
+                .invoke_async(&mut c)
                 .await
                 .map_err(store_error)?;
             let Some(value) = got else {
-                let was_used: bool = redis::cmd("EXISTS")
-                    .arg(&used)
-                    .query_async(&mut c)
-                    .await
-                    .map_err(store_error)?;
-                return Err(if was_used {
-                    AuthError::TicketUsed
-                } else {
-                    AuthError::InvalidTicket
-                });
+                return Err(AuthError::InvalidTicket);
+            };
+            let (used, value) = match value.strip_prefix('u') {
+                Some(v) => (true, v),
+                None => (false, value.as_str()),
             };
             let stored: Stored =
-                serde_json::from_str(&value).map_err(|_| AuthError::InvalidTicket)?;
-            let _: () = redis::cmd("SET")
-                .arg(&used)
-                .arg(1)
-                .arg("PX")
-                .arg(REMEMBER_EXPIRED.as_millis() as u64)
-                .query_async(&mut c)
-                .await
-                .map_err(store_error)?;
+                serde_json::from_str(value).map_err(|_| AuthError::InvalidTicket)?;
             if now_ms() >= stored.until_ms {
                 return Err(AuthError::TicketExpired);
+            }
+            if used {
+                return Err(AuthError::TicketUsed);
             }
             Ok(Identity {
                 user: Arc::from(stored.user),

@@ -68,13 +68,19 @@ pub struct Sinks {
     pub lost: LostSink,
 }
 
+/// Most messages one read of history returns ([`Bus::replay`], [`Bus::replay_more`]): a replay
+/// is read and queued page by page, so that what it holds is one page, not the history.
+pub const REPLAY_PAGE: usize = 1000;
+
 /// What a subscriber gets when it joins a topic.
 #[derive(Debug, Clone)]
 pub struct Replay {
     /// The topic's latest position (offset 0 if nothing was ever published in this epoch).
     pub latest: Position,
-    /// The messages after the requested position, oldest first; `None` when they cannot be
-    /// replayed exactly (another epoch, beyond the latest, or history no longer reaches back).
+    /// The messages after the requested position, oldest first, at most [`REPLAY_PAGE`] of them:
+    /// when the last is before `latest`, the rest follows with [`Bus::replay_more`]. `None` when
+    /// they cannot be replayed exactly (another epoch, beyond the latest, or history no longer
+    /// reaches back).
     pub messages: Option<Vec<Message>>,
 }
 
@@ -103,6 +109,14 @@ pub trait Bus: Send + Sync + 'static {
         topic: &Topic,
         since: Option<&Position>,
     ) -> BoxFuture<'_, Result<Replay, BusError>>;
+    /// The next page of a replay: at most [`REPLAY_PAGE`] messages after `after`, oldest first,
+    /// starting right after it; `None` when the history no longer continues exactly from there
+    /// (its epoch changed, or it was trimmed past `after`).
+    fn replay_more(
+        &self,
+        topic: &Topic,
+        after: &Position,
+    ) -> BoxFuture<'_, Result<Option<Vec<Message>>, BusError>>;
     /// One more local subscriber of `topic`; when this completes, every message published from
     /// then on reaches the sink. Call once per subscription, before [`Bus::replay`].
     fn watch(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BusError>>;

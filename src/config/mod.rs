@@ -25,10 +25,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 pub use origins::Origins;
 use origins::parse_origins;
 use raw::{
-    API_KEY, HISTORY_SIZE, HISTORY_TTL_SECS, JWT_LEEWAY_SECS, JWT_SECRET, LISTEN, MAX_CONNECTIONS,
-    MAX_CONNECTIONS_PER_USER, MAX_MESSAGE_BYTES, MAX_SUBSCRIPTIONS, NODE_ID, NODE_TTL_SECS,
-    OUTBOX_BYTES, PING_INTERVAL_SECS, PRESENCE_TOPICS, RATE_BURST, RATE_LIMIT, REDIS_PREFIX,
-    REDIS_URL, SHUTDOWN_TIMEOUT_SECS, TICKET_TTL_SECS, TLS_CERT, TLS_KEY,
+    API_KEY, HISTORY_BYTES, HISTORY_SIZE, HISTORY_TTL_SECS, JWT_LEEWAY_SECS, JWT_SECRET, LISTEN,
+    MAX_CONNECTIONS, MAX_CONNECTIONS_PER_USER, MAX_MESSAGE_BYTES, MAX_SUBSCRIPTIONS, NODE_ID,
+    NODE_TTL_SECS, OUTBOX_BYTES, PING_INTERVAL_SECS, PRESENCE_TOPICS, RATE_BURST, RATE_LIMIT,
+    REDIS_PREFIX, REDIS_URL, SHUTDOWN_TIMEOUT_SECS, TICKET_TTL_SECS, TLS_CERT, TLS_KEY,
 };
 pub use raw::{KEYS, Key, RawConfig};
 
@@ -245,6 +245,9 @@ pub struct Config {
     pub history_size: usize,
     /// How long messages are kept for recovery.
     pub history_ttl: Duration,
+    /// Bytes of history the in-process bus keeps, all topics together (past it, the oldest
+    /// entries go).
+    pub history_bytes: usize,
     /// Frames per second per connection.
     pub rate_limit: u32,
     /// Frames allowed in a burst above the rate.
@@ -291,6 +294,7 @@ impl fmt::Debug for Config {
             .field("ping_interval", &self.ping_interval)
             .field("history_size", &self.history_size)
             .field("history_ttl", &self.history_ttl)
+            .field("history_bytes", &self.history_bytes)
             .field("rate_limit", &self.rate_limit)
             .field("rate_burst", &self.rate_burst)
             .field("shutdown_timeout", &self.shutdown_timeout)
@@ -482,6 +486,13 @@ impl Config {
                 "a number of messages per topic",
             )?,
             history_ttl: secs(HISTORY_TTL_SECS, raw.history_ttl_secs, 300, 1, MAX_SECS)?,
+            history_bytes: size(
+                HISTORY_BYTES,
+                raw.history_bytes,
+                256 * MIB,
+                64 * KIB,
+                u64::MAX,
+            )?,
             rate_limit: per_sec(
                 RATE_LIMIT,
                 raw.rate_limit,

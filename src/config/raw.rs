@@ -181,6 +181,8 @@ raw_config! {
     history_size: u64 => HISTORY_SIZE = "HERALD_HISTORY_SIZE";
     /// How long messages are kept for recovery.
     history_ttl_secs: u64 => HISTORY_TTL_SECS = "HERALD_HISTORY_TTL_SECS";
+    /// Bytes of in-process history, all topics together.
+    history_bytes: u64 => HISTORY_BYTES = "HERALD_HISTORY_BYTES";
     /// Frames per second per connection.
     rate_limit: u64 => RATE_LIMIT = "HERALD_RATE_LIMIT";
     /// Burst of frames above the rate.
@@ -411,7 +413,7 @@ mod tests {
                 format!("{ENV_PREFIX}{}", key.name.to_ascii_uppercase())
             );
         }
-        assert_eq!(KEYS.len(), 36);
+        assert_eq!(KEYS.len(), 37);
     }
 
     #[test]

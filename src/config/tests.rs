@@ -87,6 +87,7 @@ fn no_configuration_means_development_mode_with_defaults() {
     assert_eq!(c.ping_interval, Duration::from_secs(25));
     assert_eq!(c.history_size, 1000);
     assert_eq!(c.history_ttl, Duration::from_secs(300));
+    assert_eq!(c.history_bytes, 256 << 20);
     assert_eq!((c.rate_limit, c.rate_burst), (100, 200));
     assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
     assert_eq!(c.tls, None);

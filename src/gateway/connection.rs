@@ -4,8 +4,9 @@
 //! The socket side is one poll function ([`Pump::poll_io`]) over any `AsyncRead + AsyncWrite`
 //! (plain TCP or TLS), so the task holds no per-event futures and an idle connection holds no
 //! read or write buffer: reads go through a stack buffer, and the write buffer exists only
-//! while a batch is being written. Replays are streamed into the outbox as it drains, so a
-//! client can recover a backlog larger than its outbox. Every way a connection ends maps to a
+//! while a batch is being written. Replays are read a page at a time and streamed into the
+//! outbox as it drains, so a client can recover a backlog larger than its outbox, and the
+//! connection holds one page of it, not the history. Every way a connection ends maps to a
 //! close code ([`close_for`], the outbox's close reason, or the peer's own).
 
 use std::future::poll_fn;
@@ -80,12 +81,16 @@ enum Flow {
     PeerClosed(Option<u16>),
 }
 
-/// A subscription whose missed messages are still being queued.
+/// A subscription whose missed messages are still being queued, a page at a time.
 struct Replaying {
     topic: Topic,
+    /// The page being queued.
     rest: std::collections::VecDeque<Message>,
     /// The last position queued so far.
     floor: Option<Position>,
+    /// The topic's latest offset when the replay started: pages are read until `floor` is
+    /// there (live messages from then on are held by the hub).
+    until: u64,
 }
 
 struct Session {
@@ -331,7 +336,10 @@ impl Session {
                     pump.rbuf = Vec::new();
                 }
             }
-            self.feed_replays();
+            if !self.replays.is_empty() {
+                // Boxed, like requests: a page read is rare next to deliveries.
+                Box::pin(self.feed_replays()).await;
+            }
             if deadline.is_none() && sub.outbox.is_closing() {
                 deadline = Some(tokio::time::Instant::now() + CLOSE_GRACE);
             }
@@ -359,12 +367,12 @@ impl Session {
         }
     }
 
-    /// Queues more of the replays in progress while the outbox has room; a replay that is done
-    /// goes live (its held messages follow, without gap or duplicate).
-    fn feed_replays(&mut self) {
-        if self.replays.is_empty() {
-            return;
-        }
+    /// Queues more of the replays in progress while the outbox has room, reading their next
+    /// page when one is queued; a replay that is done goes live (its held messages follow,
+    /// without gap or duplicate). A replay whose next page cannot be read exactly (the history
+    /// moved on, or the bus is down) closes the connection with 1012: the client resumes with
+    /// `since` from what it got, and learns the truth then, never a gap.
+    async fn feed_replays(&mut self) {
         let room = self.sub.outbox_limit() / 2;
         while let Some(r) = self.replays.first_mut() {
             while self.sub.outbox.pending_bytes() < room {
@@ -377,6 +385,31 @@ impl Session {
             }
             if !r.rest.is_empty() {
                 return;
+            }
+            let more = match &r.floor {
+                Some(floor) if floor.offset < r.until => Some(floor.clone()),
+                _ => None,
+            };
+            if let Some(after) = more {
+                if self.sub.outbox.pending_bytes() >= room {
+                    return;
+                }
+                let topic = r.topic.clone();
+                match self.gw.bus.replay_more(&topic, &after).await {
+                    Ok(Some(page)) if !page.is_empty() => {
+                        crate::metrics::replay_page();
+                        if let Some(r) = self.replays.first_mut() {
+                            r.rest = page.into();
+                        }
+                        continue;
+                    }
+                    Ok(_) | Err(_) => {
+                        tracing::debug!("{topic:?}: the replay's next page cannot be read");
+                        self.replays.clear();
+                        self.sub.outbox.close(CloseCode::Restarting);
+                        return;
+                    }
+                }
             }
             let r = self.replays.remove(0);
             self.gw
@@ -608,11 +641,15 @@ impl Session {
                     self.reply(self.codec.ok(id, ok));
                 }
                 match r.messages {
-                    Some(m) if !m.is_empty() => self.replays.push(Replaying {
-                        topic: topic.clone(),
-                        rest: m.into(),
-                        floor: since,
-                    }),
+                    Some(m) if !m.is_empty() => {
+                        crate::metrics::replay_page();
+                        self.replays.push(Replaying {
+                            topic: topic.clone(),
+                            rest: m.into(),
+                            floor: since,
+                            until: r.latest.offset,
+                        })
+                    }
                     Some(_) => {
                         self.gw
                             .hub
@@ -635,7 +672,7 @@ impl Session {
                     }
                 }
                 self.topics.push(topic);
-                self.feed_replays();
+                self.feed_replays().await;
             }
             Err(e) => {
                 if self.gw.hub.unsubscribe(&topic, self.sub.id).is_some() {

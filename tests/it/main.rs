@@ -20,6 +20,7 @@ mod http_api;
 mod presence;
 mod proxy;
 mod recovery;
+mod redis_keys;
 mod redis_recovery;
 mod shutdown;
 mod slow_consumer;

@@ -195,3 +195,214 @@ async fn topic_endpoint_with_since_and_epoch_replays_then_goes_live() {
         only_new_messages_follow(&node, &mut c, "news.eu", 11).await;
     }
 }
+
+#[tokio::test]
+async fn since_past_any_offset_a_store_holds_is_not_recovered_and_a_non_integer_is_bad_request() {
+    let redis = crate::support::redis::RedisServer::start();
+    let url = redis.url();
+    for (bus, env) in [
+        ("memory", vec![]),
+        ("redis", vec![("HERALD_REDIS_URL", url.as_str())]),
+    ] {
+        let node = Node::with(&env).await;
+        let epoch = publish_n(&node, "far", 3).await;
+        let mut latest = 3;
+        for codec in CODECS {
+            let mut c = node.client(codec).await;
+            // Integers in 0..=2^64-1: past 2^53 (Lua's exact doubles), 10^19, the largest u64.
+            for (id, offset) in [
+                (1, (1u64 << 53) + 1),
+                (2, 10_000_000_000_000_000_000),
+                (3, u64::MAX),
+            ] {
+                let ok = c.sub_since(id, "far", offset, &epoch).await;
+                assert_eq!(
+                    (
+                        ok["op"].as_str(),
+                        ok["recovered"].as_bool(),
+                        ok["offset"].as_u64()
+                    ),
+                    (Some("ok"), Some(false), Some(latest)),
+                    "{bus} {}: since {offset}: {ok}",
+                    codec_name(codec)
+                );
+                let r = c
+                    .request(json!({"op": "unsub", "id": 10 + id, "topic": "far"}))
+                    .await;
+                assert_eq!(r["op"], "ok", "{r}");
+            }
+            c.sub_since(4, "far", u64::MAX, &epoch).await;
+            only_new_messages_follow(&node, &mut c, "far", latest).await;
+            latest += 1;
+        }
+        // Not an integer of 0..=2^64-1 (JSON reads 1e19 and 2^64 as floats): a clear error, and
+        // the connection goes on.
+        let mut c = node.client(CODECS[0]).await;
+        for (id, offset) in [
+            (1, "1e19"),
+            (2, "18446744073709551616"),
+            (3, "-1"),
+            (4, "1.5"),
+        ] {
+            let frame = format!(
+                r#"{{"op":"sub","id":{id},"topic":"far","since":{{"offset":{offset},"epoch":"{epoch}"}}}}"#
+            );
+            c.send(tokio_tungstenite::tungstenite::Message::text(frame))
+                .await;
+            let e = c.next_frame().await;
+            assert_eq!(
+                (e["op"].as_str(), e["id"].as_u64(), e["code"].as_str()),
+                (Some("error"), Some(id), Some("bad_request")),
+                "{bus}: since.offset {offset}: {e}"
+            );
+        }
+        let ok = c.sub(5, "far").await;
+        assert_eq!(ok["offset"], latest, "{bus}: {ok}");
+        // The same on /topics/{topic}: the largest u64 is not recovered, 1e19 is a 400.
+        let ticket = node.ticket().await;
+        let path = format!(
+            "/topics/far?since={}&epoch={epoch}&ticket={ticket}",
+            u64::MAX
+        );
+        let mut t = node.open(&path, CODECS[0]).await;
+        assert_eq!(t.next_frame().await["op"], "welcome");
+        only_new_messages_follow(&node, &mut t, "far", latest).await;
+        let ticket = node.ticket().await;
+        let path = format!("/topics/far?since=1e19&epoch={epoch}&ticket={ticket}");
+        let refused = crate::support::raw::upgrade(node.addr, &path, &[]).await;
+        assert_eq!(refused.status, 400, "{bus}");
+        assert_eq!(
+            refused.body["error"], "bad_request",
+            "{bus}: {:?}",
+            refused.body
+        );
+    }
+}
+
+/// `herald_replay_pages_total` from the node's `/metrics` (process-wide: other tests add to it).
+async fn replay_pages(node: &Node) -> u64 {
+    let m = node.http.get("/metrics").await;
+    m.text
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_replay_pages_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no herald_replay_pages_total in {}", m.text))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_history_is_replayed_page_by_page_in_order_while_publishing_goes_on() {
+    const BEFORE: u64 = 4500;
+    const DURING: u64 = 300;
+    let redis = crate::support::redis::RedisServer::start();
+    let url = redis.url();
+    for (bus, mut env) in [
+        ("memory", vec![]),
+        ("redis", vec![("HERALD_REDIS_URL", url.as_str())]),
+    ] {
+        env.push(("HERALD_HISTORY_SIZE", "10000"));
+        let node = Arc::new(Node::with(&env).await);
+        let mut epoch = String::new();
+        for chunk in (1..=BEFORE).collect::<Vec<_>>().chunks(100) {
+            let publishes = chunk.iter().map(|i| node.publish("long", json!({"i": i})));
+            epoch = futures_util::future::join_all(publishes)
+                .await
+                .pop()
+                .unwrap()
+                .1;
+        }
+        let pages_before = replay_pages(&node).await;
+        let mut c = node.client(CODECS[0]).await;
+        // Publishing goes on while the replay is read and queued.
+        let publisher = {
+            let node = node.clone();
+            tokio::spawn(async move {
+                for i in BEFORE + 1..=BEFORE + DURING {
+                    node.publish("long", json!({"i": i})).await;
+                }
+            })
+        };
+        let ok = c.sub_since(1, "long", 0, &epoch).await;
+        assert_eq!(ok["recovered"], true, "{bus}: {ok}");
+        c.expect_offsets("long", 1..=BEFORE + DURING).await;
+        publisher.await.unwrap();
+        let pages = replay_pages(&node).await - pages_before;
+        // 4500 in pages of at most 1000: at least five reads.
+        assert!(pages > BEFORE / 1000, "{bus}: {pages} pages");
+    }
+}
+
+#[tokio::test]
+async fn past_history_bytes_the_oldest_history_of_any_topic_goes_and_resuming_before_it_is_not_recovered()
+ {
+    // 64 KiB of history for the whole node: about 55 entries of a 1000-byte payload.
+    let node = Node::with(&[("HERALD_HISTORY_BYTES", "65536")]).await;
+    let pad = "x".repeat(1000);
+    let mut live = node.client(CODECS[1]).await;
+    live.sub(1, "busy").await;
+    let mut quiet = String::new();
+    for i in 1..=20 {
+        quiet = node.publish("quiet", json!({"i": i, "pad": pad})).await.1;
+    }
+    let mut busy = String::new();
+    for i in 1..=100 {
+        busy = node.publish("busy", json!({"i": i, "pad": pad})).await.1;
+    }
+    // The live subscriber lost nothing.
+    live.expect_offsets("busy", 1..=100).await;
+    let mut c = node.client(CODECS[0]).await;
+    // The quiet topic's history was the oldest: all gone, honestly.
+    let ok = c.sub_since(1, "quiet", 0, &quiet).await;
+    assert_eq!(
+        (&ok["recovered"], &ok["offset"]),
+        (&json!(false), &json!(20)),
+        "{ok}"
+    );
+    // The busy topic keeps its most recent messages, not its oldest.
+    let ok = c.sub_since(2, "busy", 0, &busy).await;
+    assert_eq!(ok["recovered"], false, "{ok}");
+    let mut d = node.client(CODECS[0]).await;
+    let ok = d.sub_since(1, "busy", 70, &busy).await;
+    assert_eq!(ok["recovered"], true, "{ok}");
+    d.expect_offsets("busy", 71..=100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_whose_next_page_is_gone_closes_with_1012_after_the_pages_it_had() {
+    // Pages of 1000 messages of 32 KiB: far more than the outbox and the socket buffers hold,
+    // so the first page is still being queued while the history moves on under it.
+    let redis = crate::support::redis::RedisServer::start();
+    let url = redis.url();
+    let pad = "x".repeat(32 << 10);
+    for (bus, mut env) in [
+        ("memory", vec![]),
+        ("redis", vec![("HERALD_REDIS_URL", url.as_str())]),
+    ] {
+        env.push(("HERALD_HISTORY_SIZE", "1001"));
+        let node = Arc::new(Node::with(&env).await);
+        let mut epoch = String::new();
+        for chunk in (1..=1001).collect::<Vec<u64>>().chunks(50) {
+            let publishes = chunk
+                .iter()
+                .map(|i| node.publish("moving", json!({"i": i, "pad": pad})));
+            epoch = futures_util::future::join_all(publishes)
+                .await
+                .pop()
+                .unwrap()
+                .1;
+        }
+        let mut c = node.client(CODECS[0]).await;
+        let ok = c.sub_since(1, "moving", 0, &epoch).await;
+        assert_eq!(ok["recovered"], true, "{bus}: {ok}");
+        // While the client has read nothing, the history loses 1001 (the second page).
+        if bus == "memory" {
+            for i in 0..1001 {
+                node.publish("moving", json!(i)).await;
+            }
+        } else {
+            redis.cli(&["DEL", "herald:{moving}:log", "herald:{moving}:meta"]);
+        }
+        c.expect_offsets("moving", 1..=1000).await;
+        let code = c.expect_close().await;
+        assert_eq!(code, 1012, "{bus}: resume with since, never a gap");
+    }
+}

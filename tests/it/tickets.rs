@@ -203,3 +203,99 @@ async fn empty_grants_and_unknown_grant_keys_are_accepted() {
         assert_eq!(status, 200, "grants {g}: {body}");
     }
 }
+
+/// Upgrades with `ticket` on `nodes` in turn, `n` at once; the statuses and error codes.
+async fn redeem_at_once(nodes: &[&Node], ticket: &str, n: usize) -> Vec<(u16, Value)> {
+    let path = format!("/ws?ticket={ticket}");
+    let tries = (0..n).map(|i| {
+        let (addr, path) = (nodes[i % nodes.len()].addr, path.clone());
+        async move {
+            let u = crate::support::raw::upgrade(addr, &path, &[]).await;
+            (u.status, u.body["error"].clone())
+        }
+    });
+    futures_util::future::join_all(tries).await
+}
+
+/// Exactly one 101, and `ticket_used` for every other.
+fn assert_one_winner(got: &[(u16, Value)]) {
+    let wins = got.iter().filter(|(s, _)| *s == 101).count();
+    assert_eq!(wins, 1, "{got:?}");
+    for (status, code) in got.iter().filter(|(s, _)| *s != 101) {
+        assert_eq!(
+            (*status, code.as_str()),
+            (401, Some("ticket_used")),
+            "{got:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_ticket_redeemed_by_100_upgrades_at_once_wins_once_and_the_rest_get_ticket_used() {
+    let node = Node::start().await;
+    for _ in 0..3 {
+        let ticket = node.ticket().await;
+        assert_one_winner(&redeem_at_once(&[&node], &ticket, 100).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_one_ticket_redeemed_by_100_upgrades_on_two_nodes_wins_once_and_the_rest_get_ticket_used()
+ {
+    let redis = crate::support::redis::RedisServer::start();
+    let env = [("HERALD_REDIS_URL", redis.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (a, b) = (Node::with(&env).await, Node::with(&env).await);
+    for round in 0..3 {
+        let ticket = if round % 2 == 0 {
+            a.ticket().await
+        } else {
+            b.ticket().await
+        };
+        assert_one_winner(&redeem_at_once(&[&a, &b], &ticket, 100).await);
+    }
+}
+
+#[tokio::test]
+async fn a_redeemed_ticket_is_ticket_used_until_it_would_have_expired_then_ticket_expired_on_both_stores()
+ {
+    let redis = crate::support::redis::RedisServer::start();
+    let url = redis.url();
+    for env in [vec![], vec![("HERALD_REDIS_URL", url.as_str())]] {
+        let mut env = env;
+        env.push(("HERALD_TICKET_TTL_SECS", "1"));
+        let node = Node::with(&env).await;
+        let ticket = node.ticket().await;
+        let path = format!("/ws?ticket={ticket}");
+        let first = crate::support::raw::upgrade(node.addr, &path, &[]).await;
+        assert_eq!(first.status, 101);
+        // Used while the ticket lives, then expired (as an unused ticket would be): never
+        // `invalid_ticket` while either store remembers it.
+        let start = std::time::Instant::now();
+        let mut seen = Vec::new();
+        loop {
+            let again = crate::support::raw::upgrade(node.addr, &path, &[]).await;
+            assert_eq!(again.status, 401);
+            let code = again.body["error"].as_str().unwrap().to_owned();
+            if seen.last() != Some(&code) {
+                seen.push(code.clone());
+            }
+            if code != "ticket_used" {
+                break;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "{seen:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(seen, ["ticket_used", "ticket_expired"], "{env:?}");
+    }
+    // In Redis, the redeemed ticket is kept as long as the memory store keeps it: ttl + 60 s
+    // from its issue, and no second key.
+    let keys = redis.cli(&["--scan", "--pattern", "herald:ticket*"]);
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let ttl: i64 = redis.cli(&["PTTL", keys[0]]).trim().parse().unwrap();
+    assert!(ttl > 55_000 && ttl <= 61_000, "{ttl}");
+}

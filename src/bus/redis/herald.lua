@@ -4,8 +4,11 @@
 -- backends publish with the same functions. Documented in proto/redis.md.
 --
 -- Keys of a topic T (one Redis Cluster slot, through the hash tag {T}):
---   __PREFIX__{T}:meta   hash: epoch (set on first use), seq (last offset)
+--   __PREFIX__{T}:meta   hash: epoch (set by the first publish), seq (last offset)
 --   __PREFIX__{T}:log    stream: entry id "<offset>-0", fields o (offset), d (data)
+-- Only a publish creates them, and both expire HISTORY_TTL_MS after the last publish: a topic
+-- that is only read (subscribed to, replayed) leaves nothing behind, and a topic idle for that
+-- long starts a new epoch on its next publish.
 -- Channel: __PREFIX__{T}:msg, payload "<offset> <epoch> <data>".
 -- A user U's directed messages go to the channel __PREFIX__{user:U}:direct, payload
 -- "<from> <data>" ("-" when the sender did not name itself); U's open connections across the
@@ -15,6 +18,9 @@ local PREFIX = '__PREFIX__'
 local VERSION = __VERSION__
 local HISTORY_SIZE = __HISTORY_SIZE__
 local HISTORY_TTL_MS = __HISTORY_TTL_MS__
+-- The epoch answered for a topic without history (never published, or expired): never a real
+-- epoch (those are at least 6 hex digits of the server's clock), and nothing is replayed from it.
+local NO_EPOCH = '0'
 
 local function valid_name(name)
   if type(name) ~= 'string' or #name == 0 or #name > 255 then return false end
@@ -24,18 +30,90 @@ local function valid_name(name)
   return true
 end
 
+-- Payloads are checked here, since backends publish with FCALL and nodes write what they get
+-- into text frames as it is: valid UTF-8, JSON without NaN, Infinity or hex numbers, nested
+-- at most 100 deep (Herald's MAX_NESTING), with finite numbers (what every codec reads back).
+-- A private cjson, so that no other library's settings apply (made at the first call: the
+-- library's load runs without `cjson`).
+local json
+
+local function strict_json()
+  if not json then
+    json = cjson.new()
+    json.decode_invalid_numbers(false)
+    json.decode_max_depth(100)
+  end
+  return json
+end
+
+-- True when s is valid UTF-8 (as Rust's str::from_utf8 has it: no overlong forms, no
+-- surrogates, nothing past U+10FFFF). ASCII runs are skipped with one find each.
+local function valid_utf8(s)
+  local find, byte = string.find, string.byte
+  local i, n = find(s, '[\128-\255]'), #s
+  while i do
+    local c, need, lo, hi = byte(s, i), 0, 0x80, 0xBF
+    if c >= 0xC2 and c <= 0xDF then need = 1
+    elseif c == 0xE0 then need, lo = 2, 0xA0
+    elseif c == 0xED then need, hi = 2, 0x9F
+    elseif c >= 0xE1 and c <= 0xEF then need = 2
+    elseif c == 0xF0 then need, lo = 3, 0x90
+    elseif c == 0xF4 then need, hi = 3, 0x8F
+    elseif c >= 0xF1 and c <= 0xF3 then need = 3
+    else return false end
+    if i + need > n then return false end
+    local b = byte(s, i + 1)
+    if b < lo or b > hi then return false end
+    for k = 2, need do
+      b = byte(s, i + k)
+      if b < 0x80 or b > 0xBF then return false end
+    end
+    i = find(s, '[\128-\255]', i + need + 1)
+  end
+  return true
+end
+
+-- True when a decoded value holds a number JSON readers cannot represent (1e400 reads as inf).
+local function has_infinite(v)
+  if type(v) == 'number' then return v == math.huge or v == -math.huge end
+  if type(v) == 'table' then
+    for _, x in pairs(v) do
+      if has_infinite(x) then return true end
+    end
+  end
+  return false
+end
+
 local function check_json(data)
-  if type(data) ~= 'string' or not pcall(cjson.decode, data) then
+  if type(data) ~= 'string' then
     return redis.error_reply('ERR herald: the payload must be JSON')
+  end
+  if not valid_utf8(data) then
+    return redis.error_reply('ERR herald: the payload must be JSON in UTF-8 (invalid UTF-8)')
+  end
+  local ok, v = pcall(strict_json().decode, data)
+  if not ok then
+    if string.find(tostring(v), 'too many nested', 1, true) then
+      return redis.error_reply('ERR herald: the payload must be JSON nested at most 100 deep')
+    end
+    return redis.error_reply('ERR herald: the payload must be JSON (' .. tostring(v) .. ')')
+  end
+  -- Only text with a long exponent or a long run of digits can hold an out-of-range number.
+  if (string.find(data, '%d[eE][+]?%d%d%d') or string.find(data, string.rep('%d', 300)))
+      and has_infinite(v) then
+    return redis.error_reply('ERR herald: the payload must be JSON with finite numbers')
   end
 end
 
-local function epoch_of(meta)
+-- The topic's epoch; a new one when it has none (its history expired, or it never had one),
+-- and then whatever is left of an older log goes, so that offsets start again at 1.
+local function epoch_of(meta, log)
   local epoch = redis.call('HGET', meta, 'epoch')
   if not epoch then
     local t = redis.call('TIME')
     epoch = string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))
     redis.call('HSET', meta, 'epoch', epoch)
+    redis.call('DEL', log)
   end
   return epoch
 end
@@ -49,11 +127,11 @@ local function publish(keys, args)
   local bad = check_json(data)
   if bad then return bad end
   local base = PREFIX .. '{' .. topic .. '}'
-  local meta = base .. ':meta'
-  local epoch = epoch_of(meta)
+  local meta, log = base .. ':meta', base .. ':log'
+  local epoch = epoch_of(meta, log)
   local offset = redis.call('HINCRBY', meta, 'seq', 1)
+  redis.call('PEXPIRE', meta, HISTORY_TTL_MS)
   if HISTORY_SIZE > 0 then
-    local log = base .. ':log'
     redis.call('XADD', log, 'MAXLEN', '~', HISTORY_SIZE, offset .. '-0', 'o', offset, 'd', data)
     redis.call('PEXPIRE', log, HISTORY_TTL_MS)
   end
@@ -61,29 +139,39 @@ local function publish(keys, args)
   return {offset, epoch}
 end
 
--- FCALL herald_history 1 <topic> [after-offset]  ->  {epoch, latest, first-kept, o1, d1, ...}
--- Creates the topic's epoch if it has none yet, so that a subscriber of a topic nobody has
--- published to gets the epoch later messages will carry.
--- The entries after <after-offset> (decimal digits), oldest first; none when it is absent or
--- empty. first-kept is 0 when the log is empty.
+-- FCALL herald_history 1 <topic> [after-offset [count]]  ->  {epoch, latest, first-kept, o1, d1, ...}
+-- Reads only: a topic without history (never published, or expired) answers {NO_EPOCH, 0, 0}
+-- and nothing is created.
+-- The entries after <after-offset> (decimal digits), oldest first, at most <count> of them
+-- when given; none when the offset is absent, empty, or past 2^53. first-kept is 0 when the
+-- log is empty.
 local function history(keys, args)
   local topic = keys[1]
   if not valid_name(topic) then
     return redis.error_reply('ERR herald: bad topic name')
   end
   local base = PREFIX .. '{' .. topic .. '}'
-  local epoch = epoch_of(base .. ':meta')
-  local latest = tonumber(redis.call('HGET', base .. ':meta', 'seq') or '0')
+  local meta = redis.call('HMGET', base .. ':meta', 'epoch', 'seq')
+  if not meta[1] then return {NO_EPOCH, 0, 0} end
+  local epoch, latest = meta[1], tonumber(meta[2] or '0')
   local out = {epoch, latest, 0}
   local log = base .. ':log'
   local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
   if #first > 0 then out[3] = tonumber(first[1][2][2]) end
   local after = args[1]
   if after == nil or after == '' then return out end
-  if not string.match(after, '^%d+$') or #after > 19 then
+  if not string.match(after, '^%d+$') then
     return redis.error_reply('ERR herald: the offset must be decimal digits')
   end
-  local entries = redis.call('XRANGE', log, '(' .. after .. '-0', '+')
+  -- Past 2^53 (where Lua numbers stop being exact) no topic has entries: none to read.
+  if #after > 16 or tonumber(after) > 9007199254740992 then return out end
+  local count = tonumber(args[2])
+  local entries
+  if count then
+    entries = redis.call('XRANGE', log, '(' .. after .. '-0', '+', 'COUNT', count)
+  else
+    entries = redis.call('XRANGE', log, '(' .. after .. '-0', '+')
+  end
   for _, e in ipairs(entries) do
     out[#out + 1] = tonumber(e[2][2])
     out[#out + 1] = e[2][4]
@@ -302,7 +390,7 @@ local function version()
 end
 
 redis.register_function('herald_publish', publish)
-redis.register_function('herald_history', history)
+redis.register_function{function_name = 'herald_history', callback = history, flags = {'no-writes'}}
 redis.register_function('herald_publish_user', publish_user)
 redis.register_function('herald_presence_join', presence_join)
 redis.register_function('herald_presence_leave', presence_leave)

@@ -16,8 +16,11 @@
 //!   reconnects nor resubscribes again). The node subscribes to a topic's channel while it has local
 //!   subscribers (one Redis subscription per topic per node), and every message goes from the
 //!   push callback straight into the sink (the hub).
-//! - A subscriber's replay is read atomically (`herald_history`) after its subscription is live,
-//!   so the hub's catch-up merges the two without a gap.
+//! - A subscriber's replay is read (`herald_history`) after its subscription is live, so the
+//!   hub's catch-up merges the two without a gap; a page of [`REPLAY_PAGE`] entries at a time,
+//!   each read atomically with the epoch and latest offset and checked to follow the last.
+//! - Reading creates nothing in Redis: a topic's keys exist only from its first publish and
+//!   expire `history_ttl` after its last (until then it answers epoch `0`).
 //! - Faults: pub/sub delivers at most once, so the bus remembers per topic the last offset it
 //!   delivered (or, before the first, where its subscribers' replays started). When the pub/sub
 //!   connection drops, a subscription change fails on it, or the liveness probe (a message the
@@ -50,7 +53,7 @@ mod commands;
 mod monitor;
 pub(crate) mod parse;
 
-use super::{BoxFuture, Bus, BusError, Direct, Replay, Sinks};
+use super::{BoxFuture, Bus, BusError, Direct, REPLAY_PAGE, Replay, Sinks};
 use crate::protocol::{Message, Position, Topic};
 pub use commands::Commands;
 use monitor::{monitor, node_probe_id, refresh_conns};
@@ -58,7 +61,16 @@ use parse::{channel, parse_direct, parse_presence, parse_push, user_channel};
 
 /// The library's version: bump it whenever `herald.lua` changes, so that nodes replace an older
 /// library in Redis.
-pub const LIBRARY_VERSION: i64 = 5;
+pub const LIBRARY_VERSION: i64 = 6;
+
+/// The epoch `herald_history` answers for a topic without history (never published, or idle
+/// past `history_ttl`): reading creates nothing in Redis. Never a real epoch, so a `since` in it
+/// is never replayed (`recovered: false`): the history may have come and gone since.
+pub(super) const NO_EPOCH: &str = "0";
+
+/// The highest offset a topic can reach in Redis: `herald.lua` counts in Lua numbers (doubles),
+/// exact up to 2^53.
+pub const MAX_OFFSET: u64 = 1 << 53;
 
 /// Why the Redis bus could not start.
 #[derive(Debug, thiserror::Error)]
@@ -504,8 +516,12 @@ impl RedisBus {
         if d.last.is_some() {
             return;
         }
+        // A start in no epoch (the topic had no history) is the lowest: its subscribers saw nothing.
         let lower = match &d.base {
-            Some(b) => *b.epoch != *latest.epoch || latest.offset < b.offset,
+            Some(b) if *b.epoch == *NO_EPOCH => false,
+            Some(b) => {
+                *latest.epoch == *NO_EPOCH || *b.epoch != *latest.epoch || latest.offset < b.offset
+            }
             None => true,
         };
         if lower {
@@ -554,13 +570,18 @@ impl RedisBus {
     }
 
     /// The topic's epoch, latest offset, first offset kept, and the entries after `after`.
+    /// An `after` past [`MAX_OFFSET`] reads no entries: no topic reaches it, so the caller finds
+    /// it beyond the latest (`recovered: false`).
+    /// At most [`REPLAY_PAGE`] entries.
     async fn history(&self, topic: &Topic, after: Option<u64>) -> Result<Vec<Value>, BusError> {
         let mut c = self.cmd.get();
+        let after = after.filter(|a| *a <= MAX_OFFSET);
         redis::cmd("FCALL")
             .arg("herald_history")
             .arg(1)
             .arg(topic.as_str())
             .arg(after.map(|a| a.to_string()).unwrap_or_default())
+            .arg(REPLAY_PAGE)
             .query_async(&mut c)
             .await
             .map_err(|e| self.failed(e))
@@ -600,6 +621,18 @@ impl Bus for RedisBus {
             let r = self.replay_unchecked(&topic, since.as_ref()).await?;
             self.note_start(&topic, &r.latest);
             Ok(r)
+        })
+    }
+
+    fn replay_more(
+        &self,
+        topic: &Topic,
+        after: &Position,
+    ) -> BoxFuture<'_, Result<Option<Vec<Message>>, BusError>> {
+        let (topic, after) = (topic.clone(), after.clone());
+        Box::pin(async move {
+            self.check_reachable()?;
+            Ok(self.replay_unchecked(&topic, Some(&after)).await?.messages)
         })
     }
 

@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use bytes::Bytes;
 use redis::Value;
 
-use super::RedisBus;
 use super::parse::{as_str, as_u64};
-use crate::bus::{BusError, Replay};
+use super::{NO_EPOCH, RedisBus};
+use crate::bus::{BusError, REPLAY_PAGE, Replay};
 use crate::protocol::{Message, Position, Topic};
 
 /// How often the monitor probes (and, while not ready, tries to recover).
@@ -217,7 +217,8 @@ pub(super) fn node_probe_id() -> String {
 }
 
 impl RedisBus {
-    /// The replay for `since`, read atomically with the topic's epoch and latest offset.
+    /// The replay for `since` (its first [`REPLAY_PAGE`]), read atomically with the topic's
+    /// epoch and latest offset.
     pub(super) async fn replay_unchecked(
         &self,
         topic: &Topic,
@@ -236,7 +237,7 @@ impl RedisBus {
             epoch: epoch.clone(),
         };
         let messages = since.and_then(|s| {
-            if *s.epoch != *latest.epoch || s.offset > latest.offset {
+            if *s.epoch != *latest.epoch || s.offset > latest.offset || *s.epoch == *NO_EPOCH {
                 return None;
             }
             let oldest = if first_kept == 0 {
@@ -339,26 +340,55 @@ impl RedisBus {
     }
 
     /// The messages of `topic` after `start`, read from its history; `None` when they cannot be
-    /// read exactly. When the topic's epoch changed (Redis lost it), the new epoch's messages from
-    /// its first offset, if its history still holds them all.
+    /// read exactly. When the topic's epoch changed (Redis lost it, or it expired), the new
+    /// epoch's messages from its first offset, if its history still holds them all; nothing when
+    /// the topic has no history now.
     async fn missed_since(
         &self,
         topic: &Topic,
         start: &Position,
     ) -> Result<Option<Vec<Message>>, BusError> {
         let r = self.replay_unchecked(topic, Some(start)).await?;
+        if *r.latest.epoch == *NO_EPOCH {
+            return Ok(Some(Vec::new()));
+        }
         if r.messages.is_some() || *r.latest.epoch == *start.epoch {
-            return Ok(r.messages);
+            return self.every_page(topic, r.messages).await;
         }
         let from_first = Position {
             offset: 0,
             epoch: r.latest.epoch.clone(),
         };
         let r = self.replay_unchecked(topic, Some(&from_first)).await?;
-        Ok(if *r.latest.epoch == *from_first.epoch {
-            r.messages
-        } else {
-            None
-        })
+        if *r.latest.epoch != *from_first.epoch {
+            return Ok(None);
+        }
+        self.every_page(topic, r.messages).await
+    }
+
+    /// `first` (a replay's first page) and the pages after it, to the end of the history;
+    /// `None` when it no longer continues exactly. (A gap is filled whole: it spans the few
+    /// seconds a node may wait, not a subscriber's whole absence.)
+    async fn every_page(
+        &self,
+        topic: &Topic,
+        first: Option<Vec<Message>>,
+    ) -> Result<Option<Vec<Message>>, BusError> {
+        let Some(mut all) = first else {
+            return Ok(None);
+        };
+        let mut full = all.len() == REPLAY_PAGE;
+        while full && let Some(last) = all.last() {
+            let after = Position {
+                offset: last.offset,
+                epoch: last.epoch.clone(),
+            };
+            let Some(more) = self.replay_unchecked(topic, Some(&after)).await?.messages else {
+                return Ok(None);
+            };
+            full = more.len() == REPLAY_PAGE;
+            all.extend(more);
+        }
+        Ok(Some(all))
     }
 }
