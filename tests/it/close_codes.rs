@@ -8,6 +8,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::raw::MASK;
+use crate::support::redis::RedisServer;
 use crate::support::ws::encode;
 use crate::support::{CODECS, Node, RawWs, WAIT, codec_name, upgrade};
 
@@ -176,5 +177,78 @@ async fn flooding_past_the_rate_limit_gets_rate_limited_errors_then_4029() {
             (5..50).contains(&oks),
             "the burst is served, not the flood: {oks} ok"
         );
+    }
+}
+
+#[tokio::test]
+async fn every_sub_and_unsub_past_the_burst_is_answered_and_only_a_continued_flood_gets_4029() {
+    // The default burst (200), refilled at 1 frame/s: the frames past it are refused however
+    // fast or slow the machine is. On the in-process bus and on Redis, where every sub and unsub
+    // is a SUBSCRIBE or UNSUBSCRIBE round trip.
+    const BURST: u64 = 200;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let rate = [("HERALD_RATE_LIMIT", "1"), ("HERALD_RATE_BURST", "200")];
+    let on_redis = [rate[0], rate[1], ("HERALD_REDIS_URL", url.as_str())];
+    let nodes = [
+        ("memory", Node::with(&rate).await),
+        ("redis", Node::with(&on_redis).await),
+    ];
+    for ((bus, node), codec) in nodes.iter().flat_map(|n| CODECS.map(|c| (n, c))) {
+        let case = format!("{bus}, {}", codec_name(codec));
+        let topic = format!("pairs.{bus}.{}", codec_name(codec));
+        let mut c = node.client(codec).await;
+        // 120 sub/unsub pairs, each request waiting for its answer: 40 frames past the burst,
+        // too few refused in a row for 4029.
+        let mut limited = 0;
+        for id in 1..=BURST + 40 {
+            let op = if id % 2 == 1 { "sub" } else { "unsub" };
+            let r = c
+                .try_request(json!({"op": op, "id": id, "topic": topic}))
+                .await
+                .unwrap_or_else(|code| panic!("{case}: closed with {code} at request {id}"));
+            if r["code"] == "rate_limited" {
+                assert!(r.get("id").is_none(), "{case}: rate_limited has no id: {r}");
+                assert!(
+                    id > BURST,
+                    "{case}: the burst is served, yet {id} was refused"
+                );
+                limited += 1;
+                continue;
+            }
+            assert_eq!(r["id"], id, "{case}: {r}");
+            // A pair whose sub was refused gets not_subscribed for its unsub, and so on.
+            let refused_pair = matches!(
+                r["code"].as_str(),
+                Some("already_subscribed" | "not_subscribed")
+            );
+            assert!(
+                r["op"] == "ok" || (id > BURST && refused_pair),
+                "{case}: {r}"
+            );
+        }
+        assert!(limited >= 1, "{case}: nothing past the burst was refused");
+        // The flood goes on: refused frames in a row pass the burst, and the node closes.
+        for id in BURST + 41..=2 * BURST + 100 {
+            c.feed(encode(
+                codec,
+                &json!({"op": "sub", "id": id, "topic": topic}),
+            ))
+            .await;
+        }
+        c.flush().await;
+        let mut limited = 0;
+        let code = loop {
+            match c.next_event().await {
+                Err(code) => break code,
+                Ok(f) if f["code"] == "rate_limited" => {
+                    assert!(f.get("id").is_none(), "{case}: rate_limited has no id: {f}");
+                    limited += 1;
+                }
+                Ok(f) => assert!(f["id"].as_u64() > Some(BURST + 40), "{case}: {f}"),
+            }
+        };
+        assert_eq!(code, 4029, "{case}");
+        assert!(limited >= 1, "{case}: rate_limited errors come before 4029");
     }
 }

@@ -98,12 +98,15 @@ pub async fn upgrade_on(
     }
     req.push_str("\r\n");
     stream.write_all(req.as_bytes()).await.expect("writing");
+    // One bound for the whole answer, however it is split into reads.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     let mut buf = Vec::new();
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
-        read_more(&mut stream, &mut buf, WAIT)
+        read_more(&mut stream, &mut buf, left())
             .await
             .expect("the upgrade is answered");
     };
@@ -127,7 +130,7 @@ pub async fn upgrade_on(
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or(0);
         while rest.len() < len {
-            read_more(&mut stream, &mut rest, WAIT)
+            read_more(&mut stream, &mut rest, left())
                 .await
                 .expect("the whole body");
         }
@@ -206,10 +209,13 @@ impl RawWs {
     }
 
     /// The next data frame decoded (text as JSON, binary as MessagePack); pings are skipped
-    /// unanswered. Fails the test on a close frame.
+    /// unanswered. Fails the test on a close frame, or when no data frame arrives within
+    /// [`WAIT`] (pings do not extend it).
     pub async fn next_frame(&mut self) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            match self.next_incoming_within(WAIT).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_incoming_within(left).await {
                 Incoming::Close(c) => panic!("closed with {c:?} while waiting for a frame"),
                 Incoming::Text(t) => return serde_json::from_slice(&t).expect("JSON text"),
                 Incoming::Binary(b) => return rmp_serde::from_slice(&b).expect("MessagePack"),
@@ -220,10 +226,12 @@ impl RawWs {
 
     /// Reads what is left until the connection ends, and checks that the server reset it (RST)
     /// rather than closed it (FIN): a socket it dropped with unsent bytes is freed at once.
+    /// Fails the test when that takes more than [`WAIT`], however much is read meanwhile.
     pub async fn expect_reset(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
-            match tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
                 Err(_) => panic!("the connection neither ended nor was reset"),
                 Ok(Ok(0)) => panic!("the server closed with FIN, keeping its unsent bytes"),
                 Ok(Ok(_)) => {}

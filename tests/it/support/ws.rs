@@ -109,22 +109,11 @@ impl Client {
     }
 
     /// The next data frame, decoded; pings are skipped (and answered by tungstenite). Fails the
-    /// test on a close or when nothing arrives within [`WAIT`].
+    /// test on a close or when no data frame arrives within [`WAIT`] (pings do not extend it).
     pub async fn next_frame(&mut self) -> Value {
-        loop {
-            let m = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("no frame within {WAIT:?}"));
-            match m {
-                Some(Ok(Message::Close(c))) => panic!("closed while waiting for a frame: {c:?}"),
-                Some(Ok(m)) => {
-                    if let Some(v) = decode(&m) {
-                        return v;
-                    }
-                }
-                Some(Err(e)) => panic!("connection failed while waiting for a frame: {e}"),
-                None => panic!("connection ended while waiting for a frame"),
-            }
+        match self.next_event().await {
+            Ok(v) => v,
+            Err(code) => panic!("closed with {code} while waiting for a frame"),
         }
     }
 
@@ -137,6 +126,16 @@ impl Client {
     /// [`Client::next_event`] with another bound.
     pub async fn next_event_within(&mut self, bound: Duration) -> Result<Value, u16> {
         let deadline = tokio::time::Instant::now() + bound;
+        self.next_event_until(deadline, bound).await
+    }
+
+    /// The next data frame or close code before `deadline` (`bound` after the wait began, for
+    /// the failure message); pings are skipped without moving the deadline.
+    async fn next_event_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+        bound: Duration,
+    ) -> Result<Value, u16> {
         loop {
             let m = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
@@ -156,10 +155,12 @@ impl Client {
     }
 
     /// The next data frame, or `None` once the connection is gone (closed, reset, or ended, as
-    /// when its node is killed). Fails the test when nothing happens within [`WAIT`].
+    /// when its node is killed). Fails the test when neither happens within [`WAIT`] (pings do
+    /// not extend it).
     pub async fn next_or_gone(&mut self) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let m = tokio::time::timeout(WAIT, self.ws.next())
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .unwrap_or_else(|_| panic!("nothing within {WAIT:?}"));
             match m {
@@ -212,15 +213,31 @@ impl Client {
         frames
     }
 
-    /// Sends a request and returns the first reply carrying its `id` (frames of other kinds in
-    /// between, such as `msg`, are skipped).
+    /// Sends a request and returns its answer: the first reply carrying its `id`, or an
+    /// id-less `rate_limited` error (the rate limit dropped the frame undecoded, so its answer
+    /// has no `id`: proto/README.md section 5.4). Other frames in between (`msg`, pushes, other
+    /// id-less errors, pings) are skipped. Fails the test on a close, or when no answer comes
+    /// within [`WAIT`] of the send, however many frames were skipped meanwhile. Meant for one
+    /// request in flight: a `rate_limited` is taken as this request's.
     pub async fn request(&mut self, frame: Value) -> Value {
+        self.try_request(frame)
+            .await
+            .unwrap_or_else(|code| panic!("closed with {code} while waiting for an answer"))
+    }
+
+    /// [`Client::request`], or (`Err`) the server's close code when it closes first.
+    pub async fn try_request(&mut self, frame: Value) -> Result<Value, u16> {
         let id = frame["id"].clone();
         self.send_json(frame).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let f = self.next_frame().await;
-            if f["op"] != "msg" && f["id"] == id {
-                return f;
+            let f = self.next_event_until(deadline, WAIT).await?;
+            let answers = match f.get("id") {
+                Some(got) => f["op"] != "msg" && *got == id,
+                None => f["op"] == "error" && f["code"] == "rate_limited",
+            };
+            if answers {
+                return Ok(f);
             }
         }
     }
