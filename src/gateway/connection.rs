@@ -14,12 +14,13 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::Gateway;
+use super::rate::RateLimiter;
 use crate::auth::Identity;
 use crate::hub::{Subscribed, Subscriber, Take};
 use crate::protocol::codec::OkFields;
@@ -43,33 +44,6 @@ pub enum Endpoint {
     Multiplexed,
     /// `/topics/{topic}`: subscribed at once, read-only.
     Topic(Topic, Option<Position>),
-}
-
-/// A token bucket over the client's frames.
-struct RateLimiter {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: Instant,
-    /// Frames refused in a row; past `burst` the client is cut off (4029).
-    strikes: u32,
-}
-
-impl RateLimiter {
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        let dt = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            self.strikes = 0;
-            true
-        } else {
-            self.strikes += 1;
-            false
-        }
-    }
 }
 
 /// What processing input decided.
@@ -129,13 +103,7 @@ where
     let mut s = Session {
         forwarded: forwarded.into(),
         conn: conn.clone(),
-        limiter: RateLimiter {
-            tokens: cfg.rate_burst as f64,
-            rate: cfg.rate_limit as f64,
-            burst: cfg.rate_burst as f64,
-            last: Instant::now(),
-            strikes: 0,
-        },
+        limiter: RateLimiter::new(cfg.rate_limit, cfg.rate_burst),
         read_only: matches!(endpoint, Endpoint::Topic(..)),
         gw: gw.clone(),
         sub: sub.clone(),
@@ -474,7 +442,7 @@ impl Session {
     }
 
     fn limited(&self) -> Flow {
-        if self.limiter.strikes > self.gw.config.rate_burst {
+        if self.limiter.cut_off() {
             return Flow::Close(CloseCode::RateLimited);
         }
         self.error(

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod guarded;
 pub mod http;
 pub mod limits;
+mod rate;
 pub mod rejection;
 pub mod tls;
 pub mod upgrade;
