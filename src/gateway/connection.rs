@@ -83,19 +83,26 @@ struct Session {
     limiter: RateLimiter,
 }
 
-/// Runs the connection until it closes; always unsubscribes. Returns the
-/// close code that ended it (sent or received; 1006 when the socket just broke).
-#[allow(clippy::too_many_arguments)]
-pub async fn run<S>(
+/// Who a connection is: its identity, the headers forwarded to services, its number and its id.
+pub(crate) type Who = (Identity, Vec<(String, String)>, u64, Arc<str>);
+
+/// The connection's task: runs the connection until it closes; always unsubscribes. Its output
+/// is the close code that ended it (sent or received; 1006 when the socket just broke).
+///
+/// A plain function returning the task: its state (the session and the pump, which owns the
+/// stream) is built here and moved into the future once. An `async fn` would keep its arguments,
+/// the stream among them, in the future beside the locals they are moved into, and an idle
+/// connection is mostly this future.
+pub fn run<S>(
     gw: Arc<Gateway>,
     stream: S,
     leftover: Bytes,
-    (identity, forwarded, id, conn): (Identity, Vec<(String, String)>, u64, Arc<str>),
+    (identity, forwarded, id, conn): Who,
     codec: Codec,
     endpoint: Endpoint,
-) -> u16
+) -> impl Future<Output = u16> + Send
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let sub = gw.hub.connect_as(codec, id);
     crate::metrics::connection_opened();
@@ -112,22 +119,6 @@ where
         topics: Vec::new(),
         replays: Vec::new(),
     };
-    // Directed messages to this user reach this connection from here on.
-    gw.hub.attach_user(&s.identity.user, &sub);
-    let user_watched = gw.bus.watch_user(&s.identity.user).await;
-    sub.push(codec.welcome(
-        &conn,
-        &gw.config.node_id,
-        &s.identity.user,
-        gw.config.ping_interval.as_secs(),
-    ));
-    if let Err(e) = &user_watched {
-        let msg = format!("directed messages to you may not arrive: {e}");
-        s.error(None, ErrorCode::Unavailable, &msg);
-    }
-    if let Endpoint::Topic(topic, since) = endpoint {
-        Box::pin(s.subscribe(None, topic, since)).await;
-    }
     // Copy, then let go of hyper's read buffer: a slice of it would keep all of it alive.
     let rbuf = leftover.to_vec();
     drop(leftover);
@@ -139,21 +130,40 @@ where
         reading: true,
         close_seen: false,
     };
-    let code = s.serve(&mut pump).await;
-    for t in std::mem::take(&mut s.topics) {
-        if gw.hub.unsubscribe(&t, sub.id).is_some() {
-            let _ = gw.bus.unwatch(&t).await;
+    // Captured as they are (no `let` rebinding them inside): each is stored in the future once.
+    async move {
+        // Directed messages to this user reach this connection from here on.
+        gw.hub.attach_user(&s.identity.user, &sub);
+        let user_watched = gw.bus.watch_user(&s.identity.user).await;
+        sub.push(codec.welcome(
+            &conn,
+            &gw.config.node_id,
+            &s.identity.user,
+            gw.config.ping_interval.as_secs(),
+        ));
+        if let Err(e) = &user_watched {
+            let msg = format!("directed messages to you may not arrive: {e}");
+            s.error(None, ErrorCode::Unavailable, &msg);
         }
-        if gw.config.presence_enabled(t.as_str()) {
-            let _ = gw.bus.presence_leave(&t, &conn, &s.identity.user).await;
+        if let Endpoint::Topic(topic, since) = endpoint {
+            Box::pin(s.subscribe(None, topic, since)).await;
         }
+        let code = s.serve(&mut pump).await;
+        for t in std::mem::take(&mut s.topics) {
+            if gw.hub.unsubscribe(&t, sub.id).is_some() {
+                let _ = gw.bus.unwatch(&t).await;
+            }
+            if gw.config.presence_enabled(t.as_str()) {
+                let _ = gw.bus.presence_leave(&t, &conn, &s.identity.user).await;
+            }
+        }
+        gw.hub.detach_user(&s.identity.user, sub.id);
+        if user_watched.is_ok() {
+            let _ = gw.bus.unwatch_user(&s.identity.user).await;
+        }
+        gw.hub.disconnect(sub.id);
+        code
     }
-    gw.hub.detach_user(&s.identity.user, sub.id);
-    if user_watched.is_ok() {
-        let _ = gw.bus.unwatch_user(&s.identity.user).await;
-    }
-    gw.hub.disconnect(sub.id);
-    code
 }
 
 /// The socket and its buffers.

@@ -5,6 +5,8 @@
 //! when the TCP connection is accepted, [`super::limits`].)
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -41,6 +43,23 @@ pub(super) fn take_stream(upgraded: hyper::upgrade::Upgraded) -> Option<Taken> {
         Ok(p) => Some(Taken::Tls(Box::new(p.io.into_inner()), p.read_buf)),
         Err(_) => None,
     }
+}
+
+/// The connection's task, over the stream hyper hands back. Boxed, and built in a plain function:
+/// the task that awaits it then holds one pointer, not the stream (in each of its forms) and the
+/// connection's whole state inline. An idle connection is mostly this state, so its size is the
+/// node's memory per connection.
+fn serve(
+    upgraded: hyper::upgrade::Upgraded,
+    gw: Arc<Gateway>,
+    who: connection::Who,
+    codec: Codec,
+    endpoint: Endpoint,
+) -> Option<Pin<Box<dyn Future<Output = u16> + Send>>> {
+    Some(match take_stream(upgraded)? {
+        Taken::Plain(io, buf) => Box::pin(connection::run(gw, io, buf, who, codec, endpoint)),
+        Taken::Tls(io, buf) => Box::pin(connection::run(gw, io, buf, who, codec, endpoint)),
+    })
 }
 
 /// `GET /ws`: the multiplexed endpoint.
@@ -240,13 +259,8 @@ async fn upgrade(
         };
         let gw = task_gw.clone();
         let who = (identity, forwarded, conn_num, conn_key.clone());
-        let code = match take_stream(upgraded) {
-            Some(Taken::Plain(io, buf)) => {
-                connection::run(task_gw, io, buf, who, codec, endpoint).await
-            }
-            Some(Taken::Tls(io, buf)) => {
-                connection::run(task_gw, io, buf, who, codec, endpoint).await
-            }
+        let code = match serve(upgraded, task_gw, who, codec, endpoint) {
+            Some(connection) => connection.await,
             None => {
                 tracing::error!("upgraded connection is neither TCP nor TLS over TCP");
                 1011
