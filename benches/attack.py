@@ -211,18 +211,45 @@ async def stalled_readers(a, port: int, secret: bytes, watch: Watch, held: list,
 
 
 async def publisher(a, port: int, stop: asyncio.Event, out: dict):
-    """Large messages on the stalled readers' topic, --big-rate a second."""
+    """Large messages on the stalled readers' topic, --big-rate a second, over one kept-alive
+    connection (opened again if the node closes it). Enough to fill a stalled reader's socket
+    buffers (the node's send buffer grows to tcp_wmem's maximum, 4 MiB here) and its outbox."""
     body = json.dumps({"topic": "attack.0", "data": {"p": "x" * a.big_size}}).encode()
-    sent = 0
+    req = (
+        f"POST /v1/publish HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer "
+        f"{a.api_key}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    loop = asyncio.get_running_loop()
+    s = None
     while not stop.is_set():
-        status, _, _ = await http(PUBLISH_FROM, port, "POST", "/v1/publish", a.api_key, body)
-        out.setdefault(status, 0)
-        out[status] += 1
-        sent += 1
+        try:
+            if s is None:
+                s = await open_from(PUBLISH_FROM, port)
+            await loop.sock_sendall(s, req)
+            head = await read_head(s, 10)
+            status = status_of(head)
+            # The answer's body is small: read it to its end (Content-Length).
+            length = int(
+                next(
+                    (h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")),
+                    b"0",
+                )
+            )
+            rest = head.partition(b"\r\n\r\n")[2]
+            while len(rest) < length:
+                rest += await loop.sock_recv(s, 4096)
+        except (OSError, TimeoutError, ValueError):
+            status = "error"
+            if s is not None:
+                s.close()
+            s = None
+        out[status] = out.get(status, 0) + 1
         try:
             await asyncio.wait_for(stop.wait(), 1 / a.big_rate)
         except TimeoutError:
             pass
+    if s is not None:
+        s.close()
 
 
 async def flood(a, port: int, stop: asyncio.Event, out: dict):
@@ -289,7 +316,7 @@ async def main() -> int:
     p.add_argument("--max-waves", type=int, default=1000)
     p.add_argument("--pipeliners", type=int, default=4, help="at once")
     p.add_argument("--max-pipeliners", type=int, default=400)
-    p.add_argument("--big-size", type=int, default=16000)
+    p.add_argument("--big-size", type=int, default=60000)
     p.add_argument("--big-rate", type=float, default=20.0)
     p.add_argument("--duration", type=float, default=120.0, help="hard stop, seconds")
     p.add_argument(
