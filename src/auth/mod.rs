@@ -20,7 +20,7 @@ use crate::protocol::topic::TopicError;
 pub use grants::{Grants, RawGrants};
 pub use jwt::{JwtVerifier, mint_token};
 pub use redis_store::RedisTicketStore;
-pub use ticket::{BoxFuture, MemoryTicketStore, TicketKey, TicketStore, Tickets};
+pub use ticket::{MemoryTicketStore, TicketKey, TicketStore, Tickets};
 
 /// An authenticated user, as established from a verified JWT and carried by its ticket.
 #[derive(Debug, Clone)]

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use super::ticket::REMEMBER_EXPIRED;
 use crate::bus::redis::Commands;
 
-use super::{AuthError, BoxFuture, Grants, Identity, RawGrants, TicketKey, TicketStore};
+use futures_util::future::BoxFuture;
+
+use super::{AuthError, Grants, Identity, RawGrants, TicketKey, TicketStore};
 
 /// Redeems the ticket at `KEYS[1]`: its stored value, and from then on the value marked used
 /// (`u` + value, same expiry). A used ticket answers its marked value; an unknown one nil.

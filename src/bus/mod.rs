@@ -6,16 +6,14 @@
 pub mod local;
 pub mod redis;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::protocol::{Message, Position, Topic};
 
-/// A boxed future, so the trait stays object safe.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A boxed future (futures_util's), so the traits stay object safe.
+pub use futures_util::future::BoxFuture;
 
 /// Where the bus hands every message, in offset order per topic.
 pub type Sink = Arc<dyn Fn(&Message) + Send + Sync>;

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::bus::redis::Commands;
+use crate::bus::redis::{Commands, fcall};
 use tokio_util::sync::CancellationToken;
 
 use super::{Event, EventLog, LifecycleError};
@@ -95,10 +95,7 @@ impl RedisEvents {
         let mut c = self.cmd.get();
         let mut total = 0;
         loop {
-            let (n, more): (u64, u64) = redis::cmd("FCALL")
-                .arg("herald_events_reap")
-                .arg(1)
-                .arg("events")
+            let (n, more): (u64, u64) = fcall("herald_events_reap", "events")
                 .arg(self.max_len)
                 .arg(&self.node)
                 .arg(reason)
@@ -121,11 +118,8 @@ impl RedisEvents {
             chunks.push(&[]);
         }
         for chunk in chunks {
-            let mut cmd = redis::cmd("FCALL");
-            cmd.arg("herald_events_join")
-                .arg(1)
-                .arg("events")
-                .arg(self.max_len)
+            let mut cmd = fcall("herald_events_join", "events");
+            cmd.arg(self.max_len)
                 .arg(&self.node)
                 .arg(self.ttl.as_millis() as u64)
                 .arg(reason);
@@ -186,10 +180,7 @@ impl RedisEvents {
                 .map(|t| t.as_str().to_owned())
                 .unwrap_or_default(),
         };
-        let _: Option<String> = redis::cmd("FCALL")
-            .arg("herald_event")
-            .arg(1)
-            .arg("events")
+        let _: Option<String> = fcall("herald_event", "events")
             .arg(self.max_len)
             .arg(&self.node)
             .arg(e.kind.name())
@@ -275,10 +266,7 @@ impl RedisEvents {
         // Bounded: at most this many batches of a dead node's connections per beat.
         for _ in 0..100 {
             let seen = *self.gate.read().await;
-            let (alive, recorded, more): (u64, u64, u64) = redis::cmd("FCALL")
-                .arg("herald_events_beat")
-                .arg(1)
-                .arg("events")
+            let (alive, recorded, more): (u64, u64, u64) = fcall("herald_events_beat", "events")
                 .arg(self.max_len)
                 .arg(&self.node)
                 .arg(self.ttl.as_millis() as u64)

@@ -55,7 +55,7 @@ pub(crate) mod parse;
 
 use super::{BoxFuture, Bus, BusError, Direct, REPLAY_PAGE, Replay, Sinks};
 use crate::protocol::{Message, Position, Topic};
-pub use commands::Commands;
+pub use commands::{Commands, fcall};
 use monitor::{monitor, node_probe_id, refresh_conns};
 use parse::{channel, parse_direct, parse_presence, parse_push, user_channel};
 
@@ -576,10 +576,7 @@ impl RedisBus {
     async fn history(&self, topic: &Topic, after: Option<u64>) -> Result<Vec<Value>, BusError> {
         let mut c = self.cmd.get();
         let after = after.filter(|a| *a <= MAX_OFFSET);
-        redis::cmd("FCALL")
-            .arg("herald_history")
-            .arg(1)
-            .arg(topic.as_str())
+        fcall("herald_history", topic.as_str())
             .arg(after.map(|a| a.to_string()).unwrap_or_default())
             .arg(REPLAY_PAGE)
             .query_async(&mut c)
@@ -594,10 +591,7 @@ impl Bus for RedisBus {
         let topic = topic.as_str().to_owned();
         Box::pin(async move {
             self.check_reachable()?;
-            let (offset, epoch): (u64, String) = redis::cmd("FCALL")
-                .arg("herald_publish")
-                .arg(1)
-                .arg(topic)
+            let (offset, epoch): (u64, String) = fcall("herald_publish", topic)
                 .arg(&data[..])
                 .query_async(&mut c)
                 .await
@@ -664,11 +658,8 @@ impl Bus for RedisBus {
         let mut c = self.cmd.get();
         Box::pin(async move {
             self.check_reachable()?;
-            let mut cmd = redis::cmd("FCALL");
-            cmd.arg("herald_publish_user")
-                .arg(1)
-                .arg(&*d.user)
-                .arg(&d.data[..]);
+            let mut cmd = fcall("herald_publish_user", &*d.user);
+            cmd.arg(&d.data[..]);
             if let Some(from) = &d.from {
                 cmd.arg(&**from);
             }
@@ -687,10 +678,7 @@ impl Bus for RedisBus {
         let mut c = self.cmd.get();
         Box::pin(async move {
             self.check_reachable()?;
-            let _: i64 = redis::cmd("FCALL")
-                .arg("herald_presence_join")
-                .arg(1)
-                .arg(topic.as_str())
+            let _: i64 = fcall("herald_presence_join", topic.as_str())
                 .arg(&conn)
                 .arg(&user)
                 .arg(self.node_ttl.as_millis() as u64)
@@ -725,10 +713,7 @@ impl Bus for RedisBus {
         let (topic, conn, user) = (topic.clone(), conn.to_owned(), user.to_owned());
         let mut c = self.cmd.get();
         Box::pin(async move {
-            let _: i64 = redis::cmd("FCALL")
-                .arg("herald_presence_leave")
-                .arg(1)
-                .arg(topic.as_str())
+            let _: i64 = fcall("herald_presence_leave", topic.as_str())
                 .arg(&conn)
                 .arg(&user)
                 .query_async(&mut c)
@@ -743,10 +728,7 @@ impl Bus for RedisBus {
         let mut c = self.cmd.get();
         Box::pin(async move {
             self.check_reachable()?;
-            let members: Vec<String> = redis::cmd("FCALL")
-                .arg("herald_presence")
-                .arg(1)
-                .arg(topic.as_str())
+            let members: Vec<String> = fcall("herald_presence", topic.as_str())
                 .query_async(&mut c)
                 .await
                 .map_err(|e| self.failed(e))?;
@@ -767,10 +749,7 @@ impl Bus for RedisBus {
         let mut c = self.cmd.get();
         Box::pin(async move {
             self.check_reachable()?;
-            let ok: i64 = redis::cmd("FCALL")
-                .arg("herald_conn_open")
-                .arg(1)
-                .arg(&user)
+            let ok: i64 = fcall("herald_conn_open", &user)
                 .arg(&conn)
                 .arg(limit)
                 .arg(self.node_ttl.as_millis() as u64)
@@ -797,10 +776,7 @@ impl Bus for RedisBus {
         let (user, conn) = (user.to_owned(), conn.to_owned());
         let mut c = self.cmd.get();
         Box::pin(async move {
-            let _: i64 = redis::cmd("FCALL")
-                .arg("herald_conn_close")
-                .arg(1)
-                .arg(&user)
+            let _: i64 = fcall("herald_conn_close", &user)
                 .arg(&conn)
                 .query_async(&mut c)
                 .await
