@@ -121,7 +121,7 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let ctx = Accepted {
+        let ctx = NewConnection {
             gw: gw.clone(),
             app: app.clone(),
             tls: tls.clone(),
@@ -133,7 +133,7 @@ pub async fn serve(
 }
 
 /// What a newly accepted connection's task needs.
-struct Accepted {
+struct NewConnection {
     gw: Arc<Gateway>,
     app: Router,
     tls: Option<TlsAcceptor>,
@@ -142,7 +142,7 @@ struct Accepted {
     refusing: Arc<Semaphore>,
 }
 
-impl Accepted {
+impl NewConnection {
     /// Finds the client address (a PROXY header first, from a trusted proxy that sends one),
     /// counts it, then serves the connection.
     async fn run(self, mut stream: TcpStream, peer: IpAddr, mut permit: Permit) {

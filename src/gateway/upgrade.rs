@@ -51,14 +51,11 @@ pub(super) fn take_stream(upgraded: hyper::upgrade::Upgraded) -> Option<Taken> {
 /// node's memory per connection.
 fn serve(
     upgraded: hyper::upgrade::Upgraded,
-    gw: Arc<Gateway>,
-    who: connection::Who,
-    codec: Codec,
-    endpoint: Endpoint,
+    accepted: connection::Accepted,
 ) -> Option<Pin<Box<dyn Future<Output = u16> + Send>>> {
     Some(match take_stream(upgraded)? {
-        Taken::Plain(io, buf) => Box::pin(connection::run(gw, io, buf, who, codec, endpoint)),
-        Taken::Tls(io, buf) => Box::pin(connection::run(gw, io, buf, who, codec, endpoint)),
+        Taken::Plain(io, buf) => Box::pin(connection::run(accepted, io, buf)),
+        Taken::Tls(io, buf) => Box::pin(connection::run(accepted, io, buf)),
     })
 }
 
@@ -258,8 +255,16 @@ async fn upgrade(
             }
         };
         let gw = task_gw.clone();
-        let who = (identity, forwarded, conn_num, conn_key.clone());
-        let code = match serve(upgraded, task_gw, who, codec, endpoint) {
+        let accepted = connection::Accepted {
+            gw: task_gw,
+            identity,
+            forwarded,
+            id: conn_num,
+            conn: conn_key.clone(),
+            codec,
+            endpoint,
+        };
+        let code = match serve(upgraded, accepted) {
             Some(connection) => connection.await,
             None => {
                 tracing::error!("upgraded connection is neither TCP nor TLS over TCP");

@@ -1,0 +1,305 @@
+//! One task per WebSocket connection: it reads the client's frames, answers its requests, and
+//! writes whatever the outbox holds with one write per batch.
+//!
+//! The socket side is one poll function ([`Pump::poll_io`]) over any `AsyncRead + AsyncWrite`
+//! (plain TCP or TLS), so the task holds no per-event futures and an idle connection holds no
+//! read or write buffer: reads go through a stack buffer, and the write buffer exists only
+//! while a batch is being written. Replays are read a page at a time and streamed into the
+//! outbox as it drains, so a client can recover a backlog larger than its outbox, and the
+//! connection holds one page of it, not the history. Every way a connection ends maps to a
+//! close code ([`close_for`], the outbox's close reason, or the peer's own).
+//!
+//! Here: the connection's task and its loop (frames in, the outbox out). The socket itself is
+//! [`pump`]; a connection's subscriptions (subscribe, unsubscribe, replay then live, close all)
+//! are [`subscriptions`]; what each request does is [`dispatch`].
+
+mod dispatch;
+mod pump;
+mod subscriptions;
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use pump::{Io, Pump};
+use subscriptions::Replaying;
+
+use super::Gateway;
+use super::rate::RateLimiter;
+use crate::auth::Identity;
+use crate::hub::Subscriber;
+use crate::protocol::websocket::{Assembler, Incoming, OpCode, Step, WsError, server_frame};
+use crate::protocol::{CloseCode, Codec, ErrorCode, Position, Topic};
+
+/// Most bytes gathered into one write.
+const MAX_BATCH: usize = 64 * 1024;
+/// Bytes read from the socket per read (into a stack buffer).
+const READ_CHUNK: usize = 4096;
+/// How long closing may take (flushing what is queued, the close frame, the peer's answer).
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Which route the client connected to.
+#[derive(Debug)]
+pub enum Endpoint {
+    /// `/ws`: requests over the socket.
+    Multiplexed,
+    /// `/topics/{topic}`: subscribed at once, read-only.
+    Topic(Topic, Option<Position>),
+}
+
+/// What processing input decided.
+enum Flow {
+    Continue,
+    /// Close with this code once what is queued has been written.
+    Close(CloseCode),
+    /// The client sent a close frame: echo its code and end.
+    PeerClosed(Option<u16>),
+}
+
+struct Session {
+    gw: Arc<Gateway>,
+    /// The upgrade request's headers that some service forwards (shared with `send` tasks).
+    forwarded: Arc<[(String, String)]>,
+    /// The connection's id, as in its `welcome` (and in presence).
+    conn: Arc<str>,
+    sub: Arc<Subscriber>,
+    identity: Identity,
+    codec: Codec,
+    topics: Vec<Topic>,
+    /// Replays in progress, oldest first; empty almost always.
+    replays: Vec<Replaying>,
+    read_only: bool,
+    limiter: RateLimiter,
+}
+
+/// A connection the upgrade accepted: who it is and how it speaks.
+pub(crate) struct Accepted {
+    pub(crate) gw: Arc<Gateway>,
+    /// The user and grants its ticket carried.
+    pub(crate) identity: Identity,
+    /// The upgrade request's headers that some service forwards.
+    pub(crate) forwarded: Vec<(String, String)>,
+    /// Its number on this node, and its id (as in `welcome`).
+    pub(crate) id: u64,
+    pub(crate) conn: Arc<str>,
+    pub(crate) codec: Codec,
+    pub(crate) endpoint: Endpoint,
+}
+
+/// The connection's task: runs the connection until it closes; always unsubscribes. Its output
+/// is the close code that ended it (sent or received; 1006 when the socket just broke).
+///
+/// A plain function returning the task: its state (the session and the pump, which owns the
+/// stream) is built here and moved into the future once. An `async fn` would keep its arguments,
+/// the stream among them, in the future beside the locals they are moved into, and an idle
+/// connection is mostly this future.
+pub(crate) fn run<S>(a: Accepted, stream: S, leftover: Bytes) -> impl Future<Output = u16> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let Accepted {
+        gw,
+        identity,
+        forwarded,
+        id,
+        conn,
+        codec,
+        endpoint,
+    } = a;
+    let sub = gw.hub.connect_as(codec, id);
+    crate::metrics::connection_opened();
+    let cfg = &gw.config;
+    let mut s = Session {
+        forwarded: forwarded.into(),
+        conn: conn.clone(),
+        limiter: RateLimiter::new(cfg.rate_limit, cfg.rate_burst),
+        read_only: matches!(endpoint, Endpoint::Topic(..)),
+        gw: gw.clone(),
+        sub: sub.clone(),
+        identity,
+        codec,
+        topics: Vec::new(),
+        replays: Vec::new(),
+    };
+    // Copy, then let go of hyper's read buffer: a slice of it would keep all of it alive.
+    let rbuf = leftover.to_vec();
+    drop(leftover);
+    let mut pump = Pump {
+        stream,
+        rbuf,
+        wbuf: Vec::new(),
+        wpos: 0,
+        reading: true,
+        close_seen: false,
+    };
+    // Captured as they are (no `let` rebinding them inside): each is stored in the future once.
+    async move {
+        // Directed messages to this user reach this connection from here on.
+        gw.hub.attach_user(&s.identity.user, &sub);
+        let user_watched = gw.bus.watch_user(&s.identity.user).await;
+        sub.push(codec.welcome(
+            &conn,
+            &gw.config.node_id,
+            &s.identity.user,
+            gw.config.ping_interval.as_secs(),
+        ));
+        if let Err(e) = &user_watched {
+            let msg = format!("directed messages to you may not arrive: {e}");
+            s.error(None, ErrorCode::Unavailable, &msg);
+        }
+        if let Endpoint::Topic(topic, since) = endpoint {
+            Box::pin(s.subscribe(None, topic, since)).await;
+        }
+        let code = s.serve(&mut pump).await;
+        s.close_all(user_watched.is_ok()).await;
+        code
+    }
+}
+
+impl Session {
+    fn reply(&self, frame: Bytes) {
+        self.sub.push(frame);
+    }
+
+    fn error(&self, id: Option<u64>, code: ErrorCode, message: &str) {
+        self.reply(self.codec.error(id, code, message, None));
+    }
+
+    /// Moves bytes between the socket and the outbox until the connection ends; returns the
+    /// close code sent or received (1006: none, the socket broke or timed out).
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&mut self, pump: &mut Pump<S>) -> u16 {
+        let mut asm = Assembler::server(self.gw.config.max_message_bytes);
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let sub = self.sub.clone();
+        loop {
+            if !pump.rbuf.is_empty() && pump.reading {
+                // Boxed: requests are rare next to deliveries, and an unboxed request future
+                // would sit inside every idle connection's task.
+                match Box::pin(self.process(&mut asm, &mut pump.rbuf)).await {
+                    Flow::Continue => {}
+                    Flow::Close(code) => {
+                        // Stop reading (the stream cannot be trusted); flush, then close.
+                        pump.reading = false;
+                        sub.outbox.close(code);
+                    }
+                    Flow::PeerClosed(code) => {
+                        let code = code.unwrap_or(1005);
+                        let close = pump.close(if code == 1005 { 1000 } else { code }, "");
+                        let _ = tokio::time::timeout(CLOSE_GRACE, Box::pin(close)).await;
+                        return code;
+                    }
+                }
+                if pump.rbuf.is_empty() && !asm.in_message() {
+                    pump.rbuf = Vec::new();
+                }
+            }
+            if !self.replays.is_empty() {
+                // Boxed, like requests: a page read is rare next to deliveries.
+                Box::pin(self.feed_replays()).await;
+            }
+            if deadline.is_none() && sub.outbox.is_closing() {
+                deadline = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+            }
+            let io = poll_fn(|cx| pump.poll_io(cx, &sub));
+            let io = match deadline {
+                None => io.await,
+                Some(d) => match tokio::time::timeout_at(d, io).await {
+                    Ok(io) => io,
+                    Err(_) => return sub.outbox.close_code().unwrap_or(1006),
+                },
+            };
+            match io {
+                Io::Input => sub.seen(self.gw.hub.now_secs()),
+                Io::Wrote | Io::Closing => {}
+                Io::Gone => return 1006,
+                Io::Close(code) => {
+                    let close = pump.close(code.code(), code.reason());
+                    let left = deadline.map_or(CLOSE_GRACE, |d| {
+                        d.saturating_duration_since(tokio::time::Instant::now())
+                    });
+                    let _ = tokio::time::timeout(left, Box::pin(close)).await;
+                    return code.code();
+                }
+            }
+        }
+    }
+
+    /// Handles every complete frame in `rbuf`, removing what it consumed.
+    async fn process(&mut self, asm: &mut Assembler, rbuf: &mut Vec<u8>) -> Flow {
+        let mut at = 0;
+        let flow = loop {
+            match asm.step(&rbuf[at..]) {
+                Ok(Step::NeedMore) => break Flow::Continue,
+                Ok(Step::Consumed(n)) => at += n,
+                Ok(Step::Message(n, m)) => {
+                    at += n;
+                    match self.incoming(m).await {
+                        Flow::Continue => {}
+                        other => break other,
+                    }
+                }
+                Err(e) => break Flow::Close(close_for(&e)),
+            }
+        };
+        rbuf.drain(..at);
+        flow
+    }
+
+    async fn incoming(&mut self, m: Incoming) -> Flow {
+        let (payload, binary) = match m {
+            Incoming::Pong => return Flow::Continue,
+            Incoming::Close(code) => return Flow::PeerClosed(code),
+            Incoming::Ping(p) => {
+                if !self.limiter.allow() {
+                    return self.limited();
+                }
+                self.reply(server_frame(OpCode::Pong, &p));
+                return Flow::Continue;
+            }
+            Incoming::Text(p) => (p, false),
+            Incoming::Binary(p) => (p, true),
+        };
+        crate::metrics::frame_in();
+        // Over the rate, a frame is not even decoded: the error has no id.
+        if !self.limiter.allow() {
+            return self.limited();
+        }
+        if self.read_only {
+            self.error(
+                None,
+                ErrorCode::BadRequest,
+                "this endpoint (/topics/{topic}) is read-only; use /ws to send requests",
+            );
+            return Flow::Continue;
+        }
+        match self.codec.decode(&payload, binary) {
+            Ok(req) => self.request(req).await,
+            Err(e) => self.error(e.id, e.code, &e.message),
+        }
+        Flow::Continue
+    }
+
+    fn limited(&self) -> Flow {
+        if self.limiter.cut_off() {
+            return Flow::Close(CloseCode::RateLimited);
+        }
+        self.error(
+            None,
+            ErrorCode::RateLimited,
+            "over the frame rate limit; this frame was not processed",
+        );
+        Flow::Continue
+    }
+}
+
+/// The close code for a framing error.
+pub(super) fn close_for(e: &WsError) -> CloseCode {
+    match e {
+        WsError::Protocol(_) => CloseCode::ProtocolError,
+        WsError::TooBig { .. } => CloseCode::TooBig,
+        WsError::InvalidUtf8 => CloseCode::InvalidPayload,
+    }
+}
