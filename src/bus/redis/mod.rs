@@ -40,24 +40,28 @@
 //!   restarted empty) is delivered from the new epoch's first offset: its subscribers stay.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use redis::Value;
 use redis::aio::{ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio_util::sync::CancellationToken;
 
 mod commands;
+mod deliveries;
 mod monitor;
 pub(crate) mod parse;
+mod pubsub;
 
 use super::{BoxFuture, Bus, BusError, Direct, REPLAY_PAGE, Replay, Sinks};
 use crate::protocol::{Message, Position, Topic};
 pub use commands::{Commands, fcall};
+use deliveries::DeliveryState;
+pub use deliveries::HOLD_BYTES;
 use monitor::{monitor, node_probe_id, refresh_conns};
-use parse::{channel, parse_direct, parse_presence, parse_push, user_channel};
+use parse::{channel, user_channel};
 
 /// The library's version: bump it whenever `herald.lua` changes, so that nodes replace an older
 /// library in Redis.
@@ -88,105 +92,6 @@ pub enum RedisError {
         source: redis::RedisError,
     },
 }
-
-/// Bytes of live messages held, all topics of the node together, while gaps are filled: a topic
-/// whose next held message would pass it is given up (its subscribers closed with 1012).
-pub const HOLD_BYTES: usize = 16 << 20;
-
-/// What a held message counts for beyond its payload.
-const HELD_OVERHEAD: usize = 64;
-
-/// What the bus has delivered of one watched topic.
-#[derive(Default)]
-struct Delivered {
-    /// The last position handed to the sink.
-    last: Option<Position>,
-    /// Before anything was handed to the sink: the lowest latest position read for a local
-    /// subscriber's replay, where filling a gap starts (every local subscriber has what precedes).
-    base: Option<Position>,
-    /// While a gap is being filled: live messages held until the fill is done.
-    held: Option<Vec<Message>>,
-    /// The bytes of `held`, as counted against [`HOLD_BYTES`].
-    held_bytes: usize,
-}
-
-/// Per-topic delivery state, and the bytes held across topics.
-#[derive(Default)]
-struct Deliveries {
-    topics: HashMap<Topic, Delivered>,
-    held_bytes: usize,
-}
-
-impl Deliveries {
-    /// Starts holding live messages of every watched topic (a gap may be opening).
-    fn hold_all(&mut self) {
-        for d in self.topics.values_mut() {
-            d.held.get_or_insert_with(Vec::new);
-        }
-    }
-
-    /// Forgets what was delivered of `topic` and what is held for it, and has the sink close its
-    /// local subscribers: they resume elsewhere with `since`. Delivery starts afresh.
-    fn lose(&mut self, sinks: &Sinks, topic: &Topic) {
-        if let Some(d) = self.topics.get_mut(topic) {
-            self.held_bytes -= d.held_bytes;
-            *d = Delivered::default();
-            (sinks.lost)(topic);
-        }
-    }
-
-    /// Ends the hold of `topic`: hands `missed` (read from its history) and then the held
-    /// messages to the sink, without duplicates.
-    fn release(&mut self, sinks: &Sinks, topic: &Topic, missed: Vec<Message>) {
-        let Some(d) = self.topics.get_mut(topic) else {
-            return;
-        };
-        let held = d.held.take().unwrap_or_default();
-        self.held_bytes -= std::mem::take(&mut d.held_bytes);
-        for m in missed.into_iter().chain(held) {
-            self.deliver(sinks, m);
-        }
-    }
-
-    /// Hands `m` to the sink unless it was delivered already; holds it while its topic is
-    /// filling (giving the topic up when the hold would pass [`HOLD_BYTES`]).
-    fn deliver(&mut self, sinks: &Sinks, m: Message) {
-        let Some(d) = self.topics.get_mut(&m.topic) else {
-            return; // no longer watched
-        };
-        if let Some(held) = &mut d.held {
-            let size = m.data.len() + HELD_OVERHEAD;
-            if self.held_bytes + size > HOLD_BYTES {
-                tracing::warn!(
-                    "more than {HOLD_BYTES} bytes held while filling gaps: giving {:?} up",
-                    m.topic
-                );
-                let topic = m.topic.clone();
-                self.lose(sinks, &topic);
-                return;
-            }
-            held.push(m);
-            d.held_bytes += size;
-            self.held_bytes += size;
-            return;
-        }
-        let fresh = match &d.last {
-            None => true,
-            Some(p) => *p.epoch != *m.epoch || m.offset > p.offset,
-        };
-        if fresh {
-            (sinks.messages)(&m);
-            d.last = Some(Position {
-                offset: m.offset,
-                epoch: m.epoch.clone(),
-            });
-        }
-    }
-}
-
-/// Per-topic delivery state, shared with the push callback. A plain mutex: held only while
-/// handing messages to the sinks, never across `.await`.
-type DeliveryState = Arc<parking_lot::Mutex<Deliveries>>;
 
 /// What the Redis bus is configured with.
 pub struct Settings<'a> {
@@ -262,12 +167,9 @@ fn connection_failed(e: &redis::RedisError) -> bool {
         || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
 }
 
-fn unavailable(e: redis::RedisError) -> BusError {
+pub(super) fn unavailable(e: redis::RedisError) -> BusError {
     BusError::Unavailable(e.to_string())
 }
-
-/// How long building a pub/sub connection (connect, handshake, SUBSCRIBE) may take in all.
-const PUBSUB_SETUP: Duration = Duration::from_secs(3);
 
 impl RedisBus {
     /// Connects, loads the function library when missing or older, and starts the readiness
@@ -340,156 +242,6 @@ impl RedisBus {
         tokio::spawn(refresh_conns(bus.clone(), stop.clone()));
         tokio::spawn(monitor(bus.clone(), stop));
         Ok(bus)
-    }
-
-    /// What the pub/sub connection of generation `generation` does with each push: messages to
-    /// the sinks, the probe to its counter, its drop to [`RedisBus::broke`].
-    fn on_push(bus: &Weak<RedisBus>, generation: u64, p: PushInfo) {
-        let Some(bus) = bus.upgrade() else {
-            return;
-        };
-        if bus.pubsub_gen.load(Ordering::Acquire) != generation {
-            return; // a replaced connection's
-        }
-        match p.kind {
-            PushKind::Message => {
-                if let Some(e) = parse_presence(&bus.prefix, &p.data) {
-                    (bus.sinks.presence)(&e);
-                } else if let Some(m) = parse_push(&bus.prefix, &p.data) {
-                    bus.state.lock().deliver(&bus.sinks, m);
-                } else if let Some(d) = parse_direct(&bus.prefix, &p.data) {
-                    (bus.sinks.direct)(&d);
-                } else if let (Some(Value::BulkString(ch)), Some(Value::BulkString(n))) =
-                    (p.data.first(), p.data.get(1))
-                    && ch == bus.probe_channel.as_bytes()
-                    && let Some(n) = std::str::from_utf8(n).ok().and_then(|n| n.parse().ok())
-                {
-                    bus.probe_seen.fetch_max(n, Ordering::Relaxed);
-                }
-            }
-            PushKind::Disconnection => {
-                bus.broke("Redis pub/sub connection lost");
-                bus.wake.notify_one();
-            }
-            _ => {}
-        }
-    }
-
-    /// The pub/sub path is broken: not ready, hold live messages (a gap is opening, and a newer
-    /// message must not overtake the missing ones), and have the monitor rebuild it.
-    fn broke(&self, why: &str) {
-        if !self.pubsub_broken.swap(true, Ordering::AcqRel) {
-            tracing::warn!("{why}; reconnecting");
-        }
-        self.ready.store(false, Ordering::Relaxed);
-        self.state.lock().hold_all();
-    }
-
-    /// Builds a new pub/sub connection subscribed to the probe and every watched channel, and
-    /// makes it the current one (live messages of watched topics are held from now on: the
-    /// monitor fills their gaps next). Bounded by [`PUBSUB_SETUP`].
-    async fn open_pubsub(self: &Arc<Self>) -> redis::RedisResult<()> {
-        let watched = self.watched.lock().await;
-        // From here, pushes of the previous connection are ignored, and this one's are held.
-        let generation = self.pubsub_gen.fetch_add(1, Ordering::AcqRel) + 1;
-        self.state.lock().hold_all();
-        let weak = Arc::downgrade(self);
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_push_sender(move |p: PushInfo| -> Result<(), ()> {
-                RedisBus::on_push(&weak, generation, p);
-                Ok(())
-            });
-        let mut channels: Vec<&str> = watched.keys().map(String::as_str).collect();
-        channels.push(&self.probe_channel);
-        let setup = async {
-            let mut conn = self
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            // From here a drop is this connection's: its push sets the flag again.
-            self.pubsub_broken.store(false, Ordering::Release);
-            conn.subscribe(&channels).await?;
-            Ok::<_, redis::RedisError>(conn)
-        };
-        let built = tokio::time::timeout(PUBSUB_SETUP, setup)
-            .await
-            .unwrap_or_else(|_| {
-                Err(redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "building the pub/sub connection timed out",
-                )))
-            });
-        match built {
-            Ok(conn) => {
-                *self.pubsub.lock() = Some(conn);
-                Ok(())
-            }
-            Err(e) => {
-                self.pubsub_broken.store(true, Ordering::Release);
-                Err(e)
-            }
-        }
-    }
-
-    /// The current pub/sub connection, unless it is broken.
-    fn pubsub_conn(&self) -> Result<MultiplexedConnection, BusError> {
-        let conn = if self.pubsub_broken.load(Ordering::Acquire) {
-            None
-        } else {
-            self.pubsub.lock().clone()
-        };
-        conn.ok_or_else(|| BusError::Unavailable("Redis pub/sub is reconnecting".into()))
-    }
-
-    /// A subscription change failed: when it was the connection's fault, rebuild it.
-    fn pubsub_failed(&self, e: redis::RedisError) -> BusError {
-        if !matches!(e.kind(), redis::ErrorKind::Server(_)) {
-            self.broke(&format!("Redis pub/sub command failed ({e})"));
-            self.wake.notify_one();
-        }
-        unavailable(e)
-    }
-
-    /// One more local watcher of `ch`: SUBSCRIBE for the first.
-    async fn subscribe_counted(&self, ch: String) -> Result<(), BusError> {
-        let mut w = self.watched.lock().await;
-        let n = w.entry(ch.clone()).or_insert(0);
-        if *n == 0 {
-            let subscribed = match self.pubsub_conn() {
-                Ok(mut s) => s.subscribe(&ch).await.map_err(|e| self.pubsub_failed(e)),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = subscribed {
-                w.remove(&ch);
-                return Err(e);
-            }
-        }
-        *n += 1;
-        Ok(())
-    }
-
-    /// One local watcher of `ch` fewer: UNSUBSCRIBE after the last. True when it was the last
-    /// (even if UNSUBSCRIBE failed: a rebuilt connection leaves the channel out, and messages
-    /// of unwatched channels are dropped).
-    async fn unsubscribe_counted(&self, ch: String) -> bool {
-        let mut w = self.watched.lock().await;
-        let Some(n) = w.get_mut(&ch) else {
-            return false;
-        };
-        *n -= 1;
-        if *n > 0 {
-            return false;
-        }
-        w.remove(&ch);
-        if let Ok(mut s) = self.pubsub_conn()
-            && let Err(e) = s.unsubscribe(&ch).await
-        {
-            let e = self.pubsub_failed(e);
-            tracing::debug!("UNSUBSCRIBE {ch}: {e}");
-        }
-        true
     }
 
     /// The command connection, shared with the Redis ticket store: the monitor keeps it checked.

@@ -10,8 +10,8 @@
 //! close code ([`close_for`], the outbox's close reason, or the peer's own).
 //!
 //! Here: the connection's task and its loop (frames in, the outbox out). The socket itself is
-//! [`pump`]; a connection's subscriptions (subscribe, unsubscribe, replay then live, close all)
-//! are [`subscriptions`]; what each request does is [`dispatch`].
+//! `pump`; a connection's subscriptions (subscribe, unsubscribe, replay then live, close all)
+//! are `subscriptions`; what each request does is `dispatch`.
 
 mod dispatch;
 mod pump;
