@@ -189,7 +189,7 @@ fn print_dev_banner(config: &Config) -> anyhow::Result<()> {
     )?;
     let base = format!("http://{}", config.listen);
     let ws = format!("ws://{}", config.listen);
-    let key = &config.api_key;
+    let key = config.api_key.as_str();
     let secret = config
         .generated
         .jwt_secret

@@ -7,11 +7,14 @@
 //! variable, and saying what is wrong and what is expected. Secrets are never echoed, nor shown
 //! by `Debug`.
 
+mod checks;
 pub mod events;
 pub mod limits;
 mod origins;
 pub mod raw;
 pub mod services;
+
+use checks::*;
 
 use std::fmt;
 use std::fs::File;
@@ -214,17 +217,34 @@ impl fmt::Debug for GeneratedSecrets {
     }
 }
 
-/// The validated configuration. `Debug` redacts the secrets.
-#[derive(Clone)]
+/// A secret: used as the value inside (it dereferences to it), printed as `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted<T>(pub T);
+
+impl<T> std::ops::Deref for Redacted<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Redacted<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// The validated configuration. `Debug` (derived: every field shows) redacts the secrets.
+#[derive(Clone, Debug)]
 pub struct Config {
     /// Address to listen on (loopback only in development mode).
     pub listen: SocketAddr,
     /// This node's name: 1 to 64 of `[A-Za-z0-9_-]`.
     pub node_id: String,
     /// The server API key for `POST /v1/publish`.
-    pub api_key: String,
+    pub api_key: Redacted<String>,
     /// The HMAC secret for JWTs.
-    pub jwt_secret: Vec<u8>,
+    pub jwt_secret: Redacted<Vec<u8>>,
     /// Clock skew allowed on `exp` and `nbf`.
     pub jwt_leeway: Duration,
     /// Origins allowed to open WebSockets.
@@ -275,36 +295,6 @@ pub struct Config {
     pub limits: limits::Limits,
     /// The secrets generated for development mode.
     pub generated: GeneratedSecrets,
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("listen", &self.listen)
-            .field("node_id", &self.node_id)
-            .field("api_key", &"[redacted]")
-            .field("jwt_secret", &"[redacted]")
-            .field("jwt_leeway", &self.jwt_leeway)
-            .field("allowed_origins", &self.allowed_origins)
-            .field("ticket_ttl", &self.ticket_ttl)
-            .field("max_message_bytes", &self.max_message_bytes)
-            .field("outbox_bytes", &self.outbox_bytes)
-            .field("max_connections", &self.max_connections)
-            .field("max_subscriptions", &self.max_subscriptions)
-            .field("ping_interval", &self.ping_interval)
-            .field("history_size", &self.history_size)
-            .field("history_ttl", &self.history_ttl)
-            .field("history_bytes", &self.history_bytes)
-            .field("rate_limit", &self.rate_limit)
-            .field("rate_burst", &self.rate_burst)
-            .field("shutdown_timeout", &self.shutdown_timeout)
-            .field("tls", &self.tls)
-            .field("events", &self.events)
-            .field("limits", &self.limits)
-            .field("dev_mode", &self.dev_mode)
-            .field("generated", &self.generated)
-            .finish()
-    }
 }
 
 impl Config {
@@ -450,8 +440,8 @@ impl Config {
         let mut config = Config {
             listen,
             node_id,
-            api_key,
-            jwt_secret,
+            api_key: Redacted(api_key),
+            jwt_secret: Redacted(jwt_secret),
             jwt_leeway: secs(JWT_LEEWAY_SECS, raw.jwt_leeway_secs, 30, 0, 300)?,
             allowed_origins,
             ticket_ttl: secs(TICKET_TTL_SECS, raw.ticket_ttl_secs, 30, 1, 300)?,
@@ -564,200 +554,6 @@ impl Config {
     pub fn origin_allowed(&self, origin: &str) -> bool {
         self.allowed_origins.allows(origin)
     }
-}
-
-/// Checks `value` (or `default`) against `min..=max`; `what` describes the value for messages,
-/// e.g. "a number of seconds".
-fn ranged(
-    key: Key,
-    value: Option<u64>,
-    default: u64,
-    min: u64,
-    max: u64,
-    what: &str,
-) -> Result<u64, ConfigError> {
-    let v = value.unwrap_or(default);
-    if (min..=max).contains(&v) {
-        return Ok(v);
-    }
-    let expected = if max == u64::MAX {
-        format!("{what} of at least {min}")
-    } else {
-        format!("{what} from {min} to {max}")
-    };
-    Err(invalid(key, format!("expected {expected}, got {v}")))
-}
-
-fn secs(
-    key: Key,
-    value: Option<u64>,
-    default: u64,
-    min: u64,
-    max: u64,
-) -> Result<Duration, ConfigError> {
-    ranged(key, value, default, min, max, "a number of seconds").map(Duration::from_secs)
-}
-
-fn to_usize(key: Key, v: u64) -> Result<usize, ConfigError> {
-    usize::try_from(v).map_err(|_| invalid(key, format!("{v} is too large for this platform")))
-}
-
-fn size(
-    key: Key,
-    value: Option<u64>,
-    default: u64,
-    min: u64,
-    max: u64,
-) -> Result<usize, ConfigError> {
-    to_usize(
-        key,
-        ranged(key, value, default, min, max, "a size in bytes")?,
-    )
-}
-
-fn count(
-    key: Key,
-    value: Option<u64>,
-    default: u64,
-    (min, max): (u64, u64),
-    what: &str,
-) -> Result<usize, ConfigError> {
-    to_usize(key, ranged(key, value, default, min, max, what)?)
-}
-
-fn per_sec(key: Key, value: Option<u64>, default: u64, what: &str) -> Result<u32, ConfigError> {
-    let v = ranged(key, value, default, 1, u64::from(u32::MAX), what)?;
-    u32::try_from(v).map_err(|_| invalid(key, "out of range"))
-}
-
-fn parse_listen(value: Option<&str>) -> Result<SocketAddr, ConfigError> {
-    let text = value.unwrap_or(DEFAULT_LISTEN);
-    text.trim().parse().map_err(|_| {
-        invalid(
-            LISTEN,
-            format!(
-                "expected an IP address and port such as 127.0.0.1:8080 or [::]:8080 \
-                 (not a host name), got {text:?}"
-            ),
-        )
-    })
-}
-
-fn check_node_id(id: String) -> Result<String, ConfigError> {
-    let ok = (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(id)
-    } else {
-        Err(invalid(
-            NODE_ID,
-            format!("expected 1 to 64 characters of A-Z, a-z, 0-9, `_` and `-`, got {id:?}"),
-        ))
-    }
-}
-
-fn check_api_key(key: String) -> Result<String, ConfigError> {
-    // Never echo the value: only its length.
-    let n = key.chars().count();
-    if n < MIN_API_KEY_CHARS {
-        return Err(invalid(
-            API_KEY,
-            format!(
-                "too short: expected at least {MIN_API_KEY_CHARS} characters, got {n}; use a \
-                 long random string such as the output of `openssl rand -base64 24`"
-            ),
-        ));
-    }
-    if !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(invalid(
-            API_KEY,
-            "expected visible ASCII characters only, without spaces: clients send it in an \
-             `Authorization: Bearer` header",
-        ));
-    }
-    Ok(key)
-}
-
-fn check_jwt_secret(secret: String) -> Result<Vec<u8>, ConfigError> {
-    let n = secret.len();
-    if n < MIN_JWT_SECRET_BYTES {
-        return Err(invalid(
-            JWT_SECRET,
-            format!(
-                "too short: expected at least {MIN_JWT_SECRET_BYTES} bytes, got {n}; use a \
-                 long random string such as the output of `openssl rand -base64 48`"
-            ),
-        ));
-    }
-    Ok(secret.into_bytes())
-}
-
-fn missing_secret(missing: Key, other: Key, other_is_set: bool) -> ConfigError {
-    let why = if other_is_set {
-        format!(
-            "missing: {} is set, so Herald runs in production mode, which needs both; set {} \
-             too, or neither (and leave dev unset) for development mode with generated secrets",
-            other.name, missing.name
-        )
-    } else {
-        format!(
-            "missing: dev is false, so Herald runs in production mode, which needs both {} and \
-             {}; set them, or leave dev unset for development mode with generated secrets",
-            missing.name, other.name
-        )
-    };
-    invalid(missing, why)
-}
-
-fn missing_pair(missing: Key, other: Key) -> ConfigError {
-    invalid(
-        missing,
-        format!(
-            "missing: {} is set; set both tls_cert and tls_key to serve TLS, or neither for \
-             plain HTTP",
-            other.name
-        ),
-    )
-}
-
-fn check_readable(key: Key, path: &Path) -> Result<(), ConfigError> {
-    let io_err = |source| ConfigError::TlsFile {
-        key,
-        path: path.to_owned(),
-        source,
-    };
-    let meta = File::open(path)
-        .and_then(|f| f.metadata())
-        .map_err(io_err)?;
-    if !meta.is_file() {
-        return Err(invalid(
-            key,
-            format!(
-                "{} is not a regular file; expected a PEM file",
-                path.display()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn random_bytes<const N: usize>(what: &'static str) -> Result<[u8; N], ConfigError> {
-    let mut buf = [0u8; N];
-    getrandom::fill(&mut buf).map_err(|source| ConfigError::Random { what, source })?;
-    Ok(buf)
-}
-
-/// `N` random bytes as base64url without padding (24 bytes: 32 chars; 32 bytes: 43 chars).
-fn random_base64url<const N: usize>(what: &'static str) -> Result<String, ConfigError> {
-    Ok(URL_SAFE_NO_PAD.encode(random_bytes::<N>(what)?))
-}
-
-/// 8 random lowercase hex characters.
-fn random_node_id() -> Result<String, ConfigError> {
-    let bytes = random_bytes::<4>("a node id")?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]

@@ -106,8 +106,8 @@ fn generated_secrets_differ_between_loads() {
 fn both_secrets_mean_production_mode_without_generated_secrets() {
     let c = Config::load(None, &prod(&[("HERALD_LISTEN", "0.0.0.0:9000")])).unwrap();
     assert!(!c.dev_mode);
-    assert_eq!(c.api_key, API);
-    assert_eq!(c.jwt_secret, SECRET.as_bytes());
+    assert_eq!(*c.api_key, API);
+    assert_eq!(*c.jwt_secret, SECRET.as_bytes());
     assert!(c.generated.api_key.is_none() && c.generated.jwt_secret.is_none());
     assert_eq!(c.allowed_origins, Origins::List(vec![]));
     assert_eq!(c.listen, "0.0.0.0:9000".parse().unwrap());
@@ -221,8 +221,21 @@ fn secret_values_are_never_echoed() {
     let c = Config::load(None, &prod(&[])).unwrap();
     let debug = format!("{c:?}");
     assert!(!debug.contains(API) && !debug.contains(SECRET), "{debug}");
+    // Every field shows (the Debug is derived), the secrets as `[redacted]`.
+    for field in [
+        "api_key: [redacted]",
+        "jwt_secret: [redacted]",
+        "redis:",
+        "max_connections_per_user:",
+        "node_ttl:",
+        "presence_topics:",
+        "services:",
+        "limits:",
+    ] {
+        assert!(debug.contains(field), "{field} missing from {debug}");
+    }
     let dev = Config::load(None, &[]).unwrap();
-    assert!(!format!("{dev:?}").contains(&dev.api_key));
+    assert!(!format!("{dev:?}").contains(dev.api_key.as_str()));
 }
 
 #[test]
@@ -305,10 +318,10 @@ fn development_mode_refuses_a_non_loopback_listen() {
 fn dev_true_keeps_configured_secrets() {
     let c = Config::load(None, &prod(&[("HERALD_DEV", "1")])).unwrap();
     assert!(c.dev_mode);
-    assert_eq!(c.api_key, API);
+    assert_eq!(*c.api_key, API);
     assert!(c.generated.api_key.is_none() && c.generated.jwt_secret.is_none());
     let c = Config::load(None, &env(&[("HERALD_DEV", "1"), ("HERALD_API_KEY", API)])).unwrap();
-    assert_eq!(c.api_key, API);
+    assert_eq!(*c.api_key, API);
     assert!(c.generated.api_key.is_none() && c.generated.jwt_secret.is_some());
 }
 
