@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::protocol::{Message, Position, Topic};
+use crate::protocol::{ErrorCode, Message, Position, Topic};
 
 /// A boxed future (futures_util's), so the traits stay object safe.
 pub use futures_util::future::BoxFuture;
@@ -85,15 +85,18 @@ pub struct Replay {
 /// Why the bus could not do something.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    /// The bus is not reachable (retryable).
-    #[error("the message bus is unavailable: {0}")]
-    Unavailable(String),
+    /// The bus is not reachable, or refused (retryable). What clients are told is only this;
+    /// the cause (Redis's own words) is kept for the logs.
+    #[error("the message bus is unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl BusError {
-    /// True when trying again later may succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, BusError::Unavailable(_))
+    /// The `error` code a client gets for it.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BusError::Unavailable(_) => ErrorCode::Unavailable,
+        }
     }
 }
 

@@ -38,8 +38,8 @@ pub struct Event {
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
     /// The event log is out of reach (Redis away); trying again later may succeed.
-    #[error("lifecycle events cannot be recorded right now: {0}")]
-    Unavailable(String),
+    #[error("lifecycle events cannot be recorded right now")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Too many events wait for the service; new connections and subscriptions wait for it.
     #[error("{0} lifecycle events wait for the events service; try again shortly")]
     Backlog(usize),
@@ -55,12 +55,9 @@ pub enum LifecycleError {
 }
 
 impl LifecycleError {
-    /// True when trying again later may succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            LifecycleError::Unavailable(_) | LifecycleError::Backlog(_)
-        )
+    /// The `error` code a client gets for it (its connection or subscription waits: retry).
+    pub fn code(&self) -> crate::protocol::ErrorCode {
+        crate::protocol::ErrorCode::Unavailable
     }
 }
 
@@ -161,7 +158,7 @@ impl Lifecycle {
         Some(Box::pin(async move {
             let conn = event.conn.clone();
             if let Err(e) = log.record(event).await {
-                tracing::warn!("disconnect of {conn} not recorded yet: {e}");
+                tracing::warn!(error = ?e, "disconnect of {conn} not recorded yet");
             }
         }))
     }

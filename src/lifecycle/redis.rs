@@ -57,7 +57,7 @@ pub struct RedisEvents {
 }
 
 fn unavailable(e: redis::RedisError) -> LifecycleError {
-    LifecycleError::Unavailable(e.to_string())
+    LifecycleError::Unavailable(Box::new(e))
 }
 
 impl RedisEvents {
@@ -296,7 +296,7 @@ impl RedisEvents {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {
                     if let Err(e) = self.beat().await {
-                        tracing::warn!("lifecycle heartbeat: {e}");
+                        tracing::warn!(error = ?e, "lifecycle heartbeat failed");
                     }
                 }
             }

@@ -205,8 +205,11 @@ async fn a_node_whose_every_connection_is_refused_for_a_while_recovers_its_comma
     // Meanwhile a publish through the node is refused honestly (and makes its command connection
     // try to reconnect while its login is refused).
     let body = serde_json::json!({"topic": "acl.all", "data": 0}).to_string();
-    let (status, _) = n.http.post("/v1/publish", Some(API_KEY), &body).await;
+    let (status, answer) = n.http.post("/v1/publish", Some(API_KEY), &body).await;
     assert_eq!(status, 503);
+    assert_eq!(answer["error"], "unavailable", "{answer}");
+    // Redis's own words (here its WRONGPASS) stay in the node's log, never reach a client.
+    assert!(!answer.to_string().contains("WRONGPASS"), "{answer}");
     publish(&mut backend, "acl.all", 3..=5).await;
     until_refused_twice(&mut backend, refused).await;
 

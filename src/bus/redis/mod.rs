@@ -168,7 +168,7 @@ fn connection_failed(e: &redis::RedisError) -> bool {
 }
 
 pub(super) fn unavailable(e: redis::RedisError) -> BusError {
-    BusError::Unavailable(e.to_string())
+    BusError::Unavailable(Box::new(e))
 }
 
 impl RedisBus {

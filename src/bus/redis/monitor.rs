@@ -149,7 +149,7 @@ async fn recover(bus: &Arc<RedisBus>, since: Instant) -> bool {
             true
         }
         Ok(Err(e)) => {
-            tracing::debug!("filling gaps failed, trying again: {e}");
+            tracing::debug!(error = ?e, "filling gaps failed, trying again");
             false
         }
         Err(_) => false,
@@ -326,9 +326,9 @@ impl RedisBus {
             }
             if d.last.clone().or_else(|| d.base.clone()) != start {
                 // A subscriber's replay moved the start meanwhile: read again.
-                result = Err(BusError::Unavailable(format!(
-                    "{t:?} changed while filling"
-                )));
+                result = Err(BusError::Unavailable(
+                    format!("{t:?} changed while filling").into(),
+                ));
                 continue;
             }
             match missed {

@@ -163,7 +163,7 @@ impl RedisBus {
             && let Err(e) = s.unsubscribe(&ch).await
         {
             let e = self.pubsub_failed(e);
-            tracing::debug!("UNSUBSCRIBE {ch}: {e}");
+            tracing::debug!(error = ?e, "UNSUBSCRIBE {ch} failed");
         }
         true
     }

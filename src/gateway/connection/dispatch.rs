@@ -36,7 +36,7 @@ impl Session {
                     let recorded = self.gw.events.unsubscribed(&self.conn, user, &topic).await;
                     if let Err(e) = recorded {
                         // Still subscribed: the backend must never miss an unsubscribe.
-                        return self.error(Some(id), ErrorCode::Unavailable, &e.to_string());
+                        return self.error(Some(id), e.code(), &e.to_string());
                     }
                 }
                 self.unsubscribe(id, topic).await
@@ -56,7 +56,7 @@ impl Session {
                         };
                         self.reply(self.codec.ok(id, f));
                     }
-                    Err(e) => self.error(Some(id), ErrorCode::Unavailable, &e.to_string()),
+                    Err(e) => self.error(Some(id), e.code(), &e.to_string()),
                 }
             }
             Request::Presence { id, topic } => {
@@ -76,7 +76,7 @@ impl Session {
                             .collect();
                         self.reply(self.codec.ok_presence(id, &members));
                     }
-                    Err(e) => self.error(Some(id), ErrorCode::Unavailable, &e.to_string()),
+                    Err(e) => self.error(Some(id), e.code(), &e.to_string()),
                 }
             }
             Request::Send { id, to, data } => {

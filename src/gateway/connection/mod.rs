@@ -148,7 +148,7 @@ where
         ));
         if let Err(e) = &user_watched {
             let msg = format!("directed messages to you may not arrive: {e}");
-            s.error(None, ErrorCode::Unavailable, &msg);
+            s.error(None, e.code(), &msg);
         }
         if let Endpoint::Topic(topic, since) = endpoint {
             Box::pin(s.subscribe(None, topic, since)).await;

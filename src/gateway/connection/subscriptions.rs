@@ -111,7 +111,7 @@ impl Session {
         // Live first (held by the hub until catch-up ends), then the replay: no gap between them.
         if let Err(e) = self.gw.bus.watch(&topic).await {
             self.gw.hub.unsubscribe(&topic, self.sub.id);
-            self.error(id, ErrorCode::Unavailable, &e.to_string());
+            self.error(id, e.code(), &e.to_string());
             return;
         }
         match self.gw.bus.replay(&topic, since.as_ref()).await {
@@ -122,7 +122,7 @@ impl Session {
                     if self.gw.hub.unsubscribe(&topic, self.sub.id).is_some() {
                         let _ = self.gw.bus.unwatch(&topic).await;
                     }
-                    self.error(id, ErrorCode::Unavailable, &e.to_string());
+                    self.error(id, e.code(), &e.to_string());
                     return;
                 }
                 if let Some(id) = id {
@@ -161,7 +161,7 @@ impl Session {
                         // Subscribed, but others will not see this connection in presence.
                         let msg =
                             format!("subscribed to {topic:?}, but presence is not updated: {e}");
-                        self.error(None, ErrorCode::Unavailable, &msg);
+                        self.error(None, e.code(), &msg);
                     }
                 }
                 self.topics.push(topic);
@@ -171,7 +171,7 @@ impl Session {
                 if self.gw.hub.unsubscribe(&topic, self.sub.id).is_some() {
                     let _ = self.gw.bus.unwatch(&topic).await;
                 }
-                self.error(id, ErrorCode::Unavailable, &e.to_string());
+                self.error(id, e.code(), &e.to_string());
             }
         }
     }
