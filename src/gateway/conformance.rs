@@ -10,9 +10,9 @@ use axum::response::Response;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Gateway;
-use super::connection::close_for;
 use super::rejection::Rejection;
 use super::upgrade::{Taken, handshake_key, switching, take_stream};
+use crate::protocol::CloseCode;
 use crate::protocol::websocket::{Assembler, Incoming, OpCode, Step, close_frame, server_frame};
 
 /// The upgrade: checked as any other (draining, a valid handshake), then echoed.
@@ -57,7 +57,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, mut buf: Vec<u8>, lim
                     Incoming::Ping(p) => server_frame(OpCode::Pong, &p),
                     Incoming::Pong => continue,
                     Incoming::Close(code) => {
-                        let _ = io.write_all(&close_frame(code.unwrap_or(1000), "")).await;
+                        let _ = io
+                            .write_all(&close_frame(code.unwrap_or(CloseCode::Normal.code()), ""))
+                            .await;
                         let _ = io.shutdown().await;
                         return;
                     }
@@ -67,7 +69,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, mut buf: Vec<u8>, lim
                 }
             }
             Err(e) => {
-                let code = close_for(&e);
+                let code = e.close_code();
                 let _ = io.write_all(&close_frame(code.code(), code.reason())).await;
                 let _ = io.shutdown().await;
                 return;

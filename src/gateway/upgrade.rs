@@ -23,7 +23,7 @@ use super::client::ConnInfo;
 use super::connection::{self, Endpoint};
 use super::guarded::Guarded;
 use super::rejection::Rejection;
-use crate::protocol::{Codec, Position, Topic};
+use crate::protocol::{CloseCode, Codec, Position, Topic, close};
 
 /// The stream hyper hands back after the 101, with any bytes it had read past the request.
 pub(super) enum Taken {
@@ -247,7 +247,11 @@ async fn upgrade(
             Ok(u) => u,
             Err(e) => {
                 tracing::debug!("upgrade did not complete: {e}");
-                if let Some(recording) = task_gw.events.disconnected(&conn_key, &user, 1006) {
+                if let Some(recording) =
+                    task_gw
+                        .events
+                        .disconnected(&conn_key, &user, close::ABNORMAL)
+                {
                     recording.await;
                 }
                 let _ = task_gw.bus.close_conn(&user, &conn_key).await;
@@ -268,7 +272,7 @@ async fn upgrade(
             Some(connection) => connection.await,
             None => {
                 tracing::error!("upgraded connection is neither TCP nor TLS over TCP");
-                1011
+                CloseCode::Internal.code()
             }
         };
         if let Some(recording) = gw.events.disconnected(&conn_key, &user, code) {

@@ -1,6 +1,12 @@
 //! Close codes: the one table of why the server ends a WebSocket (RFC 6455 section 7.4 and the
 //! private range 4000-4999). `proto/README.md` lists the same table.
 
+/// 1005: what a library reports when a close frame carried no code (never sent on the wire).
+pub const NO_STATUS: u16 = 1005;
+/// 1006: what a library reports when a connection ended without a close frame (never sent on
+/// the wire): the socket broke, timed out or was reset.
+pub const ABNORMAL: u16 = 1006;
+
 /// A close code the server sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseCode {

@@ -81,6 +81,17 @@ pub enum WsError {
     InvalidUtf8,
 }
 
+impl WsError {
+    /// The close code that tells the peer what it did wrong.
+    pub fn close_code(&self) -> super::CloseCode {
+        match self {
+            WsError::Protocol(_) => super::CloseCode::ProtocolError,
+            WsError::TooBig { .. } => super::CloseCode::TooBig,
+            WsError::InvalidUtf8 => super::CloseCode::InvalidPayload,
+        }
+    }
+}
+
 /// A whole message or control frame received from the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {

@@ -7,7 +7,7 @@
 //! while a batch is being written. Replays are read a page at a time and streamed into the
 //! outbox as it drains, so a client can recover a backlog larger than its outbox, and the
 //! connection holds one page of it, not the history. Every way a connection ends maps to a
-//! close code ([`close_for`], the outbox's close reason, or the peer's own).
+//! close code (`WsError::close_code`, the outbox's close reason, or the peer's own).
 //!
 //! Here: the connection's task and its loop (frames in, the outbox out). The socket itself is
 //! `pump`; a connection's subscriptions (subscribe, unsubscribe, replay then live, close all)
@@ -31,8 +31,8 @@ use super::Gateway;
 use super::rate::RateLimiter;
 use crate::auth::Identity;
 use crate::hub::Subscriber;
-use crate::protocol::websocket::{Assembler, Incoming, OpCode, Step, WsError, server_frame};
-use crate::protocol::{CloseCode, Codec, ErrorCode, Position, Topic};
+use crate::protocol::websocket::{Assembler, Incoming, OpCode, Step, server_frame};
+use crate::protocol::{CloseCode, Codec, ErrorCode, Position, Topic, close};
 
 /// Most bytes gathered into one write.
 const MAX_BATCH: usize = 64 * 1024;
@@ -186,8 +186,13 @@ impl Session {
                         sub.outbox.close(code);
                     }
                     Flow::PeerClosed(code) => {
-                        let code = code.unwrap_or(1005);
-                        let close = pump.close(if code == 1005 { 1000 } else { code }, "");
+                        let code = code.unwrap_or(close::NO_STATUS);
+                        let echo = if code == close::NO_STATUS {
+                            CloseCode::Normal.code()
+                        } else {
+                            code
+                        };
+                        let close = pump.close(echo, "");
                         let _ = tokio::time::timeout(CLOSE_GRACE, Box::pin(close)).await;
                         return code;
                     }
@@ -208,13 +213,13 @@ impl Session {
                 None => io.await,
                 Some(d) => match tokio::time::timeout_at(d, io).await {
                     Ok(io) => io,
-                    Err(_) => return sub.outbox.close_code().unwrap_or(1006),
+                    Err(_) => return sub.outbox.close_code().unwrap_or(close::ABNORMAL),
                 },
             };
             match io {
                 Io::Input => sub.seen(self.gw.hub.now_secs()),
                 Io::Wrote | Io::Closing => {}
-                Io::Gone => return 1006,
+                Io::Gone => return close::ABNORMAL,
                 Io::Close(code) => {
                     let close = pump.close(code.code(), code.reason());
                     let left = deadline.map_or(CLOSE_GRACE, |d| {
@@ -241,7 +246,7 @@ impl Session {
                         other => break other,
                     }
                 }
-                Err(e) => break Flow::Close(close_for(&e)),
+                Err(e) => break Flow::Close(e.close_code()),
             }
         };
         rbuf.drain(..at);
@@ -292,14 +297,5 @@ impl Session {
             "over the frame rate limit; this frame was not processed",
         );
         Flow::Continue
-    }
-}
-
-/// The close code for a framing error.
-pub(super) fn close_for(e: &WsError) -> CloseCode {
-    match e {
-        WsError::Protocol(_) => CloseCode::ProtocolError,
-        WsError::TooBig { .. } => CloseCode::TooBig,
-        WsError::InvalidUtf8 => CloseCode::InvalidPayload,
     }
 }
