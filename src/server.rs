@@ -31,9 +31,9 @@ pub enum ServerError {
     /// Redis could not be reached or refused the function library.
     #[error(transparent)]
     Redis(#[from] crate::bus::redis::RedisError),
-    /// The Redis ticket store could not connect.
-    #[error("ticket store: {0}")]
-    Tickets(#[source] crate::auth::AuthError),
+    /// The operating system gave no random bytes (for the node's ids and epochs).
+    #[error("no random bytes from the operating system: {0}")]
+    Random(#[from] getrandom::Error),
     /// A backend service's settings could not be used.
     #[error(transparent)]
     Proxy(#[from] crate::proxy::ProxyError),
@@ -115,7 +115,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
                 config.history_size,
                 config.history_ttl,
                 config.history_bytes,
-            ));
+            )?);
             (
                 local.clone(),
                 Arc::new(MemoryTicketStore::new()),
@@ -176,7 +176,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             TICKET_RATE_KEYS,
         ),
         // Random upper half: keys stay unique across processes even if two nodes share an id.
-        next_conn_key: std::sync::atomic::AtomicU64::new(random_u32() << 32),
+        next_conn_key: std::sync::atomic::AtomicU64::new(random_u32()? << 32),
         tracker: TaskTracker::new(),
     });
     tokio::spawn(hub::heartbeat::run(
@@ -265,10 +265,10 @@ async fn lifecycle(
 }
 
 /// 32 random bits.
-fn random_u32() -> u64 {
+fn random_u32() -> Result<u64, getrandom::Error> {
     let mut r = [0u8; 4];
-    getrandom::fill(&mut r).expect("the OS gives random bytes");
-    u64::from(u32::from_le_bytes(r))
+    getrandom::fill(&mut r)?;
+    Ok(u64::from(u32::from_le_bytes(r)))
 }
 
 /// Drops aged-out topic logs once a minute.

@@ -86,10 +86,10 @@ impl LocalBus {
         history_size: usize,
         history_ttl: Duration,
         history_bytes: usize,
-    ) -> LocalBus {
+    ) -> Result<LocalBus, getrandom::Error> {
         let mut r = [0u8; 4];
-        getrandom::fill(&mut r).expect("the OS gives random bytes");
-        LocalBus {
+        getrandom::fill(&mut r)?;
+        Ok(LocalBus {
             logs: DashMap::new(),
             sinks,
             presence: Default::default(),
@@ -100,7 +100,7 @@ impl LocalBus {
             node_epoch: format!("{:08x}", u32::from_le_bytes(r)),
             generation: AtomicU64::new(0),
             user_conns: Default::default(),
-        }
+        })
     }
 
     fn log(&self, topic: &Topic) -> Arc<Mutex<Log>> {
@@ -420,7 +420,7 @@ mod tests {
             lost: Arc::new(|_: &Topic| {}),
         };
         (
-            LocalBus::new(sinks, size, Duration::from_secs(60), usize::MAX),
+            LocalBus::new(sinks, size, Duration::from_secs(60), usize::MAX).expect("random bytes"),
             seen,
         )
     }
@@ -475,7 +475,8 @@ mod tests {
             100,
             Duration::from_secs(60),
             10 * entry,
-        );
+        )
+        .expect("random bytes");
         let (a, busy) = (Topic::parse("a").unwrap(), Topic::parse("b").unwrap());
         let data = Bytes::from(vec![b'1'; 100]);
         let ea = (0..5).map(|_| b.publish_now(&a, data.clone()).epoch).last();

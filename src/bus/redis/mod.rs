@@ -91,6 +91,9 @@ pub enum RedisError {
         #[source]
         source: redis::RedisError,
     },
+    /// The operating system gave no random bytes (for the node's probe channel).
+    #[error("no random bytes from the operating system: {0}")]
+    Random(#[from] getrandom::Error),
 }
 
 /// What the Redis bus is configured with.
@@ -229,7 +232,7 @@ impl RedisBus {
             reachable: AtomicBool::new(true),
             state: DeliveryState::default(),
             sinks,
-            probe_channel: format!("{prefix}{{node:{}}}:probe", node_probe_id()),
+            probe_channel: format!("{prefix}{{node:{}}}:probe", node_probe_id()?),
             probe_sent: AtomicU64::new(0),
             probe_seen: AtomicU64::new(0),
             user_conns: Default::default(),

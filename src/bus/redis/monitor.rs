@@ -210,10 +210,10 @@ pub(super) async fn refresh_conns(bus: Arc<RedisBus>, stop: CancellationToken) {
 }
 
 /// A random id for this process's probe channel.
-pub(super) fn node_probe_id() -> String {
+pub(super) fn node_probe_id() -> Result<String, getrandom::Error> {
     let mut r = [0u8; 8];
-    getrandom::fill(&mut r).expect("the OS gives random bytes");
-    format!("{:016x}", u64::from_le_bytes(r))
+    getrandom::fill(&mut r)?;
+    Ok(format!("{:016x}", u64::from_le_bytes(r)))
 }
 
 impl RedisBus {
