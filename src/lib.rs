@@ -20,7 +20,7 @@
 //! | [`gateway`] | the only module with sockets: listener, HTTP routes, upgrade checks, one task per connection | `auth`, `bus`, `config`, `hub`, `lifecycle`, `proxy` |
 //! | [`lifecycle`] | connect, disconnect and subscribe events for the backend, at least once | `bus`, `config`, `proxy` |
 //! | [`hub`] | topics and local subscribers, encode-once fan-out, per-connection bounded outbox | none |
-//! | [`bus`] | where messages get their offsets and history: the in-process bus (default) or Redis | `config` |
+//! | [`bus`] | where messages get their offsets and history, as narrow traits (`Messages`, `Directs`, `Presence`, `ConnCounts`; `Interest` only for a bus shared by nodes): the in-process bus (default) or Redis | `config` |
 //! | [`auth`] | JWT verification, one-time tickets, grants | `bus` (the Redis ticket store shares its command connection) |
 //! | [`proxy`] | backend services: balancing, health checks, forwarding `send` | `config` |
 //! | [`config`] | raw (file, env) to validated [`config::Config`]; the only reader of files and env | none |

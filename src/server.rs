@@ -15,7 +15,9 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{JwtVerifier, MemoryTicketStore, RedisTicketStore, TicketStore, Tickets};
 use crate::bus::local::LocalBus;
 use crate::bus::redis::{RedisBus, Settings as RedisSettingsForBus};
-use crate::bus::{Bus, Direct, DirectSink, LostSink, PresenceEvent, PresenceSink, Sink, Sinks};
+use crate::bus::{
+    Bus, Direct, DirectSink, Interest, LostSink, PresenceEvent, PresenceSink, Sink, Sinks,
+};
 use crate::config::Config;
 use crate::config::events::EventsSink;
 use crate::gateway::{self, Gateway};
@@ -52,6 +54,16 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The bus the configuration asks for, and what comes with it.
+struct Buses {
+    bus: Arc<dyn Bus>,
+    /// What this node listens for, on a bus shared with other nodes only.
+    interest: Option<Arc<dyn Interest>>,
+    tickets: Arc<dyn TicketStore>,
+    /// The in-process bus, for its sweeper.
+    local: Option<Arc<LocalBus>>,
 }
 
 /// A started node.
@@ -108,7 +120,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let stop = CancellationToken::new();
     // The bus's command connection, for lifecycle events in a cluster.
     let mut redis_cmd = None;
-    let (bus, tickets, local): (Arc<dyn Bus>, Arc<dyn TicketStore>, _) = match &config.redis {
+    // `interest`: only a bus shared with other nodes needs to be told what this node listens for.
+    let Buses {
+        bus,
+        interest,
+        tickets,
+        local,
+    } = match &config.redis {
         None => {
             let local = Arc::new(LocalBus::new(
                 sinks,
@@ -116,11 +134,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
                 config.history_ttl,
                 config.history_bytes,
             )?);
-            (
-                local.clone(),
-                Arc::new(MemoryTicketStore::new()),
-                Some(local),
-            )
+            Buses {
+                bus: local.clone(),
+                interest: None,
+                tickets: Arc::new(MemoryTicketStore::new()),
+                local: Some(local),
+            }
         }
         Some(r) => {
             let settings = RedisSettingsForBus {
@@ -134,7 +153,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             // Tickets share the bus's command connection, which its monitor keeps checked.
             let store = RedisTicketStore::new(bus.command_connection(), &r.prefix);
             redis_cmd = Some(bus.command_connection());
-            (bus, Arc::new(store), None)
+            Buses {
+                bus: bus.clone(),
+                interest: Some(bus),
+                tickets: Arc::new(store),
+                local: None,
+            }
         }
     };
     let tls = match &config.tls {
@@ -165,6 +189,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         config: config.clone(),
         hub: hub.clone(),
         bus,
+        interest,
         draining: AtomicBool::new(false),
         conns: gateway::limits::ConnLimits::new(config.max_connections, &config.limits),
         tickets_by_ip: gateway::limits::Buckets::new(

@@ -15,7 +15,10 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use super::{BoxFuture, Bus, BusError, Direct, PresenceEvent, REPLAY_PAGE, Replay, Sinks};
+use super::{
+    BoxFuture, BusError, ConnCounts, Direct, Directs, Messages, Presence, PresenceEvent,
+    REPLAY_PAGE, Replay, Sinks,
+};
 use crate::protocol::{Message, Position, Topic};
 
 /// A presence topic's members: connection to user.
@@ -264,7 +267,7 @@ fn page_after(l: &Log, s: &Position) -> Option<Vec<Message>> {
     )
 }
 
-impl Bus for LocalBus {
+impl Messages for LocalBus {
     fn publish(&self, topic: &Topic, data: Bytes) -> BoxFuture<'_, Result<Position, BusError>> {
         let p = self.publish_now(topic, data);
         Box::pin(std::future::ready(Ok(p)))
@@ -293,11 +296,19 @@ impl Bus for LocalBus {
         Box::pin(std::future::ready(Ok(page)))
     }
 
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+impl Directs for LocalBus {
     fn publish_direct(&self, direct: Direct) -> BoxFuture<'_, Result<(), BusError>> {
         (self.sinks.direct)(&direct);
         Box::pin(std::future::ready(Ok(())))
     }
+}
 
+impl Presence for LocalBus {
     fn presence_join(
         &self,
         topic: &Topic,
@@ -356,7 +367,9 @@ impl Bus for LocalBus {
             .unwrap_or_default();
         Box::pin(std::future::ready(Ok(list)))
     }
+}
 
+impl ConnCounts for LocalBus {
     fn open_conn(
         &self,
         user: &str,
@@ -381,26 +394,6 @@ impl Bus for LocalBus {
             }
         }
         Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn watch_user(&self, _user: &str) -> BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn unwatch_user(&self, _user: &str) -> BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn watch(&self, _topic: &Topic) -> BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn unwatch(&self, _topic: &Topic) -> BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn is_ready(&self) -> bool {
-        true
     }
 }
 

@@ -100,8 +100,8 @@ impl BusError {
     }
 }
 
-/// The bus interface.
-pub trait Bus: Send + Sync + 'static {
+/// Messages: where they get their offsets and history, and whether delivery works. Both buses.
+pub trait Messages: Send + Sync + 'static {
     /// Appends `data` (JSON text) to `topic` and delivers it; returns its position.
     fn publish(&self, topic: &Topic, data: Bytes) -> BoxFuture<'_, Result<Position, BusError>>;
     /// The latest position, and the messages after `since` when given.
@@ -118,17 +118,34 @@ pub trait Bus: Send + Sync + 'static {
         topic: &Topic,
         after: &Position,
     ) -> BoxFuture<'_, Result<Option<Vec<Message>>, BusError>>;
+    /// True while publishing and delivery work.
+    fn is_ready(&self) -> bool;
+}
+
+/// Which topics and users this node listens for, so that what is published elsewhere reaches
+/// it. Only a bus shared by several nodes has it (Redis); in one process everything published
+/// reaches the sinks anyway, so the in-process bus does not implement it.
+pub trait Interest: Send + Sync + 'static {
     /// One more local subscriber of `topic`; when this completes, every message published from
-    /// then on reaches the sink. Call once per subscription, before [`Bus::replay`].
+    /// then on reaches the sink. Call once per subscription, before [`Messages::replay`].
     fn watch(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BusError>>;
-    /// One local subscriber of `topic` fewer (one call per successful [`Bus::watch`]).
+    /// One local subscriber of `topic` fewer (one call per successful [`Interest::watch`]).
     fn unwatch(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BusError>>;
+    /// One more local connection of `user` (call once per connection, before it can miss a
+    /// directed message).
+    fn watch_user(&self, user: &str) -> BoxFuture<'_, Result<(), BusError>>;
+    /// One local connection of `user` fewer (one call per successful [`Interest::watch_user`]).
+    fn unwatch_user(&self, user: &str) -> BoxFuture<'_, Result<(), BusError>>;
+}
+
+/// Directed messages: to every connection of a user, on every node. Both buses.
+pub trait Directs: Send + Sync + 'static {
     /// Sends a directed message to every connection of its user, on every node.
     fn publish_direct(&self, direct: Direct) -> BoxFuture<'_, Result<(), BusError>>;
-    /// One more local connection of `user` (call once per connection, before it can miss one).
-    fn watch_user(&self, user: &str) -> BoxFuture<'_, Result<(), BusError>>;
-    /// One local connection of `user` fewer (one call per successful [`Bus::watch_user`]).
-    fn unwatch_user(&self, user: &str) -> BoxFuture<'_, Result<(), BusError>>;
+}
+
+/// Who is subscribed to a topic, across the cluster. Both buses.
+pub trait Presence: Send + Sync + 'static {
     /// Adds connection `conn` of `user` to `topic`'s presence; every subscriber gets a `join`.
     fn presence_join(
         &self,
@@ -145,8 +162,12 @@ pub trait Bus: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<(), BusError>>;
     /// Who is in `topic`'s presence, across the cluster: `(conn, user)` pairs.
     fn presence(&self, topic: &Topic) -> BoxFuture<'_, Result<Vec<(String, String)>, BusError>>;
-    /// Counts a new connection `conn` of `user` across the cluster; false (and not counted) when
-    /// the user already has `limit`.
+}
+
+/// Connections per user, counted across the cluster (for `max_connections_per_user`). Both buses.
+pub trait ConnCounts: Send + Sync + 'static {
+    /// Counts a new connection `conn` of `user`; false (and not counted) when the user already
+    /// has `limit`.
     fn open_conn(
         &self,
         user: &str,
@@ -155,6 +176,10 @@ pub trait Bus: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<bool, BusError>>;
     /// Stops counting connection `conn` of `user`.
     fn close_conn(&self, user: &str, conn: &str) -> BoxFuture<'_, Result<(), BusError>>;
-    /// True while publishing and delivery work.
-    fn is_ready(&self) -> bool;
 }
+
+/// What every bus does: messages, directed messages, presence and connection counts. (What
+/// only a shared bus does is [`Interest`].)
+pub trait Bus: Messages + Directs + Presence + ConnCounts {}
+
+impl<T: Messages + Directs + Presence + ConnCounts> Bus for T {}

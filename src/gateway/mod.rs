@@ -30,9 +30,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{JwtVerifier, Tickets};
-use crate::bus::Bus;
+use crate::bus::{Bus, BusError, Interest};
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::protocol::Topic;
 use client::ConnInfo;
 use guarded::Guarded;
 use limits::{Buckets, ConnLimits, IpKey, Permit, Refusal};
@@ -44,8 +45,11 @@ pub struct Gateway {
     pub config: Arc<Config>,
     /// Local subscribers and fan-out.
     pub hub: Arc<Hub>,
-    /// Offsets, history, publishing.
+    /// Offsets, history, publishing, directed messages, presence, connection counts.
     pub bus: Arc<dyn Bus>,
+    /// What this node listens for on a bus shared with other nodes; `None` on the in-process
+    /// bus, where everything published reaches the hub anyway.
+    pub interest: Option<Arc<dyn Interest>>,
     /// Verifies the JWTs exchanged for tickets.
     pub jwt: JwtVerifier,
     /// Issues and redeems one-time tickets.
@@ -67,6 +71,39 @@ pub struct Gateway {
     pub next_conn_key: std::sync::atomic::AtomicU64,
     /// Every connection task, so shutdown can wait for them to finish closing.
     pub tracker: TaskTracker,
+}
+
+impl Gateway {
+    /// Listens for `topic` on a bus shared with other nodes (on the in-process bus every message
+    /// reaches the hub anyway: nothing to do).
+    pub(crate) async fn watch(&self, topic: &Topic) -> Result<(), BusError> {
+        match &self.interest {
+            Some(i) => i.watch(topic).await,
+            None => Ok(()),
+        }
+    }
+
+    /// One listener of `topic` fewer (after a successful [`Gateway::watch`]).
+    pub(crate) async fn unwatch(&self, topic: &Topic) {
+        if let Some(i) = &self.interest {
+            let _ = i.unwatch(topic).await;
+        }
+    }
+
+    /// Listens for directed messages to `user` on a shared bus.
+    pub(crate) async fn watch_user(&self, user: &str) -> Result<(), BusError> {
+        match &self.interest {
+            Some(i) => i.watch_user(user).await,
+            None => Ok(()),
+        }
+    }
+
+    /// One listener of `user` fewer (after a successful [`Gateway::watch_user`]).
+    pub(crate) async fn unwatch_user(&self, user: &str) {
+        if let Some(i) = &self.interest {
+            let _ = i.unwatch_user(user).await;
+        }
+    }
 }
 
 /// The HTTP routes.

@@ -55,7 +55,10 @@ mod monitor;
 pub(crate) mod parse;
 mod pubsub;
 
-use super::{BoxFuture, Bus, BusError, Direct, REPLAY_PAGE, Replay, Sinks};
+use super::{
+    BoxFuture, BusError, ConnCounts, Direct, Directs, Interest, Messages, Presence, REPLAY_PAGE,
+    Replay, Sinks,
+};
 use crate::protocol::{Message, Position, Topic};
 pub use commands::{Commands, fcall};
 use deliveries::DeliveryState;
@@ -340,7 +343,7 @@ impl RedisBus {
     }
 }
 
-impl Bus for RedisBus {
+impl Messages for RedisBus {
     fn publish(&self, topic: &Topic, data: Bytes) -> BoxFuture<'_, Result<Position, BusError>> {
         let mut c = self.cmd.get();
         let topic = topic.as_str().to_owned();
@@ -385,6 +388,12 @@ impl Bus for RedisBus {
         })
     }
 
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+impl Interest for RedisBus {
     fn watch(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BusError>> {
         // Before SUBSCRIBE: a message may arrive as soon as it is confirmed.
         self.state.lock().topics.entry(topic.clone()).or_default();
@@ -409,6 +418,21 @@ impl Bus for RedisBus {
         })
     }
 
+    fn watch_user(&self, user: &str) -> BoxFuture<'_, Result<(), BusError>> {
+        let ch = user_channel(&self.prefix, user);
+        Box::pin(async move { self.subscribe_counted(ch).await })
+    }
+
+    fn unwatch_user(&self, user: &str) -> BoxFuture<'_, Result<(), BusError>> {
+        let ch = user_channel(&self.prefix, user);
+        Box::pin(async move {
+            self.unsubscribe_counted(ch).await;
+            Ok(())
+        })
+    }
+}
+
+impl Directs for RedisBus {
     fn publish_direct(&self, d: Direct) -> BoxFuture<'_, Result<(), BusError>> {
         let mut c = self.cmd.get();
         Box::pin(async move {
@@ -422,7 +446,9 @@ impl Bus for RedisBus {
             Ok(())
         })
     }
+}
 
+impl Presence for RedisBus {
     fn presence_join(
         &self,
         topic: &Topic,
@@ -493,7 +519,9 @@ impl Bus for RedisBus {
                 .collect())
         })
     }
+}
 
+impl ConnCounts for RedisBus {
     fn open_conn(
         &self,
         user: &str,
@@ -538,22 +566,5 @@ impl Bus for RedisBus {
                 .map_err(|e| self.failed(e))?;
             Ok(())
         })
-    }
-
-    fn watch_user(&self, user: &str) -> BoxFuture<'_, Result<(), BusError>> {
-        let ch = user_channel(&self.prefix, user);
-        Box::pin(async move { self.subscribe_counted(ch).await })
-    }
-
-    fn unwatch_user(&self, user: &str) -> BoxFuture<'_, Result<(), BusError>> {
-        let ch = user_channel(&self.prefix, user);
-        Box::pin(async move {
-            self.unsubscribe_counted(ch).await;
-            Ok(())
-        })
-    }
-
-    fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
     }
 }

@@ -139,7 +139,7 @@ where
     async move {
         // Directed messages to this user reach this connection from here on.
         gw.hub.attach_user(&s.identity.user, &sub);
-        let user_watched = gw.bus.watch_user(&s.identity.user).await;
+        let user_watched = gw.watch_user(&s.identity.user).await;
         sub.push(codec.welcome(
             &conn,
             &gw.config.node_id,

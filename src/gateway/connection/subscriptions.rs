@@ -79,7 +79,7 @@ impl Session {
                 self.error(Some(id), ErrorCode::NotSubscribed, msg)
             }
             Some(_) => {
-                let _ = self.gw.bus.unwatch(&topic).await;
+                self.gw.unwatch(&topic).await;
                 if self.gw.config.presence_enabled(topic.as_str()) {
                     let user = &self.identity.user;
                     let _ = self.gw.bus.presence_leave(&topic, &self.conn, user).await;
@@ -109,7 +109,7 @@ impl Session {
             Subscribed::Added { .. } => {}
         }
         // Live first (held by the hub until catch-up ends), then the replay: no gap between them.
-        if let Err(e) = self.gw.bus.watch(&topic).await {
+        if let Err(e) = self.gw.watch(&topic).await {
             self.gw.hub.unsubscribe(&topic, self.sub.id);
             self.error(id, e.code(), &e.to_string());
             return;
@@ -120,7 +120,7 @@ impl Session {
                 if let Err(e) = self.gw.events.subscribed(&self.conn, user, &topic).await {
                     // Not subscribed after all: the backend must never miss a subscribe.
                     if self.gw.hub.unsubscribe(&topic, self.sub.id).is_some() {
-                        let _ = self.gw.bus.unwatch(&topic).await;
+                        self.gw.unwatch(&topic).await;
                     }
                     self.error(id, e.code(), &e.to_string());
                     return;
@@ -169,7 +169,7 @@ impl Session {
             }
             Err(e) => {
                 if self.gw.hub.unsubscribe(&topic, self.sub.id).is_some() {
-                    let _ = self.gw.bus.unwatch(&topic).await;
+                    self.gw.unwatch(&topic).await;
                 }
                 self.error(id, e.code(), &e.to_string());
             }
@@ -182,7 +182,7 @@ impl Session {
         let (gw, id) = (self.gw.clone(), self.sub.id);
         for t in std::mem::take(&mut self.topics) {
             if gw.hub.unsubscribe(&t, id).is_some() {
-                let _ = gw.bus.unwatch(&t).await;
+                gw.unwatch(&t).await;
             }
             if gw.config.presence_enabled(t.as_str()) {
                 let _ = gw
@@ -193,7 +193,7 @@ impl Session {
         }
         gw.hub.detach_user(&self.identity.user, id);
         if user_watched {
-            let _ = gw.bus.unwatch_user(&self.identity.user).await;
+            gw.unwatch_user(&self.identity.user).await;
         }
         gw.hub.disconnect(id);
     }
