@@ -80,8 +80,20 @@ impl Running {
     }
 }
 
+/// Parts of a node a test replaces; [`start`] replaces none.
+#[derive(Default)]
+pub struct Hooks {
+    /// The clock the in-process ticket store reads expiry from (the real one when `None`).
+    pub ticket_clock: Option<crate::auth::ticket::Clock>,
+}
+
 /// Binds and starts a node; returns once it accepts connections.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
+    start_with(config, Hooks::default()).await
+}
+
+/// [`start`] with the parts `hooks` replaces (tests).
+pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerError> {
     let config = Arc::new(config);
     let hub = Arc::new(Hub::new(config.outbox_bytes));
     let to_hub = hub.clone();
@@ -119,7 +131,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             ));
             (
                 local.clone(),
-                Arc::new(MemoryTicketStore::new()),
+                Arc::new(
+                    hooks
+                        .ticket_clock
+                        .map_or_else(MemoryTicketStore::new, MemoryTicketStore::with_clock),
+                ),
                 Some(local),
             )
         }
