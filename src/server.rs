@@ -1,6 +1,7 @@
 //! The composition root: builds the hub, the bus, auth and the gateway from a [`Config`], wires
-//! the bus's messages into the hub (and its lost topics into closing their subscribers), and owns the order of shutdown: stop accepting, turn
-//! `/readyz` to 503, close every client with 1012, wait for them up to the deadline.
+//! the bus's messages into the hub (and its lost topics into closing their subscribers), and owns
+//! the order of shutdown: turn `/readyz` to 503 and refuse new clients, close every client with
+//! 1012, wait for them up to the deadline, then stop accepting.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,8 +92,20 @@ impl Running {
     }
 }
 
+/// Parts of a node a test replaces; [`start`] replaces none.
+#[derive(Default)]
+pub struct Hooks {
+    /// The clock the in-process ticket store reads expiry from (the real one when `None`).
+    pub ticket_clock: Option<crate::auth::ticket::Clock>,
+}
+
 /// Binds and starts a node; returns once it accepts connections.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
+    start_with(config, Hooks::default()).await
+}
+
+/// [`start`] with the parts `hooks` replaces (tests).
+pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerError> {
     let config = Arc::new(config);
     let hub = Arc::new(Hub::new(config.outbox_bytes));
     let to_hub = hub.clone();
@@ -137,7 +150,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             Buses {
                 bus: local.clone(),
                 interest: None,
-                tickets: Arc::new(MemoryTicketStore::new()),
+                tickets: Arc::new(
+                    hooks
+                        .ticket_clock
+                        .map_or_else(MemoryTicketStore::new, MemoryTicketStore::with_clock),
+                ),
                 local: Some(local),
             }
         }
@@ -233,7 +250,11 @@ async fn drive(
     webhook: Option<Arc<WebhookEvents>>,
 ) {
     let started = tokio::time::Instant::now();
-    gateway::serve(gw.clone(), listener, tls, stop).await;
+    // The listener outlives the drain: meanwhile `/readyz` answers 503 and new clients are
+    // refused with 503 `draining`, so a load balancer sees the node not ready, not gone.
+    let accepting = CancellationToken::new();
+    let listening = tokio::spawn(gateway::serve(gw.clone(), listener, tls, accepting.clone()));
+    stop.cancelled().await;
     gw.draining.store(true, Ordering::Relaxed);
     let open = gw.hub.connections();
     tracing::info!("draining: closing {open} connections with 1012");
@@ -248,6 +269,8 @@ async fn drive(
             gw.config.shutdown_timeout
         );
     }
+    accepting.cancel();
+    let _ = listening.await;
     // The drain's disconnects go out too, within what is left of the deadline (or a second).
     if let Some(w) = webhook {
         let left = gw.config.shutdown_timeout.saturating_sub(started.elapsed());

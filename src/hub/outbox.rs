@@ -198,6 +198,13 @@ impl Outbox {
         let mut g = self.inner.lock();
         g.bytes = g.bytes.saturating_sub(n);
     }
+
+    /// The frames queued, oldest first: the queued `Bytes` themselves (not copies), so tests
+    /// can tell a shared encoding from an equal one.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> Vec<Bytes> {
+        self.inner.lock().queue.iter().cloned().collect()
+    }
 }
 
 impl Subscriber {

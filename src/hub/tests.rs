@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::*;
+use crate::protocol::codec::OkFields;
 use crate::protocol::websocket::{Assembler, Incoming, Step};
 
 fn msg(offset: u64, epoch: &str) -> Message {
@@ -17,8 +18,9 @@ fn msg(offset: u64, epoch: &str) -> Message {
     }
 }
 
-/// Offsets of the `msg` frames queued for `s`, in order.
-async fn offsets(s: &Subscriber) -> Vec<u64> {
+/// The frames queued for `s`, in order, read back the way its connection's writer takes them
+/// ([`Outbox::poll_take`]) and decoded (JSON connections only).
+async fn frames(s: &Subscriber) -> Vec<serde_json::Value> {
     let mut buf = Vec::new();
     if s.outbox.is_closing() {
         return vec![];
@@ -33,14 +35,26 @@ async fn offsets(s: &Subscriber) -> Vec<u64> {
     let mut at = 0;
     while let Ok(Step::Message(n, Incoming::Text(p))) = a.step(&buf[at..]) {
         at += n;
-        let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
-        if v["op"] == "msg" {
-            out.push(v["offset"].as_u64().unwrap());
-        }
+        out.push(serde_json::from_slice(&p).unwrap());
     }
+    assert_eq!(at, buf.len(), "every byte queued is a whole text frame");
     out
 }
 
+/// Offsets of the `msg` frames queued for `s`, in order.
+async fn offsets(s: &Subscriber) -> Vec<u64> {
+    frames(s)
+        .await
+        .iter()
+        .filter(|v| v["op"] == "msg")
+        .map(|v| v["offset"].as_u64().unwrap())
+        .collect()
+}
+
+/// The path a connection takes (`gateway::connection`): it subscribes (live messages are held
+/// from then on), queues its `ok` and the replay itself, then goes live after the last position
+/// it replayed. The held messages and later ones follow with no gap and no duplicate, even where
+/// the replay overlaps what was held.
 #[tokio::test]
 async fn catch_up_queues_replay_then_held_messages_without_gap_or_duplicate() {
     let hub = Hub::new(1 << 20);
@@ -50,15 +64,34 @@ async fn catch_up_queues_replay_then_held_messages_without_gap_or_duplicate() {
     // Published while the replay is being read: held.
     hub.deliver(&msg(4, "e"));
     hub.deliver(&msg(5, "e"));
-    // The replay read overlaps the held messages (3..=4).
-    let since = Position {
-        offset: 2,
-        epoch: Arc::from("e"),
+    // The connection queues its `ok`, then the replay it read (3..=4, overlapping the held 4).
+    let ok = OkFields {
+        offset: Some(4),
+        epoch: Some("e"),
+        recovered: Some(true),
     };
-    hub.go_live(&t, s.id, None, vec![msg(3, "e"), msg(4, "e")], Some(since));
+    s.push(Codec::Json.ok(1, ok));
+    let mut floor = None;
+    for m in [msg(3, "e"), msg(4, "e")] {
+        s.push(Codec::Json.msg(&m));
+        floor = Some(Position {
+            offset: m.offset,
+            epoch: m.epoch.clone(),
+        });
+    }
+    assert!(hub.go_live(&t, s.id, None, Vec::new(), floor));
     hub.deliver(&msg(5, "e"));
     hub.deliver(&msg(6, "e"));
-    assert_eq!(offsets(&s).await, vec![3, 4, 5, 6]);
+    let f = frames(&s).await;
+    assert_eq!(
+        (f[0]["op"].as_str(), f[0]["id"].as_u64()),
+        (Some("ok"), Some(1))
+    );
+    let got: Vec<u64> = f[1..]
+        .iter()
+        .map(|v| v["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, vec![3, 4, 5, 6], "{f:?}");
 }
 
 #[tokio::test]
@@ -91,17 +124,43 @@ async fn first_and_last_subscriber_are_reported_once() {
     assert_eq!(hub.unsubscribe(&t, b.id), Some(true));
 }
 
+/// Fan-out encodes a message once per codec in use: every subscriber of a codec is queued the
+/// very same bytes (one allocation, shared), not an equal copy.
 #[tokio::test]
 async fn one_encoding_is_shared_by_every_subscriber_of_a_codec() {
     let hub = Hub::new(1 << 20);
     let t = Topic::parse("t").unwrap();
-    let subs: Vec<_> = (0..3).map(|_| hub.connect(Codec::Json)).collect();
-    for s in &subs {
+    let json: Vec<_> = (0..3).map(|_| hub.connect(Codec::Json)).collect();
+    let msgpack: Vec<_> = (0..2).map(|_| hub.connect(Codec::MsgPack)).collect();
+    for s in json.iter().chain(&msgpack) {
         hub.subscribe(&t, s);
         hub.go_live(&t, s.id, None, vec![], None);
     }
-    hub.deliver(&msg(1, "e"));
-    for s in &subs {
+    let m = msg(1, "e");
+    hub.deliver(&m);
+    let only = |s: &Subscriber| {
+        let q = s.outbox.queued();
+        assert_eq!(q.len(), 1, "one frame queued for {}", s.id);
+        q[0].clone()
+    };
+    let (j, p) = (only(&json[0]), only(&msgpack[0]));
+    assert_eq!(j, Codec::Json.msg(&m));
+    assert_eq!(p, Codec::MsgPack.msg(&m));
+    for s in &json[1..] {
+        assert_eq!(
+            only(s).as_ptr(),
+            j.as_ptr(),
+            "json subscribers share one encoding"
+        );
+    }
+    for s in &msgpack[1..] {
+        assert_eq!(
+            only(s).as_ptr(),
+            p.as_ptr(),
+            "msgpack subscribers share one encoding"
+        );
+    }
+    for s in &json {
         assert_eq!(offsets(s).await, vec![1]);
     }
 }

@@ -86,25 +86,32 @@ async fn a_client_resumes_on_another_node_without_gap_while_publishing_continues
         let got = c.expect_offsets(&topic, 1..=20).await;
         let epoch = got[19]["epoch"].as_str().unwrap().to_owned();
         drop(c);
-        // Publishing goes on while the client is away and while it resubscribes.
+        // Publishing goes on while the client is away and while it resubscribes: it resubscribes
+        // once 20 more are published (the publisher says so), and the rest follow meanwhile.
+        let (twenty_more, under_way) = tokio::sync::oneshot::channel();
         let publisher = {
             let http = crate::support::http::Http::new(b.addr);
             let topic = topic.clone();
             tokio::spawn(async move {
+                let mut twenty_more = Some(twenty_more);
                 for i in 20..320 {
                     let body = json!({"topic": topic, "data": {"i": i}}).to_string();
                     let (s, _) = http
                         .post("/v1/publish", Some(crate::support::API_KEY), &body)
                         .await;
                     assert_eq!(s, 200);
+                    if i == 39 {
+                        let _ = twenty_more.take().expect("once").send(());
+                    }
                 }
             })
         };
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        under_way.await.expect("the publisher published 20 more");
         let mut c = b.client(codec).await;
         let ok = c.sub_since(2, &topic, 20, &epoch).await;
         assert_eq!(ok["op"], "ok", "{ok}");
         assert_eq!(ok["recovered"], true, "{ok}");
+        assert!(ok["offset"].as_u64() >= Some(40), "{ok}");
         publisher.await.unwrap();
         c.expect_offsets(&topic, 21..=320).await;
     }

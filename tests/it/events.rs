@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use axum::routing::post;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use crate::support::redis::RedisServer;
-use crate::support::{CODECS, Client, Node, proc};
+use crate::support::{CODECS, Client, Node, WAIT, proc};
 
 const ALL: &str = "connect,disconnect,subscribe,unsubscribe";
 const STREAM: &str = "herald:{events}:stream";
@@ -59,6 +60,36 @@ async fn stream_until(
             "{what} never appeared in the stream: {s:#?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The deadline `node` last gave itself in the registry: every beat sets a new one, in the same
+/// atomic call that reaps dead nodes' connections.
+fn beat_mark(redis: &RedisServer, node: &str) -> String {
+    let mark = redis.cli(&["ZSCORE", "herald:{events}:nodes", node]);
+    assert!(!mark.trim().is_empty(), "{node} is registered");
+    mark.trim().to_owned()
+}
+
+/// Waits (bounded) until each of `nodes` has beaten `n` times since the call: a beat seen is a
+/// whole beat after it, as each is one atomic call.
+async fn beats(redis: &RedisServer, nodes: &[&str], n: usize) {
+    let mut last: Vec<String> = nodes.iter().map(|id| beat_mark(redis, id)).collect();
+    let mut seen = vec![0; nodes.len()];
+    let start = Instant::now();
+    while seen.iter().any(|&k| k < n) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "beats of {nodes:?}: {seen:?}, not {n} each"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for (i, id) in nodes.iter().enumerate() {
+            let mark = beat_mark(redis, id);
+            if mark != last[i] {
+                seen[i] += 1;
+                last[i] = mark;
+            }
+        }
     }
 }
 
@@ -126,11 +157,15 @@ async fn only_the_configured_kinds_are_recorded() {
     let (mut c, conn) = connect(&n, CODECS[0], "bob").await;
     c.sub(1, "only").await;
     c.close(1000).await;
-    let s = stream_until(&redis, "the subscribe", |s| !s.is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let s2 = stream(&redis).await;
-    assert_eq!(s.len(), s2.len());
-    assert_eq!(kinds(&of_conn(&s2, &conn)), ["subscribe"]);
+    // A connection's task ends after its disconnect is recorded (when disconnects are): once
+    // it has ended, the stream holds everything this connection will ever add to it.
+    n.until(WAIT, "the connection's task ended", |gw| {
+        gw.tracker.is_empty()
+    })
+    .await;
+    let s = stream(&redis).await;
+    assert_eq!(kinds(&of_conn(&s, &conn)), ["subscribe"]);
+    assert_eq!(s.len(), 1, "nothing else: {s:#?}");
 }
 
 /// A `herald serve` process in the cluster with events on, node id `id`.
@@ -176,8 +211,8 @@ async fn a_killed_nodes_disconnects_are_recorded_exactly_once_by_the_survivors()
             .all(|c| of_conn(s, c).iter().any(|e| e["event"] == "disconnect"))
     };
     stream_until(&redis, "both disconnects", done).await;
-    // Several more beats of both survivors: still exactly one disconnect each.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Two more beats of both survivors (each beat reaps dead nodes): still one disconnect each.
+    beats(&redis, &["s1", "s2"], 2).await;
     let s = stream(&redis).await;
     for conn in [&conn1, &conn2] {
         let d: Vec<_> = of_conn(&s, conn)
@@ -291,19 +326,24 @@ struct Collector {
     addr: SocketAddr,
     bodies: Arc<parking_lot::Mutex<Vec<Value>>>,
     fail: Arc<AtomicBool>,
+    /// POSTs answered 503 so far (while told to fail).
+    refused: watch::Receiver<usize>,
 }
 
 impl Collector {
     async fn start() -> Collector {
         let bodies: Arc<parking_lot::Mutex<Vec<Value>>> = Arc::default();
         let fail = Arc::new(AtomicBool::new(false));
+        let (refusals, refused) = watch::channel(0);
+        let refusals = Arc::new(refusals);
         let (b, f) = (bodies.clone(), fail.clone());
         let app = axum::Router::new().route(
             "/events",
             post(move |axum::Json(v): axum::Json<Value>| {
-                let (b, f) = (b.clone(), f.clone());
+                let (b, f, r) = (b.clone(), f.clone(), refusals.clone());
                 async move {
                     if f.load(Ordering::Relaxed) {
+                        r.send_modify(|n| *n += 1);
                         return StatusCode::SERVICE_UNAVAILABLE;
                     }
                     b.lock().push(v);
@@ -314,7 +354,21 @@ impl Collector {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-        Collector { addr, bodies, fail }
+        Collector {
+            addr,
+            bodies,
+            fail,
+            refused,
+        }
+    }
+
+    /// Waits until the service has refused `n` POSTs in all; fails the test after [`WAIT`].
+    async fn refused(&self, n: usize) {
+        let mut rx = self.refused.clone();
+        tokio::time::timeout(WAIT, rx.wait_for(|&k| k >= n))
+            .await
+            .unwrap_or_else(|_| panic!("{n} POSTs were not refused within {WAIT:?}"))
+            .expect("the service is running");
     }
 
     fn toml(&self) -> String {
@@ -400,7 +454,8 @@ async fn a_single_node_posts_events_in_order_and_again_after_the_service_recover
         ok["op"], "ok",
         "recorded in the journal, so the unsubscribe goes ahead: {ok}"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The node has tried to post it, and been refused, before the service comes back.
+    svc.refused(1).await;
     svc.fail.store(false, Ordering::Relaxed);
     let e = svc
         .until("the unsubscribe", |e| conn_events(e, &conn).len() == 3)

@@ -123,29 +123,40 @@ async fn round_robin_spreads_evenly_and_user_hash_keeps_a_user_on_one_endpoint()
     );
 }
 
+/// `a` holds every answer: once it has a request in flight while `b` and `c` have none (each
+/// request is sent once the one before it is answered, or has arrived at `a`), it gets no more.
 #[tokio::test]
 async fn least_requests_sends_less_to_a_slow_endpoint() {
     let [a, b, c] = backends().await;
-    a.b.delay_ms.store(300, Ordering::Relaxed);
-    let n = node(&service(&[&a, &b, &c], "balance = \"least_requests\"")).await;
+    a.b.hold(true);
+    let extra = "balance = \"least_requests\"\ntimeout_ms = 60000";
+    let n = node(&service(&[&a, &b, &c], extra)).await;
     let mut cl = n
         .client_for(CODECS[0], "u", &grants(&[], &[], &[">"]))
         .await;
-    // A steady stream: the slow endpoint's requests pile up while the fast ones drain.
+    let mut answered = 0;
     for i in 1..=30u64 {
+        let at_a = a.b.hits.load(Ordering::Relaxed);
         cl.send_json(send(i, json!(i))).await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    for _ in 0..30 {
-        assert_eq!(cl.next_frame().await["op"], "reply");
+        tokio::select! {
+            f = cl.next_frame() => {
+                assert_ne!(endpoint_of(&f), "a", "a answers nothing while held");
+                answered += 1;
+            }
+            () = a.b.arrived(at_a + 1) => {}
+        }
     }
     let slow = a.b.hits.load(Ordering::Relaxed);
     let fast = b.b.hits.load(Ordering::Relaxed) + c.b.hits.load(Ordering::Relaxed);
     assert!(
-        slow * 4 < fast,
-        "slow endpoint got {slow} of {}",
-        slow + fast
+        slow <= 1,
+        "only a request sent while no endpoint had one in flight may go to a: {slow} of 30"
     );
+    assert_eq!((answered, slow + fast), (30 - slow, 30));
+    a.b.hold(false);
+    for _ in 0..slow {
+        assert_eq!(endpoint_of(&cl.next_frame().await), "a");
+    }
 }
 
 #[tokio::test]
@@ -211,10 +222,11 @@ async fn timeouts_statuses_and_bad_answers_get_their_error_codes() {
     let mut cl = n
         .client_for(CODECS[0], "u", &grants(&[], &[], &[">"]))
         .await;
-    a.b.delay_ms.store(1000, Ordering::Relaxed);
+    // An answer that never comes while held: the request times out.
+    a.b.hold(true);
     let r = cl.request(send(1, json!(1))).await;
     assert_eq!(r["code"], "upstream_timeout", "{r}");
-    a.b.delay_ms.store(0, Ordering::Relaxed);
+    a.b.hold(false);
     a.b.status.store(418, Ordering::Relaxed);
     let r = cl.request(send(2, json!(2))).await;
     assert_eq!(
@@ -239,24 +251,32 @@ async fn timeouts_statuses_and_bad_answers_get_their_error_codes() {
     assert_eq!(r["code"], "upstream_unavailable", "{r}");
 }
 
+/// With the one slot taken by a request the backend holds, the next is `overloaded` at once,
+/// without reaching the backend; the held one is answered once released.
 #[tokio::test]
 async fn over_max_concurrency_is_overloaded_at_once() {
     let [a, _b, _c] = backends().await;
-    a.b.delay_ms.store(500, Ordering::Relaxed);
-    let n = node(&service(&[&a], "max_concurrency = 1")).await;
+    a.b.hold(true);
+    let n = node(&service(&[&a], "max_concurrency = 1\ntimeout_ms = 60000")).await;
     let mut cl = n
         .client_for(CODECS[0], "u", &grants(&[], &[], &[">"]))
         .await;
     cl.send_json(send(1, json!(1))).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    cl.send_json(send(2, json!(2))).await;
-    let mut got = HashMap::new();
-    for _ in 0..2 {
-        let f = cl.next_frame().await;
-        got.insert(f["id"].as_u64().unwrap(), f);
-    }
-    assert_eq!(got[&1]["op"], "reply", "{:?}", got[&1]);
-    assert_eq!(got[&2]["code"], "overloaded", "{:?}", got[&2]);
+    a.b.arrived(1).await;
+    let r = cl.request(send(2, json!(2))).await;
+    assert_eq!(r["code"], "overloaded", "{r}");
+    a.b.hold(false);
+    let f = cl.next_frame().await;
+    assert_eq!(
+        (f["op"].as_str(), f["id"].as_u64()),
+        (Some("reply"), Some(1)),
+        "{f}"
+    );
+    assert_eq!(
+        a.b.hits.load(Ordering::Relaxed),
+        1,
+        "the refused one never reached it"
+    );
 }
 
 #[tokio::test]

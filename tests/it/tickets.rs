@@ -1,12 +1,15 @@
 //! `POST /v1/tickets`: a JWT in, a one-time ticket out; every way a JWT can be wrong gets its own
 //! 401 code (proto/README.md sections 3, 4.1 and 4.6).
 
+use std::time::Duration;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use herald::auth::ticket::REMEMBER_EXPIRED;
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 
-use crate::support::{JWT_SECRET, Node, grants, now_secs, signed_jwt};
+use crate::support::{JWT_SECRET, ManualClock, Node, grants, now_secs, signed_jwt};
 
 /// Claims of a valid token for `alice`, to be altered by each test.
 fn claims() -> Value {
@@ -256,41 +259,59 @@ async fn redis_one_ticket_redeemed_by_100_upgrades_on_two_nodes_wins_once_and_th
     }
 }
 
+/// Upgrades with `path` (its ticket redeemed already) and returns the refusal's code.
+async fn refusal(node: &Node, path: &str) -> String {
+    let again = crate::support::raw::upgrade(node.addr, path, &[]).await;
+    assert_eq!(again.status, 401, "{}", again.body);
+    again.body["error"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn a_redeemed_ticket_is_ticket_used_until_it_would_have_expired_then_ticket_expired_on_both_stores()
  {
+    // The in-process store, on a ticket clock the test moves: `ticket_used` for the rest of the
+    // ttl, `ticket_expired` from its end for a minute, then forgotten.
+    let clock = ManualClock::new();
+    let node = Node::with_ticket_clock(&[("HERALD_TICKET_TTL_SECS", "1")], &clock).await;
+    let path = format!("/ws?ticket={}", node.ticket().await);
+    let first = crate::support::raw::upgrade(node.addr, &path, &[]).await;
+    assert_eq!(first.status, 101);
+    assert_eq!(refusal(&node, &path).await, "ticket_used");
+    clock.advance(Duration::from_millis(999));
+    assert_eq!(refusal(&node, &path).await, "ticket_used");
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(refusal(&node, &path).await, "ticket_expired");
+    clock.advance(REMEMBER_EXPIRED - Duration::from_millis(1));
+    assert_eq!(refusal(&node, &path).await, "ticket_expired");
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(refusal(&node, &path).await, "invalid_ticket");
+
+    // Redis: its store reads the real clock (there is no hook), so the ttl is waited out,
+    // polling with a bound. Used while the ticket lives, then expired: never `invalid_ticket`.
     let redis = crate::support::redis::RedisServer::start();
     let url = redis.url();
-    for env in [vec![], vec![("HERALD_REDIS_URL", url.as_str())]] {
-        let mut env = env;
-        env.push(("HERALD_TICKET_TTL_SECS", "1"));
-        let node = Node::with(&env).await;
-        let ticket = node.ticket().await;
-        let path = format!("/ws?ticket={ticket}");
-        let first = crate::support::raw::upgrade(node.addr, &path, &[]).await;
-        assert_eq!(first.status, 101);
-        // Used while the ticket lives, then expired (as an unused ticket would be): never
-        // `invalid_ticket` while either store remembers it.
-        let start = std::time::Instant::now();
-        let mut seen = Vec::new();
-        loop {
-            let again = crate::support::raw::upgrade(node.addr, &path, &[]).await;
-            assert_eq!(again.status, 401);
-            let code = again.body["error"].as_str().unwrap().to_owned();
-            if seen.last() != Some(&code) {
-                seen.push(code.clone());
-            }
-            if code != "ticket_used" {
-                break;
-            }
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(10),
-                "{seen:?}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let node = Node::with(&[
+        ("HERALD_REDIS_URL", url.as_str()),
+        ("HERALD_TICKET_TTL_SECS", "1"),
+    ])
+    .await;
+    let path = format!("/ws?ticket={}", node.ticket().await);
+    let first = crate::support::raw::upgrade(node.addr, &path, &[]).await;
+    assert_eq!(first.status, 101);
+    let start = std::time::Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let code = refusal(&node, &path).await;
+        if seen.last() != Some(&code) {
+            seen.push(code.clone());
         }
-        assert_eq!(seen, ["ticket_used", "ticket_expired"], "{env:?}");
+        if code != "ticket_used" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(seen, ["ticket_used", "ticket_expired"]);
     // In Redis, the redeemed ticket is kept as long as the memory store keeps it: ttl + 60 s
     // from its issue, and no second key.
     let keys = redis.cli(&["--scan", "--pattern", "herald:ticket*"]);

@@ -74,7 +74,10 @@ async fn https_ticket(node: &Node, cert: &str, jwt: &str) -> String {
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    // Read until the node closes, as it does after answering (`Connection: close`).
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("the node closes the connection after its answer");
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     let body: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
@@ -140,7 +143,10 @@ async fn plain_http_on_a_tls_port_gets_no_answer() {
         .await
         .unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    // No answer can come once the node has closed the connection (the read ends, or is reset).
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("the node closes the connection");
     assert!(
         !String::from_utf8_lossy(&out).contains("200 OK"),
         "a TLS port never answers plain HTTP"

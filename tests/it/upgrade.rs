@@ -6,7 +6,7 @@ use std::time::Duration;
 use herald::protocol::websocket::accept_key;
 use serde_json::json;
 
-use crate::support::{Codec, Node, grants, upgrade, ws};
+use crate::support::{Codec, ManualClock, Node, grants, upgrade, ws};
 
 #[tokio::test]
 async fn upgrade_without_ticket_is_401_missing_ticket() {
@@ -41,25 +41,26 @@ async fn reused_ticket_is_refused_with_401_ticket_used() {
         .assert_refused(401, "ticket_used");
 }
 
+/// A ticket is good for its whole ttl (the configured one) and `ticket_expired` from then on:
+/// the node's ticket clock is moved by the test, not waited for.
 #[tokio::test]
 async fn expired_ticket_is_401_ticket_expired() {
-    let node = Node::with(&[("HERALD_TICKET_TTL_SECS", "1")]).await;
-    let (status, body) = node
-        .http
-        .post(
-            "/v1/tickets",
-            Some(&node.jwt("alice", &grants(&[">"], &[], &[]))),
-            "",
-        )
-        .await;
+    let clock = ManualClock::new();
+    let node = Node::with_ticket_clock(&[("HERALD_TICKET_TTL_SECS", "5")], &clock).await;
+    let jwt = node.jwt("alice", &grants(&[">"], &[], &[]));
+    let (status, body) = node.http.post("/v1/tickets", Some(&jwt), "").await;
     assert_eq!(
         (status, body["expires_in"].as_u64()),
-        (200, Some(1)),
+        (200, Some(5)),
         "{body}"
     );
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let ticket = body["ticket"].as_str().unwrap();
-    upgrade(node.addr, &format!("/ws?ticket={ticket}"), &[])
+    let expiring = body["ticket"].as_str().unwrap();
+    let last_moment = node.ticket_with(&jwt).await;
+    clock.advance(Duration::from_millis(4999));
+    let up = upgrade(node.addr, &format!("/ws?ticket={last_moment}"), &[]).await;
+    assert_eq!(up.status, 101, "good until its ttl is over: {}", up.body);
+    clock.advance(Duration::from_millis(1));
+    upgrade(node.addr, &format!("/ws?ticket={expiring}"), &[])
         .await
         .assert_refused(401, "ticket_expired");
 }

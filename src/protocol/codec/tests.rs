@@ -7,6 +7,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::protocol::Request;
 use crate::protocol::frame::ServerFrame;
 use crate::protocol::websocket::{Assembler, Incoming, Step};
 use crate::protocol::{Message, Topic};
@@ -61,7 +62,11 @@ fn golden_client_frames_decode_or_fail_with_their_code_in_both_codecs() {
                 codec.decode(&bytes, binary)
             };
             match (case.get("expect_error"), result) {
-                (None, Ok(_)) => {}
+                (None, Ok(r)) => assert_eq!(
+                    request_json(&r),
+                    known_fields(&case["frame"]),
+                    "{name} ({codec:?}) decodes to what it says"
+                ),
                 (Some(code), Err(e)) => {
                     // Bytes that are not JSON can still be valid MessagePack (e.g. a fixint).
                     if case.get("raw").is_some() && codec == Codec::MsgPack {
@@ -83,6 +88,49 @@ fn golden_client_frames_decode_or_fail_with_their_code_in_both_codecs() {
             }
         }
     }
+}
+
+/// A decoded request as the frame a client sends for it: what the decoder kept, in JSON.
+/// `data` must be compact JSON text (what is stored and fanned out as it is).
+fn request_json(r: &Request) -> Value {
+    let data = |d: &Bytes| {
+        let v: Value = serde_json::from_slice(d).expect("`data` is JSON text");
+        assert_eq!(
+            serde_json::to_vec(&v).unwrap(),
+            d.to_vec(),
+            "`data` is compact"
+        );
+        v
+    };
+    match r {
+        Request::Sub { id, topic, since } => {
+            let mut v = json!({"op": "sub", "id": id, "topic": topic.as_str()});
+            if let Some(p) = since {
+                v["since"] = json!({"offset": p.offset, "epoch": &*p.epoch});
+            }
+            v
+        }
+        Request::Unsub { id, topic } => json!({"op": "unsub", "id": id, "topic": topic.as_str()}),
+        Request::Pub { id, topic, data: d } => {
+            json!({"op": "pub", "id": id, "topic": topic.as_str(), "data": data(d)})
+        }
+        Request::Presence { id, topic } => {
+            json!({"op": "presence", "id": id, "topic": topic.as_str()})
+        }
+        Request::Send { id, to, data: d } => {
+            json!({"op": "send", "id": id, "to": to, "data": data(d)})
+        }
+    }
+}
+
+/// A golden client frame without the fields the server ignores (proto/README.md section 6.1).
+fn known_fields(frame: &Value) -> Value {
+    let mut v = frame.clone();
+    let known = ["op", "id", "topic", "since", "data", "to"];
+    v.as_object_mut()
+        .expect("a golden frame is an object")
+        .retain(|k, _| known.contains(&k.as_str()));
+    v
 }
 
 #[test]

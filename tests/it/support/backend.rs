@@ -1,10 +1,11 @@
 //! Real HTTP backends for the proxy tests, in-process on 127.0.0.1:0 (axum). Each echoes what it
-//! received (which endpoint, the body, the headers that matter) and can be told to be slow, to
-//! answer a status, to answer too much or no JSON, to fail its health check, or to die.
+//! received (which endpoint, the body, the headers that matter), signals each request's arrival,
+//! and can be told to hold its answers, to answer a status, to answer too much or no JSON, to
+//! fail its health check, or to die.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -12,12 +13,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::WAIT;
 
 /// How a backend behaves; changed by tests while it runs.
 #[derive(Default)]
 pub struct Behaviour {
-    /// Milliseconds to wait before answering `POST /herald`.
-    pub delay_ms: AtomicU64,
     /// A status to answer instead of 200 (0: 200).
     pub status: AtomicU16,
     /// Answer this many bytes of JSON (0: the echo).
@@ -28,6 +30,27 @@ pub struct Behaviour {
     pub unhealthy: AtomicBool,
     /// Requests to `POST /herald` so far.
     pub hits: AtomicUsize,
+    /// The same count, for tests that wait for a request to arrive ([`Behaviour::arrived`]).
+    arrivals: watch::Sender<usize>,
+    /// While true, answers to `POST /herald` wait (the requests have arrived and are counted).
+    held: watch::Sender<bool>,
+}
+
+impl Behaviour {
+    /// Holds every answer to `POST /herald` from now on (`true`), or releases them all.
+    pub fn hold(&self, on: bool) {
+        self.held.send_replace(on);
+    }
+
+    /// Waits until `n` requests to `POST /herald` have arrived in all; fails the test when they
+    /// have not within [`WAIT`].
+    pub async fn arrived(&self, n: usize) {
+        let mut rx = self.arrivals.subscribe();
+        tokio::time::timeout(WAIT, rx.wait_for(|&k| k >= n))
+            .await
+            .unwrap_or_else(|_| panic!("{n} requests did not arrive within {WAIT:?}"))
+            .expect("the backend is running");
+    }
 }
 
 /// A running backend.
@@ -150,10 +173,8 @@ async fn answer(
     body: String,
 ) -> axum::response::Response {
     b.hits.fetch_add(1, Ordering::Relaxed);
-    let delay = b.delay_ms.load(Ordering::Relaxed);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
+    b.arrivals.send_modify(|n| *n += 1);
+    let _ = b.held.subscribe().wait_for(|held| !held).await;
     let status = b.status.load(Ordering::Relaxed);
     if status != 0 {
         return (StatusCode::from_u16(status).unwrap(), "no").into_response();

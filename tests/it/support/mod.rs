@@ -10,11 +10,14 @@ pub mod redis;
 pub mod ws;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use herald::auth::ticket::Clock;
 use herald::auth::{RawGrants, mint_token};
 use herald::config::Config;
-use herald::server::Running;
+use herald::server::{Hooks, Running};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
@@ -64,7 +67,24 @@ impl Node {
         node
     }
 
+    /// [`Node::with`] whose in-process ticket store reads expiry from `clock`, which moves
+    /// only when the test advances it.
+    pub async fn with_ticket_clock(overrides: &[(&str, &str)], clock: &ManualClock) -> Node {
+        let hooks = Hooks {
+            ticket_clock: Some(clock.clock()),
+        };
+        Node::with_hooks(None, overrides, hooks).await
+    }
+
     async fn with_file(file: Option<&std::path::Path>, overrides: &[(&str, &str)]) -> Node {
+        Node::with_hooks(file, overrides, Hooks::default()).await
+    }
+
+    async fn with_hooks(
+        file: Option<&std::path::Path>,
+        overrides: &[(&str, &str)],
+        hooks: Hooks,
+    ) -> Node {
         let mut env: Vec<(String, String)> = [
             ("HERALD_LISTEN", "127.0.0.1:0"),
             ("HERALD_API_KEY", API_KEY),
@@ -85,7 +105,7 @@ impl Node {
             env.push((k.to_string(), v.to_string()));
         }
         let config = Config::load(file, &env).expect("the test configuration is valid");
-        let running = herald::server::start(config)
+        let running = herald::server::start_with(config, hooks)
             .await
             .expect("the node starts");
         Node {
@@ -204,6 +224,33 @@ impl Node {
             .unwrap_or_else(|e| panic!("upgrade of {path} failed: {e}"));
         assert_eq!(resp.status(), 101);
         c
+    }
+}
+
+/// A clock for a node's tickets ([`Node::with_ticket_clock`]): it stands still until advanced.
+pub struct ManualClock {
+    base: std::time::Instant,
+    millis: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock at the present moment, standing still.
+    pub fn new() -> ManualClock {
+        ManualClock {
+            base: std::time::Instant::now(),
+            millis: Arc::default(),
+        }
+    }
+
+    /// Moves it on by `d`.
+    pub fn advance(&self, d: Duration) {
+        self.millis
+            .fetch_add(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    fn clock(&self) -> Clock {
+        let (base, millis) = (self.base, self.millis.clone());
+        Arc::new(move || base + Duration::from_millis(millis.load(Ordering::SeqCst)))
     }
 }
 

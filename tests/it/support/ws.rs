@@ -197,14 +197,21 @@ impl Client {
         }
     }
 
-    /// Reads frames for `period`; fails the test if the connection closes meanwhile. Returns the
-    /// data frames read. (Reading also answers the server's pings.)
-    pub async fn stay_open_for(&mut self, period: Duration) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + period;
-        let mut frames = Vec::new();
-        while let Ok(m) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+    /// Reads until `n` pings have come (tungstenite answers each one as it reads it); fails the
+    /// test if the connection closes first, or the pings do not all come within `bound`.
+    /// Returns the data frames read meanwhile.
+    pub async fn answer_pings(&mut self, n: usize, bound: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + bound;
+        let (mut pings, mut frames) = (0, Vec::new());
+        while pings < n {
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("{pings} pings of {n} within {bound:?}"));
             match m {
-                Some(Ok(Message::Close(c))) => panic!("closed by the server: {c:?}"),
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                Some(Ok(Message::Close(c))) => {
+                    panic!("closed by the server after {pings} pings: {c:?}")
+                }
                 Some(Ok(m)) => frames.extend(decode(&m)),
                 Some(Err(e)) => panic!("connection failed: {e}"),
                 None => panic!("connection ended"),
