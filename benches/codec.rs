@@ -76,10 +76,10 @@ fn main() {
         let n = 10_000u64;
         let hub = Hub::new(1 << 30);
         let topic = m.topic.clone();
-        let subs: Vec<_> = (0..n).map(|_| hub.connect(Codec::Json)).collect();
+        let subs: Vec<_> = (0..n).map(|i| hub.connect_as(Codec::Json, i + 1)).collect();
         for s in &subs {
             hub.subscribe(&topic, s);
-            hub.go_live(&topic, s.id, None, vec![], None);
+            hub.go_live(&topic, s.id, None);
         }
         let rounds = 50u64;
         let t = Instant::now();

@@ -11,7 +11,9 @@ pub mod outbox;
 pub mod topic;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU32;
+#[cfg(test)]
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -26,11 +28,8 @@ use crate::protocol::{CloseCode, Codec, Message, Position, Topic};
 /// What [`Hub::subscribe`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Subscribed {
-    /// Added in catch-up mode; `first` when it is the topic's first local subscriber.
-    Added {
-        /// The topic had no local subscriber before.
-        first: bool,
-    },
+    /// Added, in catch-up mode (live messages held until [`Hub::go_live`]).
+    Added,
     /// It was subscribed already.
     Already,
 }
@@ -43,7 +42,6 @@ pub struct Hub {
     conns: DashMap<u64, Arc<Subscriber>>,
     /// The connections of each user on this node, for directed messages.
     users: DashMap<Arc<str>, Vec<Arc<Subscriber>>>,
-    next_id: AtomicU64,
     outbox_limit: usize,
     started: Instant,
 }
@@ -55,7 +53,6 @@ impl Hub {
             topics: DashMap::new(),
             conns: DashMap::new(),
             users: DashMap::new(),
-            next_id: AtomicU64::new(1),
             outbox_limit,
             started: Instant::now(),
         }
@@ -64,12 +61,6 @@ impl Hub {
     /// Seconds since the hub started: the heartbeat clock.
     pub fn now_secs(&self) -> u32 {
         self.started.elapsed().as_secs() as u32
-    }
-
-    /// Registers a new connection.
-    pub fn connect(&self, codec: Codec) -> Arc<Subscriber> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.connect_as(codec, id)
     }
 
     /// Registers a new connection under an id the caller chose (unique among open ones).
@@ -147,37 +138,28 @@ impl Hub {
         if !entry.add(sub) {
             return Subscribed::Already;
         }
-        Subscribed::Added {
-            first: entry.len() == 1,
-        }
+        Subscribed::Added
     }
 
     /// Ends catch-up (see [`TopicSubs::go_live`]).
-    pub fn go_live(
-        &self,
-        topic: &Topic,
-        id: u64,
-        first: Option<Bytes>,
-        replay: Vec<Message>,
-        start: Option<Position>,
-    ) -> bool {
+    pub fn go_live(&self, topic: &Topic, id: u64, start: Option<Position>) -> bool {
         let t = self.topics.get(topic.as_arc()).map(|r| r.clone());
-        t.is_some_and(|t| t.go_live(id, first, replay, start))
+        t.is_some_and(|t| t.go_live(id, start))
     }
 
-    /// Unsubscribes; `Some(last)` when it was subscribed, `last` when nobody here is left.
-    pub fn unsubscribe(&self, topic: &Topic, id: u64) -> Option<bool> {
+    /// Unsubscribes; true when it was subscribed. (The bus keeps its own count of local
+    /// subscribers: nothing here needs to know which was the last.)
+    pub fn unsubscribe(&self, topic: &Topic, id: u64) -> bool {
         match self.topics.entry(topic.as_arc().clone()) {
-            Entry::Vacant(_) => None,
+            Entry::Vacant(_) => false,
             Entry::Occupied(e) => {
                 if !e.get().remove(id) {
-                    return None;
+                    return false;
                 }
-                let last = e.get().is_empty();
-                if last {
+                if e.get().is_empty() {
                     e.remove();
                 }
-                Some(last)
+                true
             }
         }
     }
@@ -217,6 +199,18 @@ impl Hub {
     /// The open connections, cloned out of the map so no shard lock is held while using them.
     pub fn snapshot(&self) -> Vec<Arc<Subscriber>> {
         self.conns.iter().map(|r| r.value().clone()).collect()
+    }
+}
+
+/// Ids for connections made by tests (production connections get theirs from the gateway).
+#[cfg(test)]
+static TEST_IDS: AtomicU64 = AtomicU64::new(1);
+
+#[cfg(test)]
+impl Hub {
+    /// Registers a new connection under a fresh id.
+    pub(crate) fn connect(&self, codec: Codec) -> Arc<Subscriber> {
+        self.connect_as(codec, TEST_IDS.fetch_add(1, Ordering::Relaxed))
     }
 }
 

@@ -60,7 +60,7 @@ async fn catch_up_queues_replay_then_held_messages_without_gap_or_duplicate() {
     let hub = Hub::new(1 << 20);
     let t = Topic::parse("t").unwrap();
     let s = hub.connect(Codec::Json);
-    assert_eq!(hub.subscribe(&t, &s), Subscribed::Added { first: true });
+    assert_eq!(hub.subscribe(&t, &s), Subscribed::Added);
     // Published while the replay is being read: held.
     hub.deliver(&msg(4, "e"));
     hub.deliver(&msg(5, "e"));
@@ -79,7 +79,7 @@ async fn catch_up_queues_replay_then_held_messages_without_gap_or_duplicate() {
             epoch: m.epoch.clone(),
         });
     }
-    assert!(hub.go_live(&t, s.id, None, Vec::new(), floor));
+    assert!(hub.go_live(&t, s.id, floor));
     hub.deliver(&msg(5, "e"));
     hub.deliver(&msg(6, "e"));
     let f = frames(&s).await;
@@ -104,7 +104,7 @@ async fn a_new_epoch_is_delivered_even_with_lower_offsets() {
         offset: 9,
         epoch: Arc::from("old"),
     };
-    hub.go_live(&t, s.id, None, vec![], Some(latest));
+    hub.go_live(&t, s.id, Some(latest));
     hub.deliver(&msg(9, "old"));
     hub.deliver(&msg(1, "new"));
     assert_eq!(offsets(&s).await, vec![1]);
@@ -116,12 +116,12 @@ async fn first_and_last_subscriber_are_reported_once() {
     let t = Topic::parse("t").unwrap();
     let a = hub.connect(Codec::Json);
     let b = hub.connect(Codec::MsgPack);
-    assert_eq!(hub.subscribe(&t, &a), Subscribed::Added { first: true });
-    assert_eq!(hub.subscribe(&t, &b), Subscribed::Added { first: false });
+    assert_eq!(hub.subscribe(&t, &a), Subscribed::Added);
+    assert_eq!(hub.subscribe(&t, &b), Subscribed::Added);
     assert_eq!(hub.subscribe(&t, &b), Subscribed::Already);
-    assert_eq!(hub.unsubscribe(&t, a.id), Some(false));
-    assert_eq!(hub.unsubscribe(&t, a.id), None);
-    assert_eq!(hub.unsubscribe(&t, b.id), Some(true));
+    assert!(hub.unsubscribe(&t, a.id));
+    assert!(!hub.unsubscribe(&t, a.id));
+    assert!(hub.unsubscribe(&t, b.id));
 }
 
 /// Fan-out encodes a message once per codec in use: every subscriber of a codec is queued the
@@ -134,7 +134,7 @@ async fn one_encoding_is_shared_by_every_subscriber_of_a_codec() {
     let msgpack: Vec<_> = (0..2).map(|_| hub.connect(Codec::MsgPack)).collect();
     for s in json.iter().chain(&msgpack) {
         hub.subscribe(&t, s);
-        hub.go_live(&t, s.id, None, vec![], None);
+        hub.go_live(&t, s.id, None);
     }
     let m = msg(1, "e");
     hub.deliver(&m);

@@ -95,13 +95,7 @@ impl TopicSubs {
     /// Ends catch-up for subscriber `id`: queues `first` (the `ok`, if any), then `replay`, then
     /// the held messages that come after it, and from then on delivers messages after the last
     /// one queued (or after `start` when nothing was). Returns false if `id` is not here.
-    pub fn go_live(
-        &self,
-        id: u64,
-        first: Option<Bytes>,
-        replay: Vec<Message>,
-        start: Option<Position>,
-    ) -> bool {
+    pub fn go_live(&self, id: u64, start: Option<Position>) -> bool {
         let mut s = self.state.lock();
         let Some(&at) = s.index.get(&id) else {
             return false;
@@ -112,11 +106,8 @@ impl TopicSubs {
             Mode::Live { .. } => return true,
         };
         let sub = &entry.sub;
-        if let Some(f) = first {
-            sub.push(f);
-        }
         let mut floor = start;
-        for m in replay.iter().chain(held.iter()) {
+        for m in held.iter() {
             if after(m, &floor) {
                 sub.push(sub.codec.msg(m));
                 floor = Some(Position {

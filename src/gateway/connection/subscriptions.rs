@@ -66,19 +66,17 @@ impl Session {
                 }
             }
             let r = self.replays.remove(0);
-            self.gw
-                .hub
-                .go_live(&r.topic, self.sub.id, None, Vec::new(), r.floor);
+            self.gw.hub.go_live(&r.topic, self.sub.id, r.floor);
         }
     }
 
     pub(super) async fn unsubscribe(&mut self, id: u64, topic: Topic) {
         match self.gw.hub.unsubscribe(&topic, self.sub.id) {
-            None => {
+            false => {
                 let msg = "not subscribed to this topic";
                 self.error(Some(id), ErrorCode::NotSubscribed, msg)
             }
-            Some(_) => {
+            true => {
                 self.gw.unwatch(&topic).await;
                 if self.gw.config.presence_enabled(topic.as_str()) {
                     let user = &self.identity.user;
@@ -106,7 +104,7 @@ impl Session {
                 self.error(id, ErrorCode::AlreadySubscribed, msg);
                 return;
             }
-            Subscribed::Added { .. } => {}
+            Subscribed::Added => {}
         }
         // Live first (held by the hub until catch-up ends), then the replay: no gap between them.
         if let Err(e) = self.gw.watch(&topic).await {
@@ -119,7 +117,7 @@ impl Session {
                 let user = &self.identity.user;
                 if let Err(e) = self.gw.events.subscribed(&self.conn, user, &topic).await {
                     // Not subscribed after all: the backend must never miss a subscribe.
-                    if self.gw.hub.unsubscribe(&topic, self.sub.id).is_some() {
+                    if self.gw.hub.unsubscribe(&topic, self.sub.id) {
                         self.gw.unwatch(&topic).await;
                     }
                     self.error(id, e.code(), &e.to_string());
@@ -144,15 +142,11 @@ impl Session {
                         })
                     }
                     Some(_) => {
-                        self.gw
-                            .hub
-                            .go_live(&topic, self.sub.id, None, Vec::new(), since);
+                        self.gw.hub.go_live(&topic, self.sub.id, since);
                     }
                     None => {
                         let start = Some(r.latest);
-                        self.gw
-                            .hub
-                            .go_live(&topic, self.sub.id, None, Vec::new(), start);
+                        self.gw.hub.go_live(&topic, self.sub.id, start);
                     }
                 }
                 if self.gw.config.presence_enabled(topic.as_str()) {
@@ -168,7 +162,7 @@ impl Session {
                 self.feed_replays().await;
             }
             Err(e) => {
-                if self.gw.hub.unsubscribe(&topic, self.sub.id).is_some() {
+                if self.gw.hub.unsubscribe(&topic, self.sub.id) {
                     self.gw.unwatch(&topic).await;
                 }
                 self.error(id, e.code(), &e.to_string());
@@ -181,7 +175,7 @@ impl Session {
     pub(super) async fn close_all(&mut self, user_watched: bool) {
         let (gw, id) = (self.gw.clone(), self.sub.id);
         for t in std::mem::take(&mut self.topics) {
-            if gw.hub.unsubscribe(&t, id).is_some() {
+            if gw.hub.unsubscribe(&t, id) {
                 gw.unwatch(&t).await;
             }
             if gw.config.presence_enabled(t.as_str()) {
