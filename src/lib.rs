@@ -35,16 +35,18 @@
 //! its slow-consumer policy ([`hub::outbox`]), coalesced writes ([`gateway::connection`]),
 //! gapless catch-up on subscribe ([`hub`]), the shared heartbeat timer ([`hub::heartbeat`]).
 
+// Public: what the binary, the integration tests, the fuzz targets and the codec bench use.
+// Everything else is `pub(crate)`, and `unreachable_pub` (workspace lints) keeps it so.
 pub mod auth;
-pub mod bus;
+pub(crate) mod bus;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod gateway;
 pub mod hub;
-pub mod lifecycle;
-pub mod metrics;
+pub(crate) mod lifecycle;
+pub(crate) mod metrics;
 pub mod protocol;
-pub mod proxy;
+pub(crate) mod proxy;
 pub mod server;
-pub mod shutdown;
+pub(crate) mod shutdown;

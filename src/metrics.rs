@@ -19,58 +19,58 @@ static TICKETS: AtomicU64 = AtomicU64::new(0);
 static REPLAY_PAGES: AtomicU64 = AtomicU64::new(0);
 
 /// Sets the number of open WebSocket connections.
-pub fn connections(n: usize) {
+pub(crate) fn connections(n: usize) {
     CONNECTIONS.store(n as u64, Relaxed);
 }
 
 /// Counts an accepted WebSocket connection.
-pub fn connection_opened() {
+pub(crate) fn connection_opened() {
     CONNECTIONS_TOTAL.fetch_add(1, Relaxed);
 }
 
 /// Counts `n` messages queued to subscribers.
-pub fn deliveries(n: usize) {
+pub(crate) fn deliveries(n: usize) {
     DELIVERIES.fetch_add(n as u64, Relaxed);
 }
 
 /// Counts a published message.
-pub fn published() {
+pub(crate) fn published() {
     PUBLISHES.fetch_add(1, Relaxed);
 }
 
 /// Counts a connection closed for reading too slowly.
-pub fn slow_consumer() {
+pub(crate) fn slow_consumer() {
     SLOW_CONSUMERS.fetch_add(1, Relaxed);
 }
 
 /// Counts a frame received from a client.
-pub fn frame_in() {
+pub(crate) fn frame_in() {
     FRAMES_IN.fetch_add(1, Relaxed);
 }
 
 /// Counts one socket write of `bytes`.
-pub fn write(bytes: usize) {
+pub(crate) fn write(bytes: usize) {
     WRITES.fetch_add(1, Relaxed);
     BYTES_OUT.fetch_add(bytes as u64, Relaxed);
 }
 
 /// Counts an upgrade or API request refused.
-pub fn rejected() {
+pub(crate) fn rejected() {
     REJECTED.fetch_add(1, Relaxed);
 }
 
 /// Counts a ticket issued.
-pub fn ticket_issued() {
+pub(crate) fn ticket_issued() {
     TICKETS.fetch_add(1, Relaxed);
 }
 
 /// Counts a page of history read for a subscriber's replay.
-pub fn replay_page() {
+pub(crate) fn replay_page() {
     REPLAY_PAGES.fetch_add(1, Relaxed);
 }
 
 /// The Prometheus text exposition of every metric.
-pub fn render() -> String {
+pub(crate) fn render() -> String {
     let mut s = String::with_capacity(1024);
     let rows: [(&str, &str, &str, &AtomicU64); 11] = [
         (

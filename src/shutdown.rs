@@ -4,7 +4,7 @@
 use tokio_util::sync::CancellationToken;
 
 /// Completes on SIGTERM or SIGINT, or when `token` is cancelled by someone else (tests).
-pub async fn signal(token: CancellationToken) {
+pub(crate) async fn signal(token: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -29,7 +29,7 @@ impl Codec {
 }
 
 /// What a fast scan found in a server frame.
-pub enum Scan {
+pub(crate) enum Scan {
     Msg {
         t: u64,
         s: u64,
@@ -41,14 +41,14 @@ pub enum Scan {
 }
 
 /// Decode a control-path frame fully (welcome, ok, error).
-pub fn decode(codec: Codec, payload: &[u8]) -> Option<Value> {
+pub(crate) fn decode(codec: Codec, payload: &[u8]) -> Option<Value> {
     match codec {
         Codec::Json => serde_json::from_slice(payload).ok(),
         Codec::Msgpack => rmp_serde::from_slice(payload).ok(),
     }
 }
 
-pub fn sub_request(codec: Codec, id: u64, topic: &str) -> Vec<u8> {
+pub(crate) fn sub_request(codec: Codec, id: u64, topic: &str) -> Vec<u8> {
     match codec {
         Codec::Json => format!(r#"{{"op":"sub","id":{id},"topic":"{topic}"}}"#).into_bytes(),
         Codec::Msgpack => {
@@ -66,7 +66,7 @@ pub fn sub_request(codec: Codec, id: u64, topic: &str) -> Vec<u8> {
 }
 
 /// The `data` object in JSON: `{"t":..,"s":..,"p":"xxx"}` (no `p` when `pad` is 0).
-pub fn json_data(out: &mut Vec<u8>, t: u64, s: u64, pad: usize) {
+pub(crate) fn json_data(out: &mut Vec<u8>, t: u64, s: u64, pad: usize) {
     use std::io::Write as _;
     let _ = write!(out, r#"{{"t":{t},"s":{s}"#);
     if pad > 0 {
@@ -78,7 +78,7 @@ pub fn json_data(out: &mut Vec<u8>, t: u64, s: u64, pad: usize) {
 }
 
 /// A `pub` request for the WebSocket publisher, appended to `out`.
-pub fn pub_request(
+pub(crate) fn pub_request(
     codec: Codec,
     out: &mut Vec<u8>,
     id: u64,
@@ -111,7 +111,7 @@ pub fn pub_request(
 /// Padding length so that the `msg` frame a subscriber receives is about `size` bytes in total
 /// (WebSocket header included), given the topic and epoch as the server reported them. 0 means
 /// no `p` at all (the smallest frame).
-pub fn pad_for(codec: Codec, size: usize, topic: &str, epoch: &str) -> usize {
+pub(crate) fn pad_for(codec: Codec, size: usize, topic: &str, epoch: &str) -> usize {
     // Representative values: t about 10^10 ns (11 digits), offset and seq of 5 digits.
     let (t, s, offset) = (10_000_000_000u64, 10_000u64, 10_000u64);
     let frame = |pad: usize| {
@@ -160,7 +160,7 @@ pub fn pad_for(codec: Codec, size: usize, topic: &str, epoch: &str) -> usize {
 
 /// Scan a server frame for a bench `msg`.
 #[inline]
-pub fn scan(codec: Codec, p: &[u8]) -> Scan {
+pub(crate) fn scan(codec: Codec, p: &[u8]) -> Scan {
     match codec {
         Codec::Json => scan_json(p),
         Codec::Msgpack => msgpack::scan(p),
@@ -227,7 +227,7 @@ fn tail_field(p: &[u8], end: &mut usize) -> Option<(u8, u64)> {
     Some((p[j - 3], v))
 }
 
-pub fn json_uint_after(hay: &[u8], key: &[u8]) -> Option<u64> {
+pub(crate) fn json_uint_after(hay: &[u8], key: &[u8]) -> Option<u64> {
     let at = find(hay, key)? + key.len();
     let rest = &hay[at..];
     let skip = rest.iter().take_while(|b| b.is_ascii_whitespace()).count();
@@ -244,7 +244,7 @@ pub fn json_uint_after(hay: &[u8], key: &[u8]) -> Option<u64> {
 }
 
 /// For publisher replies: (is ok, id) without full decoding in the common case.
-pub fn scan_reply(codec: Codec, p: &[u8]) -> Option<(bool, u64)> {
+pub(crate) fn scan_reply(codec: Codec, p: &[u8]) -> Option<(bool, u64)> {
     match codec {
         Codec::Json => {
             let ok = p.starts_with(br#"{"op":"ok""#) || find(p, br#""op":"ok""#).is_some();

@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// An open, welcomed WebSocket.
-pub struct Ws {
+pub(crate) struct Ws {
     pub stream: TcpStream,
     pub reader: FrameReader,
     pub rng: MaskRng,
@@ -29,7 +29,7 @@ fn wire_err(stage: &str, e: WireError) -> String {
     }
 }
 
-pub async fn open(target: &Target, tickets: &Tickets, codec: Codec) -> Result<Ws, String> {
+pub(crate) async fn open(target: &Target, tickets: &Tickets, codec: Codec) -> Result<Ws, String> {
     let ticket = tickets.get().await?;
     let mut stream = target
         .connect()
@@ -68,14 +68,14 @@ fn short(v: &Value) -> String {
 
 impl Ws {
     /// Send one request (a masked data frame in the codec's frame type).
-    pub async fn send(&mut self, payload: &[u8]) -> std::io::Result<()> {
+    pub(crate) async fn send(&mut self, payload: &[u8]) -> std::io::Result<()> {
         let mut out = Vec::with_capacity(payload.len() + 14);
         wire::push_frame(&mut out, self.codec.opcode(), payload, &mut self.rng);
         self.stream.write_all(&out).await
     }
 
     /// The next data frame, decoded; pings are answered on the way.
-    pub async fn next_message(&mut self) -> Result<Value, WireError> {
+    pub(crate) async fn next_message(&mut self) -> Result<Value, WireError> {
         loop {
             let f = self.reader.next(&mut self.stream).await?;
             if f.opcode == OP_PING {
@@ -93,7 +93,7 @@ impl Ws {
     }
 
     /// Wait for the reply to request `id`, skipping other frames (bounded by the caller's timeout).
-    pub async fn reply(&mut self, id: u64) -> Result<Value, WireError> {
+    pub(crate) async fn reply(&mut self, id: u64) -> Result<Value, WireError> {
         loop {
             let v = self.next_message().await?;
             if v.get("id").and_then(Value::as_u64) == Some(id) {
@@ -106,7 +106,7 @@ impl Ws {
     }
 
     /// Subscribe to `topic`; returns the `ok` reply's epoch.
-    pub async fn subscribe(&mut self, topic: &str) -> Result<String, String> {
+    pub(crate) async fn subscribe(&mut self, topic: &str) -> Result<String, String> {
         let req = codec::sub_request(self.codec, 1, topic);
         self.send(&req)
             .await

@@ -36,7 +36,7 @@ fn bounds(idx: usize) -> (u64, u64) {
 
 /// A plain histogram (for merging and reporting).
 #[derive(Clone)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     counts: Vec<u64>,
     total: u64,
     max: u64,
@@ -44,7 +44,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Histogram {
             counts: vec![0; BUCKETS],
             total: 0,
@@ -54,22 +54,22 @@ impl Histogram {
     }
 
     #[inline]
-    pub fn record(&mut self, v: u64) {
+    pub(crate) fn record(&mut self, v: u64) {
         self.counts[index(v)] += 1;
         self.total += 1;
         self.max = self.max.max(v);
         self.sum += v as u128;
     }
 
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.total
     }
 
-    pub fn max(&self) -> u64 {
+    pub(crate) fn max(&self) -> u64 {
         self.max
     }
 
-    pub fn mean(&self) -> f64 {
+    pub(crate) fn mean(&self) -> f64 {
         if self.total == 0 {
             0.0
         } else {
@@ -79,7 +79,7 @@ impl Histogram {
 
     /// Value at quantile `q` in [0, 1]: the middle of the bucket holding that rank, capped at
     /// the recorded maximum.
-    pub fn quantile(&self, q: f64) -> u64 {
+    pub(crate) fn quantile(&self, q: f64) -> u64 {
         if self.total == 0 {
             return 0;
         }
@@ -98,7 +98,7 @@ impl Histogram {
 
 /// Concurrent recorder: a few shards, one picked per thread, each a plain histogram behind a
 /// mutex that is taken once per batch (a receiver records one batch per socket read).
-pub struct Recorder {
+pub(crate) struct Recorder {
     shards: Vec<Mutex<Histogram>>,
 }
 
@@ -108,7 +108,7 @@ thread_local! {
 }
 
 impl Recorder {
-    pub fn new(shards: usize) -> Self {
+    pub(crate) fn new(shards: usize) -> Self {
         Recorder {
             shards: (0..shards.max(1))
                 .map(|_| Mutex::new(Histogram::new()))
@@ -116,7 +116,7 @@ impl Recorder {
         }
     }
 
-    pub fn record_batch(&self, values: &[u64]) {
+    pub(crate) fn record_batch(&self, values: &[u64]) {
         if values.is_empty() {
             return;
         }
@@ -127,7 +127,7 @@ impl Recorder {
         }
     }
 
-    pub fn snapshot(&self) -> Histogram {
+    pub(crate) fn snapshot(&self) -> Histogram {
         let mut out = Histogram::new();
         for s in &self.shards {
             let h = s.lock().unwrap_or_else(|p| p.into_inner());

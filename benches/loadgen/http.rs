@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The server under test. Loopback only.
 #[derive(Clone, Debug)]
-pub struct Target {
+pub(crate) struct Target {
     /// `host:port` as sent in `Host:`.
     pub authority: String,
     pub addr: SocketAddr,
@@ -29,7 +29,7 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn parse(url: &str) -> anyhow::Result<Target> {
+    pub(crate) fn parse(url: &str) -> anyhow::Result<Target> {
         let uri: Uri = url.parse().with_context(|| format!("bad --url {url:?}"))?;
         match uri.scheme_str() {
             Some("http") | None => {}
@@ -59,7 +59,7 @@ impl Target {
     }
 
     /// Connects from `n` addresses, 127.0.1.1 upwards (IPv4 targets only; 0: the kernel's choice).
-    pub fn with_sources(mut self, n: usize) -> anyhow::Result<Target> {
+    pub(crate) fn with_sources(mut self, n: usize) -> anyhow::Result<Target> {
         if n > 0 && !self.addr.is_ipv4() {
             bail!("--source-addrs needs an IPv4 --url");
         }
@@ -77,7 +77,7 @@ impl Target {
     }
 
     /// The address to connect from next, if any.
-    pub fn source(&self) -> Option<IpAddr> {
+    pub(crate) fn source(&self) -> Option<IpAddr> {
         if self.sources.is_empty() {
             return None;
         }
@@ -86,7 +86,7 @@ impl Target {
     }
 
     /// A TCP connection to the target, from the next source address.
-    pub async fn connect(&self) -> std::io::Result<tokio::net::TcpStream> {
+    pub(crate) async fn connect(&self) -> std::io::Result<tokio::net::TcpStream> {
         match self.source() {
             None => tokio::net::TcpStream::connect(self.addr).await,
             Some(src) => {
@@ -99,7 +99,7 @@ impl Target {
 }
 
 /// An HS256 JWT allowing everything the bench does.
-pub fn mint_jwt(secret: &[u8], sub: &str, ttl: Duration) -> anyhow::Result<String> {
+pub(crate) fn mint_jwt(secret: &[u8], sub: &str, ttl: Duration) -> anyhow::Result<String> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let claims = serde_json::json!({
         "sub": sub,
@@ -117,7 +117,7 @@ pub fn mint_jwt(secret: &[u8], sub: &str, ttl: Duration) -> anyhow::Result<Strin
 
 /// Gets one-use tickets with `POST /v1/tickets` over a keep-alive pool.
 #[derive(Clone)]
-pub struct Tickets {
+pub(crate) struct Tickets {
     /// One pool per source address (one in all without `--source-addrs`), taken in turn.
     clients: Arc<[Client<HttpConnector, Full<Bytes>>]>,
     next: Arc<AtomicUsize>,
@@ -126,7 +126,7 @@ pub struct Tickets {
 }
 
 impl Tickets {
-    pub fn new(target: &Target, jwt: &str) -> anyhow::Result<Self> {
+    pub(crate) fn new(target: &Target, jwt: &str) -> anyhow::Result<Self> {
         let sources: Vec<Option<IpAddr>> = if target.sources.is_empty() {
             vec![None]
         } else {
@@ -153,7 +153,7 @@ impl Tickets {
     }
 
     /// One ticket, or a short reason (used as the failure category).
-    pub async fn get(&self) -> Result<String, String> {
+    pub(crate) async fn get(&self) -> Result<String, String> {
         let req = Request::post(self.uri.clone())
             .header(header::AUTHORIZATION, &self.auth)
             .header(header::CONTENT_LENGTH, "0")
@@ -188,7 +188,7 @@ impl Tickets {
 }
 
 /// The `error` code of an error body, or the start of the body.
-pub fn error_code(body: &[u8]) -> String {
+pub(crate) fn error_code(body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
@@ -197,7 +197,7 @@ pub fn error_code(body: &[u8]) -> String {
 
 /// One dedicated HTTP/1.1 keep-alive connection for publishing (one request in flight, so the
 /// order of a topic's messages is the order they were sent).
-pub struct Publisher {
+pub(crate) struct Publisher {
     send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     uri: Uri,
     auth: String,
@@ -205,7 +205,7 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub async fn connect(target: &Target, api_key: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(target: &Target, api_key: &str) -> anyhow::Result<Self> {
         let tcp = target.connect().await?;
         tcp.set_nodelay(true)?;
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
@@ -221,7 +221,7 @@ impl Publisher {
     }
 
     /// Publish one body; `Ok(())` on success, `Err(code)` on a refusal or failure.
-    pub async fn publish(&mut self, body: Vec<u8>) -> Result<(), String> {
+    pub(crate) async fn publish(&mut self, body: Vec<u8>) -> Result<(), String> {
         self.send.ready().await.map_err(|e| format!("http: {e}"))?;
         let req = Request::post(self.uri.clone())
             .header(header::HOST, &self.authority)

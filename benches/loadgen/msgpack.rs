@@ -4,7 +4,7 @@
 use crate::codec::{Scan, json_uint_after};
 
 /// Scan a server frame for a bench `msg`: `op` and `data.t`/`data.s`, skipping everything else.
-pub fn scan(p: &[u8]) -> Scan {
+pub(crate) fn scan(p: &[u8]) -> Scan {
     let mut r = Mp { b: p, i: 0 };
     let Some(n) = r.map_len() else {
         return Scan::Other;
@@ -36,7 +36,7 @@ pub fn scan(p: &[u8]) -> Scan {
 }
 
 /// For publisher replies: (is ok, id).
-pub fn scan_reply(p: &[u8]) -> Option<(bool, u64)> {
+pub(crate) fn scan_reply(p: &[u8]) -> Option<(bool, u64)> {
     let mut r = Mp { b: p, i: 0 };
     let n = r.map_len()?;
     let (mut op, mut id) = (None, 0);
@@ -203,7 +203,7 @@ impl<'a> Mp<'a> {
     }
 }
 
-pub fn mp_data(out: &mut Vec<u8>, t: u64, s: u64, pad: usize) {
+pub(crate) fn mp_data(out: &mut Vec<u8>, t: u64, s: u64, pad: usize) {
     mp_map(out, if pad > 0 { 3 } else { 2 });
     mp_str(out, "t");
     mp_uint(out, t);
@@ -216,7 +216,7 @@ pub fn mp_data(out: &mut Vec<u8>, t: u64, s: u64, pad: usize) {
     }
 }
 
-pub fn mp_map(o: &mut Vec<u8>, n: usize) {
+pub(crate) fn mp_map(o: &mut Vec<u8>, n: usize) {
     if n < 16 {
         o.push(0x80 | n as u8);
     } else {
@@ -225,7 +225,7 @@ pub fn mp_map(o: &mut Vec<u8>, n: usize) {
     }
 }
 
-pub fn mp_str_len(o: &mut Vec<u8>, n: usize) {
+pub(crate) fn mp_str_len(o: &mut Vec<u8>, n: usize) {
     if n < 32 {
         o.push(0xa0 | n as u8);
     } else if n < 256 {
@@ -239,12 +239,12 @@ pub fn mp_str_len(o: &mut Vec<u8>, n: usize) {
     }
 }
 
-pub fn mp_str(o: &mut Vec<u8>, s: &str) {
+pub(crate) fn mp_str(o: &mut Vec<u8>, s: &str) {
     mp_str_len(o, s.len());
     o.extend_from_slice(s.as_bytes());
 }
 
-pub fn mp_uint(o: &mut Vec<u8>, v: u64) {
+pub(crate) fn mp_uint(o: &mut Vec<u8>, v: u64) {
     if v < 128 {
         o.push(v as u8);
     } else if v < 256 {

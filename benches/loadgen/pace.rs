@@ -26,7 +26,7 @@ pub enum Pacing {
 }
 
 /// One publisher's schedule.
-pub struct Pacer {
+pub(crate) struct Pacer {
     start: Instant,
     offset: Duration,
     /// Messages per second for this publisher; None = unpaced.
@@ -38,7 +38,11 @@ pub struct Pacer {
 impl Pacer {
     /// A schedule that starts when [`Pacer::start`] is called. Must run inside the runtime
     /// (`exact` registers a timerfd with its reactor).
-    pub fn new(pacing: Pacing, rate: Option<f64>, offset: Duration) -> std::io::Result<Pacer> {
+    pub(crate) fn new(
+        pacing: Pacing,
+        rate: Option<f64>,
+        offset: Duration,
+    ) -> std::io::Result<Pacer> {
         let rate = rate.filter(|r| *r > 0.0);
         let timer = match (pacing, rate) {
             (Pacing::Exact, Some(_)) => {
@@ -66,7 +70,7 @@ impl Pacer {
     }
 
     /// (Re)starts the schedule now: message 0 is due at `now + offset`.
-    pub fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         // `start` first: the timer's origin is then no earlier than it, so a timer never fires
         // before the instant `due_now` computes.
         self.start = Instant::now();
@@ -81,13 +85,13 @@ impl Pacer {
     }
 
     /// Message `j` is due (always, when unpaced).
-    pub fn due_now(&self, j: u64) -> bool {
+    pub(crate) fn due_now(&self, j: u64) -> bool {
         self.due_after_start(j)
             .is_none_or(|d| self.start + d <= Instant::now())
     }
 
     /// Wait until message `j` is due (no wait when unpaced or late).
-    pub async fn wait(&self, j: u64) -> std::io::Result<()> {
+    pub(crate) async fn wait(&self, j: u64) -> std::io::Result<()> {
         let Some(after) = self.due_after_start(j) else {
             return Ok(());
         };

@@ -38,7 +38,7 @@ struct Outcome {
 }
 
 /// Runs the mode; prints a report.
-pub async fn run(args: &Args, mode: Mode, jwt: Option<String>) -> anyhow::Result<()> {
+pub(crate) async fn run(args: &Args, mode: Mode, jwt: Option<String>) -> anyhow::Result<()> {
     let limit = Duration::from_secs_f64(args.duration_limit);
     if mode == Mode::Backend {
         let addr = args.listen.as_deref().unwrap_or("127.0.0.1:9001");

@@ -24,7 +24,7 @@ pub enum Via {
     Redis,
 }
 
-pub struct Plan {
+pub(crate) struct Plan {
     pub total: u64,
     pub topics: Arc<Vec<String>>,
     pub publishers: usize,
@@ -71,7 +71,7 @@ impl Plan {
 }
 
 #[derive(Default)]
-pub struct PubStats {
+pub(crate) struct PubStats {
     pub sent: AtomicU64,
     pub ok: AtomicU64,
     pub ok_per_topic: Vec<AtomicU64>,
@@ -85,7 +85,7 @@ pub struct PubStats {
 }
 
 impl PubStats {
-    pub fn new(subs_per_topic: &[u64]) -> Self {
+    pub(crate) fn new(subs_per_topic: &[u64]) -> Self {
         PubStats {
             ok_per_topic: subs_per_topic.iter().map(|_| AtomicU64::new(0)).collect(),
             subs: subs_per_topic.to_vec(),
@@ -121,7 +121,7 @@ impl PubStats {
 }
 
 /// How many messages go to topic `tp` out of `total` spread round-robin over `topics`.
-pub fn per_topic(total: u64, topics: usize, tp: usize) -> u64 {
+pub(crate) fn per_topic(total: u64, topics: usize, tp: usize) -> u64 {
     let t = topics as u64;
     total / t + u64::from((tp as u64) < total % t)
 }
@@ -137,7 +137,7 @@ fn schedule(total: u64, topics: usize, k: usize, p: usize) -> impl Iterator<Item
 }
 
 /// Run all publishers to completion (or the deadline). Returns a per-publisher failure list.
-pub async fn run(plan: Arc<Plan>, stats: Arc<PubStats>) -> Vec<String> {
+pub(crate) async fn run(plan: Arc<Plan>, stats: Arc<PubStats>) -> Vec<String> {
     let p = plan.publishers.clamp(1, plan.topics.len());
     let mut handles = Vec::with_capacity(p);
     for k in 0..p {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 #[derive(Serialize, Default)]
-pub struct Report {
+pub(crate) struct Report {
     pub mode: &'static str,
     pub config: serde_json::Value,
     pub connections: Connections,
@@ -22,7 +22,7 @@ pub struct Report {
 }
 
 #[derive(Serialize, Default)]
-pub struct Connections {
+pub(crate) struct Connections {
     pub requested: usize,
     pub ok: usize,
     pub failed: usize,
@@ -33,7 +33,7 @@ pub struct Connections {
 }
 
 #[derive(Serialize, Default)]
-pub struct Published {
+pub(crate) struct Published {
     pub planned: u64,
     pub sent: u64,
     pub ok: u64,
@@ -43,7 +43,7 @@ pub struct Published {
 }
 
 #[derive(Serialize, Default)]
-pub struct Deliveries {
+pub(crate) struct Deliveries {
     pub expected: u64,
     pub received: u64,
     pub lost: u64,
@@ -63,7 +63,7 @@ pub struct Deliveries {
 }
 
 #[derive(Serialize, Default)]
-pub struct Latency {
+pub(crate) struct Latency {
     pub count: u64,
     pub p50: f64,
     pub p90: f64,
@@ -74,7 +74,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    pub fn from(h: &Histogram) -> Option<Latency> {
+    pub(crate) fn from(h: &Histogram) -> Option<Latency> {
         if h.count() == 0 {
             return None;
         }
@@ -92,7 +92,7 @@ impl Latency {
 }
 
 #[derive(Serialize, Default)]
-pub struct Server {
+pub(crate) struct Server {
     pub pid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_secs: Option<f64>,
@@ -105,7 +105,7 @@ pub struct Server {
 }
 
 #[derive(Serialize, Default)]
-pub struct Bench {
+pub(crate) struct Bench {
     pub threads: usize,
     pub cpu_secs: Option<f64>,
     /// Machine stalls seen during the measured phase (see `stall`).
@@ -127,7 +127,7 @@ fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
 }
 
 impl Report {
-    pub fn human(&self) -> String {
+    pub(crate) fn human(&self) -> String {
         let mut o = String::new();
         let c = &self.connections;
         let _ = writeln!(o, "herald-bench ({})  {}", self.mode, self.config);

@@ -31,7 +31,7 @@ struct Subscribers {
     secs: f64,
 }
 
-pub async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
+pub(crate) async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
     let target = Target::parse(&args.url)?.with_sources(args.source_addrs)?;
     // Subscribers go round-robin over every node given.
     let mut targets = vec![target.clone()];

@@ -24,7 +24,7 @@ thread_local! {
 }
 
 /// State shared by all receivers.
-pub struct Shared {
+pub(crate) struct Shared {
     pub hist: Recorder,
     /// Unique deliveries so far (all subscribers).
     pub delivered: AtomicU64,
@@ -34,7 +34,7 @@ pub struct Shared {
 
 /// What one subscriber saw.
 #[derive(Default, Clone, Debug)]
-pub struct SubStats {
+pub(crate) struct SubStats {
     pub conn: usize,
     pub topic: usize,
     /// Distinct bench messages received.
@@ -74,7 +74,7 @@ struct Rx {
 }
 
 /// Where subscribers leave their stats when they end, however they end.
-pub type Sink = Arc<Mutex<Vec<SubStats>>>;
+pub(crate) type Sink = Arc<Mutex<Vec<SubStats>>>;
 
 /// A running subscriber. Its stats reach the sink in `Drop`, so the bench stops subscribers by
 /// aborting their tasks: no stop signal is polled on the hot path.
@@ -99,7 +99,14 @@ impl Drop for Sub {
 }
 
 /// Run one subscriber until its task is aborted or the server ends the connection.
-pub async fn run(ws: Ws, conn: usize, topic: usize, topic_msgs: u64, sh: Arc<Shared>, sink: Sink) {
+pub(crate) async fn run(
+    ws: Ws,
+    conn: usize,
+    topic: usize,
+    topic_msgs: u64,
+    sh: Arc<Shared>,
+    sink: Sink,
+) {
     let Ws {
         stream,
         reader,

@@ -17,12 +17,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// A wake-up later than this is a stall.
-pub const THRESHOLD: Duration = Duration::from_millis(5);
+pub(crate) const THRESHOLD: Duration = Duration::from_millis(5);
 const TICK: Duration = Duration::from_millis(2);
 
 /// The stalls one watcher saw, in milliseconds.
 #[derive(Serialize, Default, Clone, Debug)]
-pub struct Stalls {
+pub(crate) struct Stalls {
     /// The CPU watched, or None for "wherever the bench runs".
     pub cpu: Option<usize>,
     /// The watcher ran with real-time priority (its late wake-ups are the machine's).
@@ -40,7 +40,7 @@ type Watcher = (
 );
 
 /// Running watchers; [`Watch::finish`] stops them.
-pub struct Watch {
+pub(crate) struct Watch {
     /// Tells the threads to stop; each checks after every sleep.
     stop: Arc<AtomicBool>,
     threads: Vec<Watcher>,
@@ -48,7 +48,7 @@ pub struct Watch {
 
 impl Watch {
     /// One watcher per CPU in `cpus`, or one unpinned watcher when `cpus` is empty.
-    pub fn start(cpus: &[usize]) -> std::io::Result<Watch> {
+    pub(crate) fn start(cpus: &[usize]) -> std::io::Result<Watch> {
         let stop = Arc::new(AtomicBool::new(false));
         let targets: Vec<Option<usize>> = if cpus.is_empty() {
             vec![None]
@@ -91,7 +91,7 @@ impl Watch {
         Ok(Watch { stop, threads })
     }
 
-    pub fn finish(self) -> Vec<Stalls> {
+    pub(crate) fn finish(self) -> Vec<Stalls> {
         self.stop.store(true, Ordering::Relaxed);
         self.threads
             .into_iter()
@@ -115,7 +115,7 @@ fn summarize(cpu: Option<usize>, realtime: bool, late: &[Duration]) -> Stalls {
 }
 
 /// One line for the human report.
-pub fn describe(all: &[Stalls]) -> String {
+pub(crate) fn describe(all: &[Stalls]) -> String {
     let parts: Vec<String> = all
         .iter()
         .map(|s| {

@@ -3,7 +3,7 @@
 use std::process::Command;
 
 /// (soft, hard) RLIMIT_NOFILE of this process, from /proc/self/limits.
-pub fn nofile_limits() -> Option<(u64, u64)> {
+pub(crate) fn nofile_limits() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = text.lines().find(|l| l.starts_with("Max open files"))?;
     let mut nums = line["Max open files".len()..].split_whitespace().map(|w| {
@@ -18,7 +18,7 @@ pub fn nofile_limits() -> Option<(u64, u64)> {
 
 /// Make sure this process may open `needed` file descriptors. Raises the soft limit to the hard
 /// one with `prlimit` (util-linux) when that helps; otherwise explains what to run.
-pub fn ensure_nofile(needed: u64) -> anyhow::Result<()> {
+pub(crate) fn ensure_nofile(needed: u64) -> anyhow::Result<()> {
     let Some((soft, hard)) = nofile_limits() else {
         eprintln!("warning: cannot read /proc/self/limits; assuming the open-file limit is enough");
         return Ok(());
@@ -44,7 +44,7 @@ pub fn ensure_nofile(needed: u64) -> anyhow::Result<()> {
 }
 
 /// Clock ticks per second for /proc/PID/stat times.
-pub fn clk_tck() -> u64 {
+pub(crate) fn clk_tck() -> u64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -56,7 +56,7 @@ pub fn clk_tck() -> u64 {
 }
 
 /// utime + stime of a process, in clock ticks.
-pub fn cpu_ticks(pid: &str) -> Option<u64> {
+pub(crate) fn cpu_ticks(pid: &str) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces and parentheses).
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -66,28 +66,28 @@ pub fn cpu_ticks(pid: &str) -> Option<u64> {
 }
 
 /// VmRSS of a process in KiB.
-pub fn rss_kib(pid: &str) -> Option<u64> {
+pub(crate) fn rss_kib(pid: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// CPU seconds used by a process between two tick samples.
-pub struct CpuClock {
+pub(crate) struct CpuClock {
     pid: String,
     tck: f64,
     start: Option<u64>,
 }
 
 impl CpuClock {
-    pub fn start(pid: &str, tck: u64) -> Self {
+    pub(crate) fn start(pid: &str, tck: u64) -> Self {
         CpuClock {
             pid: pid.to_string(),
             tck: tck as f64,
             start: cpu_ticks(pid),
         }
     }
-    pub fn seconds(&self) -> Option<f64> {
+    pub(crate) fn seconds(&self) -> Option<f64> {
         Some((cpu_ticks(&self.pid)?.saturating_sub(self.start?)) as f64 / self.tck)
     }
 }

@@ -6,12 +6,12 @@ use base64::Engine as _;
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-pub const OP_CONT: u8 = 0x0;
-pub const OP_TEXT: u8 = 0x1;
-pub const OP_BINARY: u8 = 0x2;
-pub const OP_CLOSE: u8 = 0x8;
-pub const OP_PING: u8 = 0x9;
-pub const OP_PONG: u8 = 0xA;
+pub(crate) const OP_CONT: u8 = 0x0;
+pub(crate) const OP_TEXT: u8 = 0x1;
+pub(crate) const OP_BINARY: u8 = 0x2;
+pub(crate) const OP_CLOSE: u8 = 0x8;
+pub(crate) const OP_PING: u8 = 0x9;
+pub(crate) const OP_PONG: u8 = 0xA;
 
 /// Frames bigger than this are treated as a protocol error (the bench never expects them).
 const MAX_FRAME: usize = 64 << 20;
@@ -20,7 +20,7 @@ const MAX_HEAD: usize = 16 << 10;
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 #[derive(Debug, thiserror::Error)]
-pub enum WireError {
+pub(crate) enum WireError {
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("connection closed by server")]
@@ -37,7 +37,7 @@ pub enum WireError {
 
 /// A parsed frame header.
 #[derive(Debug, Clone, Copy)]
-pub struct Head {
+pub(crate) struct Head {
     pub fin: bool,
     pub opcode: u8,
     pub head_len: usize,
@@ -46,14 +46,14 @@ pub struct Head {
 }
 
 impl Head {
-    pub fn total(&self) -> usize {
+    pub(crate) fn total(&self) -> usize {
         self.head_len + self.payload_len
     }
 }
 
 /// How many header bytes are needed to parse the header that starts `buf` (2 until the second
 /// byte is known).
-pub fn head_len_needed(buf: &[u8]) -> usize {
+pub(crate) fn head_len_needed(buf: &[u8]) -> usize {
     if buf.len() < 2 {
         return 2;
     }
@@ -66,7 +66,7 @@ pub fn head_len_needed(buf: &[u8]) -> usize {
 }
 
 /// Parse the frame header at the start of `buf`; `Ok(None)` when more bytes are needed.
-pub fn head(buf: &[u8]) -> Result<Option<Head>, WireError> {
+pub(crate) fn head(buf: &[u8]) -> Result<Option<Head>, WireError> {
     let need = head_len_needed(buf);
     if buf.len() < need {
         return Ok(None);
@@ -101,10 +101,10 @@ pub fn head(buf: &[u8]) -> Result<Option<Head>, WireError> {
 }
 
 /// Tiny xorshift generator for mask keys (masking is a protocol rule, not a security need here).
-pub struct MaskRng(u64);
+pub(crate) struct MaskRng(u64);
 
 impl MaskRng {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         MaskRng(getrandom::u64().unwrap_or(0x9E37_79B9_7F4A_7C15) | 1)
     }
     fn next(&mut self) -> [u8; 4] {
@@ -118,7 +118,7 @@ impl MaskRng {
 }
 
 /// Append one masked client frame (FIN set) to `out`.
-pub fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], rng: &mut MaskRng) {
+pub(crate) fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], rng: &mut MaskRng) {
     out.push(0x80 | opcode);
     let n = payload.len();
     if n < 126 {
@@ -140,7 +140,7 @@ pub fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], rng: &mut MaskR
 }
 
 /// Unmask in place (server frames should never be masked; tolerated anyway).
-pub fn unmask(data: &mut [u8], mask: [u8; 4]) {
+pub(crate) fn unmask(data: &mut [u8], mask: [u8; 4]) {
     for (i, b) in data.iter_mut().enumerate() {
         *b ^= mask[i & 3];
     }
@@ -148,7 +148,7 @@ pub fn unmask(data: &mut [u8], mask: [u8; 4]) {
 
 /// Perform the client side of the WebSocket upgrade. Returns bytes read past the response head
 /// (the start of the frame stream).
-pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     host: &str,
     path_and_query: &str,
@@ -226,18 +226,18 @@ pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// A frame reader for low-rate paths. Reassembles nothing: fragmented data frames are an error
 /// here (the server sends one message per frame).
-pub struct FrameReader {
+pub(crate) struct FrameReader {
     buf: Vec<u8>,
     start: usize,
 }
 
-pub struct Frame<'a> {
+pub(crate) struct Frame<'a> {
     pub opcode: u8,
     pub payload: &'a [u8],
 }
 
 impl FrameReader {
-    pub fn new(initial: Vec<u8>) -> Self {
+    pub(crate) fn new(initial: Vec<u8>) -> Self {
         FrameReader {
             buf: initial,
             start: 0,
@@ -245,13 +245,16 @@ impl FrameReader {
     }
 
     /// The bytes read but not yet returned as frames.
-    pub fn into_leftover(mut self) -> Vec<u8> {
+    pub(crate) fn into_leftover(mut self) -> Vec<u8> {
         self.buf.drain(..self.start);
         self.buf
     }
 
     /// The next complete frame (any opcode). Close frames become `WireError::Closed`.
-    pub async fn next<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> Result<Frame<'_>, WireError> {
+    pub(crate) async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+    ) -> Result<Frame<'_>, WireError> {
         loop {
             if let Some(h) = head(&self.buf[self.start..])?
                 && self.buf.len() - self.start >= h.total()
@@ -295,7 +298,7 @@ impl FrameReader {
 }
 
 /// First index of `needle` in `hay`.
-pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     let (&first, rest) = needle.split_first()?;
     let mut at = 0;
     while at + needle.len() <= hay.len() {

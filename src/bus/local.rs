@@ -61,7 +61,7 @@ struct Budget {
 }
 
 /// The in-process bus.
-pub struct LocalBus {
+pub(crate) struct LocalBus {
     /// Topic to its log. References are cloned out before locking the log.
     logs: DashMap<Arc<str>, Arc<Mutex<Log>>>,
     /// Where messages go (the hub); messages are handed over under the topic's log lock, so
@@ -84,7 +84,7 @@ pub struct LocalBus {
 impl LocalBus {
     /// A bus keeping `history_size` messages per topic for at most `history_ttl`, and at most
     /// `history_bytes` of history in all.
-    pub fn new(
+    pub(crate) fn new(
         sinks: Sinks,
         history_size: usize,
         history_ttl: Duration,
@@ -186,7 +186,7 @@ impl LocalBus {
     }
 
     /// Publishes synchronously (the in-process bus never waits).
-    pub fn publish_now(&self, topic: &Topic, data: Bytes) -> Position {
+    pub(crate) fn publish_now(&self, topic: &Topic, data: Bytes) -> Position {
         let log = self.log(topic);
         let mut l = log.lock();
         l.last += 1;
@@ -222,7 +222,7 @@ impl LocalBus {
     }
 
     /// The replay for `since` (its first [`REPLAY_PAGE`]), synchronously.
-    pub fn replay_now(&self, topic: &Topic, since: Option<&Position>) -> Replay {
+    pub(crate) fn replay_now(&self, topic: &Topic, since: Option<&Position>) -> Replay {
         let log = self.log(topic);
         let mut l = log.lock();
         self.trim(&mut l, Instant::now());
@@ -236,7 +236,7 @@ impl LocalBus {
 
     /// Drops the logs whose history has aged out entirely, so topics used once do not
     /// accumulate. A later publish to such a topic starts a new epoch.
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         let now = Instant::now();
         self.logs.retain(|_, log| {
             let mut l = log.lock();

@@ -3,8 +3,8 @@
 //! the in-process bus (the embedded default) and Redis (a cluster of nodes). `server.rs` hands
 //! the bus its sinks, which feed the hub, so the two never import each other.
 
-pub mod local;
-pub mod redis;
+pub(crate) mod local;
+pub(crate) mod redis;
 
 use std::sync::Arc;
 
@@ -13,10 +13,10 @@ use bytes::Bytes;
 use crate::protocol::{ErrorCode, Message, Position, Topic};
 
 /// A boxed future (futures_util's), so the traits stay object safe.
-pub use futures_util::future::BoxFuture;
+pub(crate) use futures_util::future::BoxFuture;
 
 /// Where the bus hands every message, in offset order per topic.
-pub type Sink = Arc<dyn Fn(&Message) + Send + Sync>;
+pub(crate) type Sink = Arc<dyn Fn(&Message) + Send + Sync>;
 
 /// A message for one user, wherever the user is connected: not stored, at most once.
 #[derive(Debug, Clone)]
@@ -30,11 +30,11 @@ pub struct Direct {
 }
 
 /// Where the bus hands every directed message.
-pub type DirectSink = Arc<dyn Fn(&Direct) + Send + Sync>;
+pub(crate) type DirectSink = Arc<dyn Fn(&Direct) + Send + Sync>;
 
 /// Someone joined or left a presence topic.
 #[derive(Debug, Clone)]
-pub struct PresenceEvent {
+pub(crate) struct PresenceEvent {
     /// The topic.
     pub topic: Topic,
     /// True for a join, false for a leave.
@@ -46,16 +46,16 @@ pub struct PresenceEvent {
 }
 
 /// Where the bus hands every presence change.
-pub type PresenceSink = Arc<dyn Fn(&PresenceEvent) + Send + Sync>;
+pub(crate) type PresenceSink = Arc<dyn Fn(&PresenceEvent) + Send + Sync>;
 
 /// Where the bus says that it cannot deliver a topic's messages without a gap (its live path
 /// broke and the missed messages could not be read back): every local subscriber of the topic
 /// must be told to resume elsewhere with `since` (closed with 1012), never left with a gap.
-pub type LostSink = Arc<dyn Fn(&Topic) + Send + Sync>;
+pub(crate) type LostSink = Arc<dyn Fn(&Topic) + Send + Sync>;
 
 /// Everything the bus delivers to, in one place (the hub, wired by `server.rs`).
 #[derive(Clone)]
-pub struct Sinks {
+pub(crate) struct Sinks {
     /// Published messages.
     pub messages: Sink,
     /// Directed messages.
@@ -68,7 +68,7 @@ pub struct Sinks {
 
 /// Most messages one read of history returns ([`Bus::replay`], [`Bus::replay_more`]): a replay
 /// is read and queued page by page, so that what it holds is one page, not the history.
-pub const REPLAY_PAGE: usize = 1000;
+pub(crate) const REPLAY_PAGE: usize = 1000;
 
 /// What a subscriber gets when it joins a topic.
 #[derive(Debug, Clone)]

@@ -26,7 +26,7 @@ use crate::config::events::EventKind;
 const COMPACT_AFTER: usize = 4096;
 
 /// The journal and what it implies: the open connections and the unsent events.
-pub struct Journal {
+pub(crate) struct Journal {
     path: PathBuf,
     file: File,
     /// Lines in the file (for deciding on compaction).
@@ -59,7 +59,7 @@ impl Journal {
     /// Opens (or creates) the journal at `path`, and records a disconnect (reason
     /// `node_restart`) for every connection a previous run left open. Returns the journal and
     /// the number of those disconnects.
-    pub fn open(path: &Path, node: &str) -> Result<(Journal, usize), LifecycleError> {
+    pub(crate) fn open(path: &Path, node: &str) -> Result<(Journal, usize), LifecycleError> {
         let err = io_err(path);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(&err)?;
@@ -134,7 +134,7 @@ impl Journal {
 
     /// Appends `e` of a connection held by `node` and queues it for sending. `restart_by`: a
     /// disconnect that this node (its id) records for a previous run (`node_restart`).
-    pub fn append(
+    pub(crate) fn append(
         &mut self,
         e: &Event,
         node: &str,
@@ -183,17 +183,17 @@ impl Journal {
     }
 
     /// Events not yet acknowledged.
-    pub fn unsent(&self) -> usize {
+    pub(crate) fn unsent(&self) -> usize {
         self.unsent.len()
     }
 
     /// True when `conn`'s connect is recorded and its disconnect is not.
-    pub fn is_open(&self, conn: &str) -> bool {
+    pub(crate) fn is_open(&self, conn: &str) -> bool {
         self.open.contains_key(conn)
     }
 
     /// Up to `max` of the oldest unsent events: the last one's seq and the JSON objects.
-    pub fn batch(&self, max: usize) -> Option<(u64, Vec<Bytes>)> {
+    pub(crate) fn batch(&self, max: usize) -> Option<(u64, Vec<Bytes>)> {
         let last = self.unsent.iter().take(max).last()?.0;
         let events = self
             .unsent
@@ -205,7 +205,7 @@ impl Journal {
     }
 
     /// The service took every event up to `seq`.
-    pub fn ack(&mut self, seq: u64) -> Result<(), LifecycleError> {
+    pub(crate) fn ack(&mut self, seq: u64) -> Result<(), LifecycleError> {
         while self.unsent.front().is_some_and(|(s, _)| *s <= seq) {
             self.unsent.pop_front();
         }

@@ -9,9 +9,9 @@
 //! disconnect cannot be refused; it is recorded by the node, or retried until it is, or (the node
 //! died) recorded for it by another node or by the node's next start.
 
-pub mod journal;
-pub mod redis;
-pub mod webhook;
+pub(crate) mod journal;
+pub(crate) mod redis;
+pub(crate) mod webhook;
 
 use std::sync::Arc;
 

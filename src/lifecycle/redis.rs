@@ -37,7 +37,7 @@ struct Live {
 }
 
 /// The event log over Redis.
-pub struct RedisEvents {
+pub(crate) struct RedisEvents {
     /// The bus's multiplexed command connection (pipelined with everything else).
     cmd: Commands,
     node: String,
@@ -63,7 +63,7 @@ fn unavailable(e: redis::RedisError) -> LifecycleError {
 impl RedisEvents {
     /// Records the disconnects a previous run of this node left (`node_restart`), registers the
     /// node, and keeps it registered until `stop`.
-    pub async fn start(
+    pub(crate) async fn start(
         cmd: Commands,
         node: &str,
         config: EventsConfig,

@@ -21,10 +21,10 @@ use crate::proxy::Proxy;
 const BATCH: usize = 256;
 /// Unsent events past which new connections and subscriptions are refused (`unavailable`)
 /// until the service catches up. Disconnects are always taken: there is one per connection.
-pub const MAX_UNSENT: usize = 100_000;
+pub(crate) const MAX_UNSENT: usize = 100_000;
 
 /// The event log of a single node.
-pub struct WebhookEvents {
+pub(crate) struct WebhookEvents {
     /// The journal. Plain mutex: every use is a short, synchronous file append or read, never
     /// held across `.await`.
     journal: parking_lot::Mutex<Journal>,
@@ -43,7 +43,7 @@ impl WebhookEvents {
     /// Opens the journal (recording a previous run's leftovers) and starts the sender. The
     /// sender runs until [`WebhookEvents::flush`] (after the drain), so that the disconnects of
     /// the drain still go out.
-    pub fn start(
+    pub(crate) fn start(
         journal: &std::path::Path,
         node: &str,
         service: &str,
@@ -67,13 +67,13 @@ impl WebhookEvents {
     }
 
     /// Events not yet acknowledged by the service.
-    pub fn unsent(&self) -> usize {
+    pub(crate) fn unsent(&self) -> usize {
         self.journal.lock().unsent()
     }
 
     /// Waits until every event was acknowledged, or `bound` passed (what is left stays in the
     /// journal for the next start), then stops the sender.
-    pub async fn flush(&self, bound: Duration) {
+    pub(crate) async fn flush(&self, bound: Duration) {
         self.flush_inner(bound).await;
         self.done.cancel();
     }

@@ -4,7 +4,7 @@ use crate::config::services::Balance;
 
 /// What balancing sees of one endpoint.
 #[derive(Debug, Clone, Copy)]
-pub struct View<'a> {
+pub(crate) struct View<'a> {
     /// Its base URL (the key of `user_hash`).
     pub base: &'a str,
     /// In rotation (healthy, not suspect).
@@ -15,7 +15,7 @@ pub struct View<'a> {
 
 /// The endpoint for the next request, among those up and not `excluded` (the one that just
 /// failed); `None` when there is none. `turn` rotates round-robin and breaks ties.
-pub fn pick(
+pub(crate) fn pick(
     balance: Balance,
     endpoints: &[View<'_>],
     turn: usize,

@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::services::HealthConfig;
 
 /// How long a passive failure keeps an endpoint out of rotation.
-pub const SUSPECT_FOR: Duration = Duration::from_secs(5);
+pub(crate) const SUSPECT_FOR: Duration = Duration::from_secs(5);
 
 /// One endpoint of a service and what is known of it.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// Its base URL.
     pub base: String,
     /// The active check's verdict (true without a check).
@@ -35,7 +35,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// A healthy endpoint at `base`.
-    pub fn new(base: String) -> Endpoint {
+    pub(crate) fn new(base: String) -> Endpoint {
         Endpoint {
             base,
             healthy: AtomicBool::new(true),
@@ -52,13 +52,13 @@ impl Endpoint {
     }
 
     /// In rotation: healthy and not suspect.
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
             && self.now_ms() >= self.suspect_until.load(Ordering::Relaxed)
     }
 
     /// A connection to it was refused or reset before the request went out.
-    pub fn suspect(&self) {
+    pub(crate) fn suspect(&self) {
         let until = self.now_ms() + SUSPECT_FOR.as_millis() as u64;
         self.suspect_until.store(until, Ordering::Relaxed);
     }
@@ -81,7 +81,7 @@ impl Endpoint {
 }
 
 /// Checks `endpoints` every interval until `stop`.
-pub async fn run(
+pub(crate) async fn run(
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
     endpoints: Vec<Arc<Endpoint>>,
     check: HealthConfig,

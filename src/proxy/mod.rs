@@ -8,8 +8,8 @@
 //! backend is retried only for an `idempotent` service. Over `max_concurrency`, `overloaded` at
 //! once (no queue). Every error knows its `error` code.
 
-pub mod balance;
-pub mod health;
+pub(crate) mod balance;
+pub(crate) mod health;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -83,7 +83,7 @@ impl Commands {
 
 /// `FCALL <function> 1 <key>`: a call of one of `herald.lua`'s functions on its one key; the
 /// function's other arguments follow with `.arg`.
-pub fn fcall(function: &str, key: impl redis::ToRedisArgs) -> redis::Cmd {
+pub(crate) fn fcall(function: &str, key: impl redis::ToRedisArgs) -> redis::Cmd {
     let mut c = redis::cmd("FCALL");
     c.arg(function).arg(1).arg(key);
     c

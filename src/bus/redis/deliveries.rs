@@ -11,7 +11,7 @@ use crate::protocol::{Message, Position, Topic};
 
 /// Bytes of live messages held, all topics of the node together, while gaps are filled: a topic
 /// whose next held message would pass it is given up (its subscribers closed with 1012).
-pub const HOLD_BYTES: usize = 16 << 20;
+pub(crate) const HOLD_BYTES: usize = 16 << 20;
 
 /// What a held message counts for beyond its payload.
 const HELD_OVERHEAD: usize = 64;

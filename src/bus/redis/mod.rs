@@ -32,7 +32,7 @@
 //!   Redis accepted reaches the hub once, in order.
 //! - A gap that cannot be filled is never skipped: when the history no longer reaches back, the
 //!   topic's epoch changed with its new history incomplete, the held messages pass
-//!   [`HOLD_BYTES`] (a constant, 16 MiB for all topics of the node together), or the node has
+//!   `deliveries::HOLD_BYTES` (a constant, 16 MiB for all topics of the node together), or the node has
 //!   not delivered for [`monitor::SUBSCRIBERS_WAIT`] (a constant, 10 s: Redis away, or its
 //!   history unreadable), the topic's delivery state is reset and the `lost` sink closes its local
 //!   subscribers with 1012, so that they resume with `since` (an exact replay, or an honest
@@ -60,15 +60,14 @@ use super::{
     Replay, Sinks,
 };
 use crate::protocol::{Message, Position, Topic};
-pub use commands::{Commands, fcall};
+pub(crate) use commands::{Commands, fcall};
 use deliveries::DeliveryState;
-pub use deliveries::HOLD_BYTES;
 use monitor::{monitor, node_probe_id, refresh_conns};
 use parse::{channel, user_channel};
 
 /// The library's version: bump it whenever `herald.lua` changes, so that nodes replace an older
 /// library in Redis.
-pub const LIBRARY_VERSION: i64 = 6;
+pub(crate) const LIBRARY_VERSION: i64 = 6;
 
 /// The epoch `herald_history` answers for a topic without history (never published, or idle
 /// past `history_ttl`): reading creates nothing in Redis. Never a real epoch, so a `since` in it
@@ -77,7 +76,7 @@ pub(super) const NO_EPOCH: &str = "0";
 
 /// The highest offset a topic can reach in Redis: `herald.lua` counts in Lua numbers (doubles),
 /// exact up to 2^53.
-pub const MAX_OFFSET: u64 = 1 << 53;
+pub(crate) const MAX_OFFSET: u64 = 1 << 53;
 
 /// Why the Redis bus could not start.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +99,7 @@ pub enum RedisError {
 }
 
 /// What the Redis bus is configured with.
-pub struct Settings<'a> {
+pub(crate) struct Settings<'a> {
     /// `redis://...` or `rediss://...`.
     pub url: &'a str,
     /// Prefix of every key and channel.
@@ -114,7 +113,7 @@ pub struct Settings<'a> {
 }
 
 /// The bus over Redis.
-pub struct RedisBus {
+pub(crate) struct RedisBus {
     /// Publishes and history reads; multiplexed, so concurrent requests are pipelined. Shared
     /// with the ticket store and the event log; the monitor rebuilds it when it stays failed.
     cmd: Commands,
@@ -180,7 +179,7 @@ pub(super) fn unavailable(e: redis::RedisError) -> BusError {
 impl RedisBus {
     /// Connects, loads the function library when missing or older, and starts the readiness
     /// monitor (stopped by `stop`).
-    pub async fn connect(
+    pub(crate) async fn connect(
         settings: Settings<'_>,
         sinks: Sinks,
         stop: CancellationToken,
@@ -251,7 +250,7 @@ impl RedisBus {
     }
 
     /// The command connection, shared with the Redis ticket store: the monitor keeps it checked.
-    pub fn command_connection(&self) -> Commands {
+    pub(crate) fn command_connection(&self) -> Commands {
         self.cmd.clone()
     }
 

@@ -19,7 +19,7 @@ use super::WAIT;
 
 /// How a backend behaves; changed by tests while it runs.
 #[derive(Default)]
-pub struct Behaviour {
+pub(crate) struct Behaviour {
     /// A status to answer instead of 200 (0: 200).
     pub status: AtomicU16,
     /// Answer this many bytes of JSON (0: the echo).
@@ -38,13 +38,13 @@ pub struct Behaviour {
 
 impl Behaviour {
     /// Holds every answer to `POST /herald` from now on (`true`), or releases them all.
-    pub fn hold(&self, on: bool) {
+    pub(crate) fn hold(&self, on: bool) {
         self.held.send_replace(on);
     }
 
     /// Waits until `n` requests to `POST /herald` have arrived in all; fails the test when they
     /// have not within [`WAIT`].
-    pub async fn arrived(&self, n: usize) {
+    pub(crate) async fn arrived(&self, n: usize) {
         let mut rx = self.arrivals.subscribe();
         tokio::time::timeout(WAIT, rx.wait_for(|&k| k >= n))
             .await
@@ -54,7 +54,7 @@ impl Behaviour {
 }
 
 /// A running backend.
-pub struct Backend {
+pub(crate) struct Backend {
     /// Its address.
     pub addr: SocketAddr,
     /// Its behaviour.
@@ -64,12 +64,12 @@ pub struct Backend {
 
 impl Backend {
     /// Starts one; `name` is echoed as `endpoint`.
-    pub async fn start(name: &'static str) -> Backend {
+    pub(crate) async fn start(name: &'static str) -> Backend {
         Backend::start_with(name, None).await
     }
 
     /// One serving HTTPS (HTTP/2 or HTTP/1.1 by ALPN) with the PEM `cert` and `key`.
-    pub async fn start_tls(name: &'static str, cert: &str, key: &str) -> Backend {
+    pub(crate) async fn start_tls(name: &'static str, cert: &str, key: &str) -> Backend {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -140,18 +140,18 @@ impl Backend {
     }
 
     /// `http://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// `https://127.0.0.1:<port>`.
-    pub fn https_url(&self) -> String {
+    pub(crate) fn https_url(&self) -> String {
         format!("https://{}", self.addr)
     }
 
     /// Stops it, and waits until its port refuses connections (the abort takes effect when the
     /// server task is next polled).
-    pub async fn kill(&self) {
+    pub(crate) async fn kill(&self) {
         self.task.abort();
         let start = std::time::Instant::now();
         while tokio::net::TcpStream::connect(self.addr).await.is_ok() {

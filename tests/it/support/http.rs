@@ -13,13 +13,13 @@ use serde_json::Value;
 use super::WAIT;
 
 /// An HTTP client for one node (it pools connections, so publish loops stay cheap).
-pub struct Http {
+pub(crate) struct Http {
     client: Client<HttpConnector, Full<Bytes>>,
     base: String,
 }
 
 /// A response: status and body.
-pub struct Response {
+pub(crate) struct Response {
     /// The status code.
     pub status: u16,
     /// The body as text.
@@ -28,7 +28,7 @@ pub struct Response {
 
 impl Response {
     /// The body as JSON (`Null` when empty, a JSON string of the text when it is not JSON).
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         if self.text.is_empty() {
             return Value::Null;
         }
@@ -38,7 +38,7 @@ impl Response {
 
 impl Http {
     /// A client for the node at `addr`.
-    pub fn new(addr: SocketAddr) -> Http {
+    pub(crate) fn new(addr: SocketAddr) -> Http {
         Http {
             client: Client::builder(TokioExecutor::new()).build_http(),
             base: format!("http://{addr}"),
@@ -46,7 +46,7 @@ impl Http {
     }
 
     /// Sends one request; `Err` when the connection fails (refused, reset).
-    pub async fn try_request(
+    pub(crate) async fn try_request(
         &self,
         method: Method,
         path: &str,
@@ -82,7 +82,7 @@ impl Http {
     }
 
     /// Sends one request; fails the test when there is no answer.
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         method: Method,
         path: &str,
@@ -95,13 +95,13 @@ impl Http {
     }
 
     /// `POST path` with `Authorization: Bearer <bearer>` (when given) and a JSON body.
-    pub async fn post(&self, path: &str, bearer: Option<&str>, body: &str) -> (u16, Value) {
+    pub(crate) async fn post(&self, path: &str, bearer: Option<&str>, body: &str) -> (u16, Value) {
         let auth = bearer.map(|b| format!("Bearer {b}"));
         self.post_authorization(path, auth.as_deref(), body).await
     }
 
     /// `POST path` with this exact `Authorization` header value (when given).
-    pub async fn post_authorization(
+    pub(crate) async fn post_authorization(
         &self,
         path: &str,
         authorization: Option<&str>,
@@ -118,7 +118,7 @@ impl Http {
     }
 
     /// `GET path`.
-    pub async fn get(&self, path: &str) -> Response {
+    pub(crate) async fn get(&self, path: &str) -> Response {
         self.request(Method::GET, path, &[], Vec::new()).await
     }
 }

@@ -2,12 +2,12 @@
 //! tickets, an HTTP client, a WebSocket client speaking either codec, and a raw socket client for
 //! what a well-behaved library would never send.
 
-pub mod backend;
-pub mod http;
-pub mod proc;
-pub mod raw;
-pub mod redis;
-pub mod ws;
+pub(crate) mod backend;
+pub(crate) mod http;
+pub(crate) mod proc;
+pub(crate) mod raw;
+pub(crate) mod redis;
+pub(crate) mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,23 +21,23 @@ use herald::server::{Hooks, Running};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-pub use herald::protocol::Codec;
-pub use raw::{RawWs, upgrade};
-pub use ws::Client;
+pub(crate) use herald::protocol::Codec;
+pub(crate) use raw::{RawWs, upgrade};
+pub(crate) use ws::Client;
 
 /// The server API key of test nodes (32 characters).
-pub const API_KEY: &str = "it-api-key-0123456789abcdefghijk";
+pub(crate) const API_KEY: &str = "it-api-key-0123456789abcdefghijk";
 /// The JWT secret of test nodes (40 bytes).
-pub const JWT_SECRET: &str = "it-jwt-secret-0123456789-abcdefghijklmno";
+pub(crate) const JWT_SECRET: &str = "it-jwt-secret-0123456789-abcdefghijklmno";
 /// The node id of test nodes, as `welcome.node` shows it.
-pub const NODE_ID: &str = "it-node";
+pub(crate) const NODE_ID: &str = "it-node";
 /// How long a test waits for something that should arrive; only a thing that never arrives fails.
-pub const WAIT: Duration = Duration::from_secs(5);
+pub(crate) const WAIT: Duration = Duration::from_secs(5);
 /// Both codecs: every protocol test runs in each.
-pub const CODECS: [Codec; 2] = [Codec::Json, Codec::MsgPack];
+pub(crate) const CODECS: [Codec; 2] = [Codec::Json, Codec::MsgPack];
 
 /// A running node and an HTTP client for it.
-pub struct Node {
+pub(crate) struct Node {
     /// The address it listens on (the real port).
     pub addr: SocketAddr,
     /// HTTP client bound to this node.
@@ -47,17 +47,17 @@ pub struct Node {
 
 impl Node {
     /// A production-mode node with the test secrets and every default.
-    pub async fn start() -> Node {
+    pub(crate) async fn start() -> Node {
         Node::with(&[]).await
     }
 
     /// A node whose environment is the test defaults overridden by `overrides`.
-    pub async fn with(overrides: &[(&str, &str)]) -> Node {
+    pub(crate) async fn with(overrides: &[(&str, &str)]) -> Node {
         Node::with_file(None, overrides).await
     }
 
     /// [`Node::with`] plus a TOML config file with `toml` in it (for `[services.*]`).
-    pub async fn with_toml(toml: &str, overrides: &[(&str, &str)]) -> Node {
+    pub(crate) async fn with_toml(toml: &str, overrides: &[(&str, &str)]) -> Node {
         let mut r = [0u8; 8];
         getrandom::fill(&mut r).unwrap();
         let path = std::env::temp_dir().join(format!("herald-{:016x}.toml", u64::from_le_bytes(r)));
@@ -69,7 +69,7 @@ impl Node {
 
     /// [`Node::with`] whose in-process ticket store reads expiry from `clock`, which moves
     /// only when the test advances it.
-    pub async fn with_ticket_clock(overrides: &[(&str, &str)], clock: &ManualClock) -> Node {
+    pub(crate) async fn with_ticket_clock(overrides: &[(&str, &str)], clock: &ManualClock) -> Node {
         let hooks = Hooks {
             ticket_clock: Some(clock.clock()),
         };
@@ -116,7 +116,7 @@ impl Node {
     }
 
     /// A handle on a node that runs elsewhere (a `herald serve` process).
-    pub fn external(addr: SocketAddr) -> Node {
+    pub(crate) fn external(addr: SocketAddr) -> Node {
         Node {
             addr,
             http: http::Http::new(addr),
@@ -125,7 +125,7 @@ impl Node {
     }
 
     /// Starts draining (in-process nodes only).
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         self.running
             .as_ref()
             .expect("an in-process node")
@@ -133,7 +133,7 @@ impl Node {
     }
 
     /// Waits until shutdown has completed (in-process nodes only).
-    pub async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         self.running
             .take()
             .expect("an in-process node")
@@ -142,12 +142,12 @@ impl Node {
     }
 
     /// The in-process node's shared state.
-    pub fn gateway(&self) -> &herald::gateway::Gateway {
+    pub(crate) fn gateway(&self) -> &herald::gateway::Gateway {
         &self.running.as_ref().expect("an in-process node").gateway
     }
 
     /// Waits (bounded by `bound`) until `done` holds of this node's state.
-    pub async fn until(
+    pub(crate) async fn until(
         &self,
         bound: Duration,
         what: &str,
@@ -164,7 +164,7 @@ impl Node {
     }
 
     /// A JWT for `user` with `grants`, valid for an hour, signed with the test secret.
-    pub fn jwt(&self, user: &str, grants: &RawGrants) -> String {
+    pub(crate) fn jwt(&self, user: &str, grants: &RawGrants) -> String {
         mint_token(
             JWT_SECRET.as_bytes(),
             user,
@@ -175,24 +175,24 @@ impl Node {
     }
 
     /// `POST /v1/tickets` with `jwt`; fails the test unless it is 200.
-    pub async fn ticket_with(&self, jwt: &str) -> String {
+    pub(crate) async fn ticket_with(&self, jwt: &str) -> String {
         let (status, body) = self.http.post("/v1/tickets", Some(jwt), "").await;
         assert_eq!(status, 200, "POST /v1/tickets: {body}");
         body["ticket"].as_str().expect("a ticket").to_owned()
     }
 
     /// A ticket for user `alice` with every grant.
-    pub async fn ticket(&self) -> String {
+    pub(crate) async fn ticket(&self) -> String {
         self.ticket_for("alice", &RawGrants::all()).await
     }
 
     /// A ticket for `user` with `grants`.
-    pub async fn ticket_for(&self, user: &str, grants: &RawGrants) -> String {
+    pub(crate) async fn ticket_for(&self, user: &str, grants: &RawGrants) -> String {
         self.ticket_with(&self.jwt(user, grants)).await
     }
 
     /// `POST /v1/publish` of `data` to `topic`; returns the offset and epoch.
-    pub async fn publish(&self, topic: &str, data: Value) -> (u64, String) {
+    pub(crate) async fn publish(&self, topic: &str, data: Value) -> (u64, String) {
         let body = json!({"topic": topic, "data": data}).to_string();
         let (status, out) = self.http.post("/v1/publish", Some(API_KEY), &body).await;
         assert_eq!(status, 200, "POST /v1/publish: {out}");
@@ -203,12 +203,12 @@ impl Node {
     }
 
     /// A `/ws` client of user `alice` with every grant; its `welcome` already read and checked.
-    pub async fn client(&self, codec: Codec) -> Client {
+    pub(crate) async fn client(&self, codec: Codec) -> Client {
         self.client_for(codec, "alice", &RawGrants::all()).await
     }
 
     /// A `/ws` client of `user` with `grants`; its `welcome` already read and checked.
-    pub async fn client_for(&self, codec: Codec, user: &str, grants: &RawGrants) -> Client {
+    pub(crate) async fn client_for(&self, codec: Codec, user: &str, grants: &RawGrants) -> Client {
         let ticket = self.ticket_for(user, grants).await;
         let mut c = self.open(&format!("/ws?ticket={ticket}"), codec).await;
         let w = c.next_frame().await;
@@ -218,7 +218,7 @@ impl Node {
     }
 
     /// Opens a WebSocket on `path` (with its query) offering `codec`'s subprotocol; nothing read.
-    pub async fn open(&self, path: &str, codec: Codec) -> Client {
+    pub(crate) async fn open(&self, path: &str, codec: Codec) -> Client {
         let (c, resp) = ws::open(self.addr, path, Some(codec), &[])
             .await
             .unwrap_or_else(|e| panic!("upgrade of {path} failed: {e}"));
@@ -228,14 +228,14 @@ impl Node {
 }
 
 /// A clock for a node's tickets ([`Node::with_ticket_clock`]): it stands still until advanced.
-pub struct ManualClock {
+pub(crate) struct ManualClock {
     base: std::time::Instant,
     millis: Arc<AtomicU64>,
 }
 
 impl ManualClock {
     /// A clock at the present moment, standing still.
-    pub fn new() -> ManualClock {
+    pub(crate) fn new() -> ManualClock {
         ManualClock {
             base: std::time::Instant::now(),
             millis: Arc::default(),
@@ -243,7 +243,7 @@ impl ManualClock {
     }
 
     /// Moves it on by `d`.
-    pub fn advance(&self, d: Duration) {
+    pub(crate) fn advance(&self, d: Duration) {
         self.millis
             .fetch_add(d.as_millis() as u64, Ordering::SeqCst);
     }
@@ -255,7 +255,7 @@ impl ManualClock {
 }
 
 /// Grants from three lists of patterns.
-pub fn grants(subscribe: &[&str], publish: &[&str], send: &[&str]) -> RawGrants {
+pub(crate) fn grants(subscribe: &[&str], publish: &[&str], send: &[&str]) -> RawGrants {
     let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
     RawGrants {
         subscribe: v(subscribe),
@@ -265,7 +265,7 @@ pub fn grants(subscribe: &[&str], publish: &[&str], send: &[&str]) -> RawGrants 
 }
 
 /// Seconds since the Unix epoch.
-pub fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("the clock is after 1970")
@@ -273,13 +273,13 @@ pub fn now_secs() -> u64 {
 }
 
 /// A JWT with exactly `claims`, signed with `secret` using `alg`.
-pub fn signed_jwt(claims: &Value, secret: &[u8], alg: Algorithm) -> String {
+pub(crate) fn signed_jwt(claims: &Value, secret: &[u8], alg: Algorithm) -> String {
     jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret))
         .expect("encoding a JWT")
 }
 
 /// `json` or `msgpack`.
-pub fn codec_name(codec: Codec) -> &'static str {
+pub(crate) fn codec_name(codec: Codec) -> &'static str {
     match codec {
         Codec::Json => "json",
         Codec::MsgPack => "msgpack",

@@ -12,7 +12,7 @@ use super::Node;
 
 /// `herald` with an empty environment (so the developer's `HERALD_*` never leak in), `args` and
 /// `env`; output piped; killed if the test drops it.
-pub fn herald(args: &[&str], env: &[(&str, &str)]) -> Command {
+pub(crate) fn herald(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));
     c.args(args)
         .env_clear()
@@ -25,14 +25,14 @@ pub fn herald(args: &[&str], env: &[(&str, &str)]) -> Command {
 }
 
 /// A loopback address with a port that was free a moment ago.
-pub fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("binding port 0");
     l.local_addr().expect("its address")
 }
 
 /// A `herald serve` process (`args` after `serve`, e.g. `--config FILE`) on a free loopback
 /// port with the test secrets plus `env`, its output drained; returns once `/healthz` answers.
-pub async fn serve(args: &[&str], env: &[(&str, &str)]) -> (Child, Node) {
+pub(crate) async fn serve(args: &[&str], env: &[(&str, &str)]) -> (Child, Node) {
     let addr = free_addr();
     let listen = addr.to_string();
     let mut all = vec![
@@ -53,7 +53,7 @@ pub async fn serve(args: &[&str], env: &[(&str, &str)]) -> (Child, Node) {
 }
 
 /// Runs `herald args` to completion (bounded) and returns its status, stdout and stderr.
-pub async fn run(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+pub(crate) async fn run(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
     let child = herald(args, env).spawn().expect("spawning herald");
     let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
         .await
@@ -67,19 +67,19 @@ pub async fn run(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, St
 }
 
 /// Lines of a child's stdout or stderr, read with a bound.
-pub struct Output<R> {
+pub(crate) struct Output<R> {
     lines: Lines<BufReader<R>>,
     /// Every line read so far, for failure messages.
     pub seen: Vec<String>,
 }
 
 /// The stdout of `child`, line by line.
-pub fn stdout(child: &mut Child) -> Output<ChildStdout> {
+pub(crate) fn stdout(child: &mut Child) -> Output<ChildStdout> {
     Output::new(child.stdout.take().expect("stdout is piped"))
 }
 
 /// The stderr of `child`, line by line.
-pub fn stderr(child: &mut Child) -> Output<ChildStderr> {
+pub(crate) fn stderr(child: &mut Child) -> Output<ChildStderr> {
     Output::new(child.stderr.take().expect("stderr is piped"))
 }
 
@@ -93,7 +93,7 @@ impl<R: tokio::io::AsyncRead + Unpin + Send + 'static> Output<R> {
 
     /// Reads lines until one satisfies `pred` and returns it; fails the test at end of output or
     /// when none comes within `bound`.
-    pub async fn until(&mut self, bound: Duration, pred: impl Fn(&str) -> bool) -> String {
+    pub(crate) async fn until(&mut self, bound: Duration, pred: impl Fn(&str) -> bool) -> String {
         let deadline = tokio::time::Instant::now() + bound;
         loop {
             let line = tokio::time::timeout_at(deadline, self.lines.next_line())
@@ -109,13 +109,13 @@ impl<R: tokio::io::AsyncRead + Unpin + Send + 'static> Output<R> {
     }
 
     /// Keeps reading in the background so the child never blocks on a full pipe.
-    pub fn drain(mut self) {
+    pub(crate) fn drain(mut self) {
         tokio::spawn(async move { while let Ok(Some(_)) = self.lines.next_line().await {} });
     }
 }
 
 /// Polls `GET /healthz` until it answers 200; fails the test after `bound`.
-pub async fn wait_healthy(node: &Node, bound: Duration) {
+pub(crate) async fn wait_healthy(node: &Node, bound: Duration) {
     let deadline = tokio::time::Instant::now() + bound;
     loop {
         let r = node
@@ -135,7 +135,7 @@ pub async fn wait_healthy(node: &Node, bound: Duration) {
 }
 
 /// Sends SIGTERM to `child`.
-pub fn sigterm(child: &Child) {
+pub(crate) fn sigterm(child: &Child) {
     let pid = child.id().expect("the child is running");
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -145,7 +145,7 @@ pub fn sigterm(child: &Child) {
 }
 
 /// Waits for `child` to exit within `bound`.
-pub async fn wait_exit(child: &mut Child, bound: Duration) -> ExitStatus {
+pub(crate) async fn wait_exit(child: &mut Child, bound: Duration) -> ExitStatus {
     tokio::time::timeout(bound, child.wait())
         .await
         .unwrap_or_else(|_| panic!("the process did not exit within {bound:?}"))

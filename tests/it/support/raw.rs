@@ -14,10 +14,10 @@ use tokio::net::{TcpSocket, TcpStream};
 use super::WAIT;
 
 /// The masking key of every raw client frame.
-pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+pub(crate) const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 /// The answer to a hand-made upgrade request.
-pub struct Upgrade {
+pub(crate) struct Upgrade {
     /// The HTTP status.
     pub status: u16,
     /// The response headers (names lowercase).
@@ -30,7 +30,7 @@ pub struct Upgrade {
 
 impl Upgrade {
     /// The value of response header `name` (lowercase), if present.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k == name)
@@ -38,12 +38,12 @@ impl Upgrade {
     }
 
     /// The refusal's `error` code ("" when there is none).
-    pub fn error(&self) -> &str {
+    pub(crate) fn error(&self) -> &str {
         self.body["error"].as_str().unwrap_or("")
     }
 
     /// Asserts a refusal with `status` and `error` code, and a human `message`.
-    pub fn assert_refused(&self, status: u16, error: &str) {
+    pub(crate) fn assert_refused(&self, status: u16, error: &str) {
         assert_eq!(
             (self.status, self.error()),
             (status, error),
@@ -58,7 +58,7 @@ impl Upgrade {
     }
 
     /// The WebSocket, which must have been accepted (101).
-    pub fn into_ws(self) -> RawWs {
+    pub(crate) fn into_ws(self) -> RawWs {
         assert_eq!(self.status, 101, "the upgrade is accepted: {}", self.body);
         RawWs {
             stream: self.stream,
@@ -69,7 +69,7 @@ impl Upgrade {
 }
 
 /// A TCP connection to `addr` whose receive buffer is `rcvbuf` bytes (so it fills quickly).
-pub async fn connect_small(addr: SocketAddr, rcvbuf: u32) -> TcpStream {
+pub(crate) async fn connect_small(addr: SocketAddr, rcvbuf: u32) -> TcpStream {
     let s = TcpSocket::new_v4().expect("a socket");
     s.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
     s.connect(addr).await.expect("connecting")
@@ -77,13 +77,13 @@ pub async fn connect_small(addr: SocketAddr, rcvbuf: u32) -> TcpStream {
 
 /// Sends `GET path` as a WebSocket upgrade (with a fixed key, version 13 and `extra` headers)
 /// and reads the answer.
-pub async fn upgrade(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> Upgrade {
+pub(crate) async fn upgrade(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> Upgrade {
     let stream = TcpStream::connect(addr).await.expect("connecting");
     upgrade_on(stream, addr, path, extra).await
 }
 
 /// [`upgrade`] over a stream already connected to `addr`.
-pub async fn upgrade_on(
+pub(crate) async fn upgrade_on(
     mut stream: TcpStream,
     addr: SocketAddr,
     path: &str,
@@ -165,7 +165,7 @@ async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>, bound: Duration) -> Res
 }
 
 /// A WebSocket driven frame by frame.
-pub struct RawWs {
+pub(crate) struct RawWs {
     stream: TcpStream,
     buf: Vec<u8>,
     asm: Assembler,
@@ -173,17 +173,17 @@ pub struct RawWs {
 
 impl RawWs {
     /// Writes bytes as they are.
-    pub async fn write(&mut self, bytes: &[u8]) {
+    pub(crate) async fn write(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("writing");
     }
 
     /// Sends a masked, final frame.
-    pub async fn send_frame(&mut self, opcode: OpCode, payload: &[u8]) {
+    pub(crate) async fn send_frame(&mut self, opcode: OpCode, payload: &[u8]) {
         self.write(&client_frame(opcode, true, payload, MASK)).await;
     }
 
     /// The next whole message or control frame from the server, within `bound`.
-    pub async fn next_incoming_within(&mut self, bound: Duration) -> Incoming {
+    pub(crate) async fn next_incoming_within(&mut self, bound: Duration) -> Incoming {
         let deadline = tokio::time::Instant::now() + bound;
         loop {
             match self
@@ -211,7 +211,7 @@ impl RawWs {
     /// The next data frame decoded (text as JSON, binary as MessagePack); pings are skipped
     /// unanswered. Fails the test on a close frame, or when no data frame arrives within
     /// [`WAIT`] (pings do not extend it).
-    pub async fn next_frame(&mut self) -> Value {
+    pub(crate) async fn next_frame(&mut self) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -227,7 +227,7 @@ impl RawWs {
     /// Reads what is left until the connection ends, and checks that the server reset it (RST)
     /// rather than closed it (FIN): a socket it dropped with unsent bytes is freed at once.
     /// Fails the test when that takes more than [`WAIT`], however much is read meanwhile.
-    pub async fn expect_reset(&mut self) {
+    pub(crate) async fn expect_reset(&mut self) {
         let deadline = tokio::time::Instant::now() + WAIT;
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
@@ -242,7 +242,7 @@ impl RawWs {
     }
 
     /// Reads until the server's close frame (skipping everything else) and returns its code.
-    pub async fn expect_close_within(&mut self, bound: Duration) -> u16 {
+    pub(crate) async fn expect_close_within(&mut self, bound: Duration) -> u16 {
         let deadline = tokio::time::Instant::now() + bound;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());

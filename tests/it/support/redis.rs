@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::proc::free_addr;
 
 /// A running (or stopped) redis-server.
-pub struct RedisServer {
+pub(crate) struct RedisServer {
     child: Option<Child>,
     /// Its port on 127.0.0.1.
     pub port: u16,
@@ -19,12 +19,12 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// Starts one without persistence and waits until it answers PING.
-    pub fn start() -> RedisServer {
+    pub(crate) fn start() -> RedisServer {
         RedisServer::start_with(false)
     }
 
     /// Starts one, with an append-only file when `persist`, and waits until it answers PING.
-    pub fn start_with(persist: bool) -> RedisServer {
+    pub(crate) fn start_with(persist: bool) -> RedisServer {
         let mut r = [0u8; 8];
         getrandom::fill(&mut r).unwrap();
         let dir = std::env::temp_dir().join(format!("herald-redis-{:016x}", u64::from_le_bytes(r)));
@@ -66,7 +66,7 @@ impl RedisServer {
     }
 
     /// Kills the server (SIGKILL: no shutdown save).
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -74,24 +74,24 @@ impl RedisServer {
     }
 
     /// Starts it again on the same port and directory.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.kill();
         self.spawn();
     }
 
     /// `redis://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// `redis://<user>:<password>@127.0.0.1:<port>`: for a node with its own ACL user.
-    pub fn url_as(&self, user: &str, password: &str) -> String {
+    pub(crate) fn url_as(&self, user: &str, password: &str) -> String {
         format!("redis://{user}:{password}@127.0.0.1:{}", self.port)
     }
 
     /// A connection of the test's own (the default user), opened now: it keeps working when
     /// Redis refuses new connections (`maxclients`) or a user.
-    pub async fn connect(&self) -> redis::aio::MultiplexedConnection {
+    pub(crate) async fn connect(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
             .expect("a Redis URL")
             .get_multiplexed_async_connection()
@@ -101,7 +101,7 @@ impl RedisServer {
 
     /// Sends SIGSTOP (`stop: true`) or SIGCONT to the server: it stalls with every connection
     /// open, as an overloaded or frozen host does.
-    pub fn signal_stop(&self, stop: bool) {
+    pub(crate) fn signal_stop(&self, stop: bool) {
         let pid = self.child.as_ref().expect("a running server").id();
         let sig = if stop { "-STOP" } else { "-CONT" };
         let ok = Command::new("kill")
@@ -112,7 +112,7 @@ impl RedisServer {
     }
 
     /// Runs `redis-cli` against it (a plain Redis client, no Herald code) and returns stdout.
-    pub fn cli(&self, args: &[&str]) -> String {
+    pub(crate) fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(args)

@@ -17,14 +17,14 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use super::{Codec, WAIT};
 
 /// A connected WebSocket client.
-pub struct Client {
+pub(crate) struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// The codec it speaks.
     pub codec: Codec,
 }
 
 /// Opens `ws://addr{path}`, offering `codec`'s subprotocol (none: no header, JSON) plus `headers`.
-pub async fn open(
+pub(crate) async fn open(
     addr: SocketAddr,
     path: &str,
     codec: Option<Codec>,
@@ -54,7 +54,7 @@ pub async fn open(
 }
 
 /// Encodes a frame the way `codec` sends it.
-pub fn encode(codec: Codec, frame: &Value) -> Message {
+pub(crate) fn encode(codec: Codec, frame: &Value) -> Message {
     match codec {
         Codec::Json => Message::text(frame.to_string()),
         Codec::MsgPack => Message::binary(rmp_serde::to_vec_named(frame).expect("msgpack")),
@@ -62,7 +62,7 @@ pub fn encode(codec: Codec, frame: &Value) -> Message {
 }
 
 /// Decodes a data message: text as JSON, binary as MessagePack.
-pub fn decode(m: &Message) -> Option<Value> {
+pub(crate) fn decode(m: &Message) -> Option<Value> {
     match m {
         Message::Text(t) => Some(serde_json::from_str(t).expect("the server sends JSON text")),
         Message::Binary(b) => {
@@ -74,18 +74,18 @@ pub fn decode(m: &Message) -> Option<Value> {
 
 impl Client {
     /// Sends `frame` in the connection's codec.
-    pub async fn send_json(&mut self, frame: Value) {
+    pub(crate) async fn send_json(&mut self, frame: Value) {
         let m = encode(self.codec, &frame);
         self.send(m).await;
     }
 
     /// Sends a message as it is (any frame type, any payload).
-    pub async fn send(&mut self, m: Message) {
+    pub(crate) async fn send(&mut self, m: Message) {
         self.ws.send(m).await.expect("sending a message");
     }
 
     /// Closes with `code` and waits (bounded) for the server's close and the end of the stream.
-    pub async fn close(&mut self, code: u16) {
+    pub(crate) async fn close(&mut self, code: u16) {
         use tokio_tungstenite::tungstenite::protocol::CloseFrame;
         let frame = CloseFrame {
             code: code.into(),
@@ -99,18 +99,18 @@ impl Client {
     }
 
     /// Queues messages without flushing; [`Client::flush`] sends them together.
-    pub async fn feed(&mut self, m: Message) {
+    pub(crate) async fn feed(&mut self, m: Message) {
         self.ws.feed(m).await.expect("queueing a message");
     }
 
     /// Sends everything queued by [`Client::feed`].
-    pub async fn flush(&mut self) {
+    pub(crate) async fn flush(&mut self) {
         self.ws.flush().await.expect("flushing");
     }
 
     /// The next data frame, decoded; pings are skipped (and answered by tungstenite). Fails the
     /// test on a close or when no data frame arrives within [`WAIT`] (pings do not extend it).
-    pub async fn next_frame(&mut self) -> Value {
+    pub(crate) async fn next_frame(&mut self) -> Value {
         match self.next_event().await {
             Ok(v) => v,
             Err(code) => panic!("closed with {code} while waiting for a frame"),
@@ -119,12 +119,12 @@ impl Client {
 
     /// The next data frame (`Ok`) or the server's close code (`Err`); pings are skipped. Fails
     /// the test when the connection ends without a close frame or nothing comes within [`WAIT`].
-    pub async fn next_event(&mut self) -> Result<Value, u16> {
+    pub(crate) async fn next_event(&mut self) -> Result<Value, u16> {
         self.next_event_within(WAIT).await
     }
 
     /// [`Client::next_event`] with another bound.
-    pub async fn next_event_within(&mut self, bound: Duration) -> Result<Value, u16> {
+    pub(crate) async fn next_event_within(&mut self, bound: Duration) -> Result<Value, u16> {
         let deadline = tokio::time::Instant::now() + bound;
         self.next_event_until(deadline, bound).await
     }
@@ -157,7 +157,7 @@ impl Client {
     /// The next data frame, or `None` once the connection is gone (closed, reset, or ended, as
     /// when its node is killed). Fails the test when neither happens within [`WAIT`] (pings do
     /// not extend it).
-    pub async fn next_or_gone(&mut self) -> Option<Value> {
+    pub(crate) async fn next_or_gone(&mut self) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let m = tokio::time::timeout_at(deadline, self.ws.next())
@@ -176,12 +176,12 @@ impl Client {
 
     /// Reads until the server's close frame and returns its code, skipping data frames. Fails the
     /// test when the connection ends without one or nothing arrives within [`WAIT`].
-    pub async fn expect_close(&mut self) -> u16 {
+    pub(crate) async fn expect_close(&mut self) -> u16 {
         self.expect_close_within(WAIT).await
     }
 
     /// [`Client::expect_close`] with another bound.
-    pub async fn expect_close_within(&mut self, bound: Duration) -> u16 {
+    pub(crate) async fn expect_close_within(&mut self, bound: Duration) -> u16 {
         let deadline = tokio::time::Instant::now() + bound;
         loop {
             let m = tokio::time::timeout_at(deadline, self.ws.next())
@@ -200,7 +200,7 @@ impl Client {
     /// Reads until `n` pings have come (tungstenite answers each one as it reads it); fails the
     /// test if the connection closes first, or the pings do not all come within `bound`.
     /// Returns the data frames read meanwhile.
-    pub async fn answer_pings(&mut self, n: usize, bound: Duration) -> Vec<Value> {
+    pub(crate) async fn answer_pings(&mut self, n: usize, bound: Duration) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + bound;
         let (mut pings, mut frames) = (0, Vec::new());
         while pings < n {
@@ -226,14 +226,14 @@ impl Client {
     /// id-less errors, pings) are skipped. Fails the test on a close, or when no answer comes
     /// within [`WAIT`] of the send, however many frames were skipped meanwhile. Meant for one
     /// request in flight: a `rate_limited` is taken as this request's.
-    pub async fn request(&mut self, frame: Value) -> Value {
+    pub(crate) async fn request(&mut self, frame: Value) -> Value {
         self.try_request(frame)
             .await
             .unwrap_or_else(|code| panic!("closed with {code} while waiting for an answer"))
     }
 
     /// [`Client::request`], or (`Err`) the server's close code when it closes first.
-    pub async fn try_request(&mut self, frame: Value) -> Result<Value, u16> {
+    pub(crate) async fn try_request(&mut self, frame: Value) -> Result<Value, u16> {
         let id = frame["id"].clone();
         self.send_json(frame).await;
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -250,7 +250,7 @@ impl Client {
     }
 
     /// Subscribes to `topic` (request `id`) and returns the `ok`, failing the test on anything else.
-    pub async fn sub(&mut self, id: u64, topic: &str) -> Value {
+    pub(crate) async fn sub(&mut self, id: u64, topic: &str) -> Value {
         let r = self
             .request(json!({"op": "sub", "id": id, "topic": topic}))
             .await;
@@ -259,7 +259,13 @@ impl Client {
     }
 
     /// Subscribes with `since`; returns the reply as it came.
-    pub async fn sub_since(&mut self, id: u64, topic: &str, offset: u64, epoch: &str) -> Value {
+    pub(crate) async fn sub_since(
+        &mut self,
+        id: u64,
+        topic: &str,
+        offset: u64,
+        epoch: &str,
+    ) -> Value {
         self.request(json!({
             "op": "sub", "id": id, "topic": topic,
             "since": {"offset": offset, "epoch": epoch},
@@ -268,7 +274,7 @@ impl Client {
     }
 
     /// The next frame, which must be a `msg` of `topic`; returns it.
-    pub async fn next_msg(&mut self, topic: &str) -> Value {
+    pub(crate) async fn next_msg(&mut self, topic: &str) -> Value {
         let f = self.next_frame().await;
         assert_eq!(f["op"], "msg", "expected a msg of {topic}: {f}");
         assert_eq!(f["topic"], topic, "{f}");
@@ -276,7 +282,7 @@ impl Client {
     }
 
     /// Reads the `msg` frames with exactly `offsets`, in order (no other frame in between).
-    pub async fn expect_offsets(
+    pub(crate) async fn expect_offsets(
         &mut self,
         topic: &str,
         offsets: RangeInclusive<u64>,
