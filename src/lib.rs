@@ -18,10 +18,10 @@
 //! |---|---|---|
 //! | [`server`] | composition root: builds everything from [`config::Config`], wires bus to hub, owns shutdown | everything |
 //! | [`gateway`] | the only module with sockets: listener, HTTP routes, upgrade checks, one task per connection | `auth`, `bus`, `config`, `hub`, `lifecycle`, `proxy` |
-//! | [`lifecycle`] | connect, disconnect and subscribe events for the backend, at least once | `bus`, `config`, `proxy` |
+//! | [`lifecycle`] | connect, disconnect and subscribe events for the backend, at least once | `config`, `proxy` |
 //! | [`hub`] | topics and local subscribers, encode-once fan-out, per-connection bounded outbox | none |
-//! | [`bus`] | where messages get their offsets and history, as narrow traits (`Messages`, `Directs`, `Presence`, `ConnCounts`; `Interest` only for a bus shared by nodes): the in-process bus (default) or Redis | `config` |
-//! | [`auth`] | JWT verification, one-time tickets, grants | `bus` (the Redis ticket store shares its command connection) |
+//! | [`bus`] | where messages get their offsets and history, as narrow traits (`Messages`, `Directs`, `Presence`, `ConnCounts`; `Interest` only for a bus shared by nodes): the in-process bus (default) or Redis | `auth`, `config`, `lifecycle` (the Redis ticket store and event log live in `bus::redis`, on its command connection) |
+//! | [`auth`] | JWT verification, one-time tickets, grants | none |
 //! | [`proxy`] | backend services: balancing, health checks, forwarding `send` | `config` |
 //! | [`config`] | raw (file, env) to validated [`config::Config`]; the only reader of files and env | none |
 //! | [`protocol`] | frames, codecs (JSON, MessagePack), RFC 6455 framing, close codes; pure | nothing |
@@ -29,7 +29,7 @@
 //!
 //! Nothing imports `server`, and only `server` imports `gateway` (besides [`fuzz`], the fuzz
 //! targets' entry points). No module reaches into another's
-//! private parts: the Redis connection type stays inside `bus::redis` and the Redis ticket store.
+//! private parts: every Redis type stays inside `bus::redis` (besides the fuzz entry points).
 //!
 //! Where each technique lives: encode once per codec ([`hub::topic`]), the byte-bounded outbox and
 //! its slow-consumer policy ([`hub::outbox`]), coalesced writes ([`gateway::connection`]),

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{JwtVerifier, MemoryTicketStore, RedisTicketStore, TicketStore, Tickets};
+use crate::auth::{JwtVerifier, MemoryTicketStore, TicketStore, Tickets};
 use crate::bus::local::LocalBus;
 use crate::bus::redis::{RedisBus, Settings as RedisSettingsForBus};
 use crate::bus::{
@@ -24,7 +24,6 @@ use crate::config::events::EventsSink;
 use crate::gateway::{self, Gateway};
 use crate::hub::{self, Hub};
 use crate::lifecycle::Lifecycle;
-use crate::lifecycle::redis::RedisEvents;
 use crate::lifecycle::webhook::WebhookEvents;
 use crate::protocol::{CloseCode, Topic};
 
@@ -131,8 +130,8 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
         lost,
     };
     let stop = CancellationToken::new();
-    // The bus's command connection, for lifecycle events in a cluster.
-    let mut redis_cmd = None;
+    // The Redis bus, whose command connection the event log shares in a cluster.
+    let mut redis = None;
     // `interest`: only a bus shared with other nodes needs to be told what this node listens for.
     let Buses {
         bus,
@@ -168,8 +167,8 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
             };
             let bus = RedisBus::connect(settings, sinks, stop.clone()).await?;
             // Tickets share the bus's command connection, which its monitor keeps checked.
-            let store = RedisTicketStore::new(bus.command_connection(), &r.prefix);
-            redis_cmd = Some(bus.command_connection());
+            let store = bus.ticket_store(&r.prefix);
+            redis = Some(bus.clone());
             Buses {
                 bus: bus.clone(),
                 interest: Some(bus),
@@ -197,7 +196,7 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
         config.max_message_bytes,
         &stop,
     )?);
-    let (events, webhook) = lifecycle(&config, redis_cmd, &proxy, &stop).await?;
+    let (events, webhook) = lifecycle(&config, redis, &proxy, &stop).await?;
     let gw = Arc::new(Gateway {
         jwt: JwtVerifier::hmac(&config.jwt_secret, config.jwt_leeway),
         tickets: Tickets::new(tickets, config.ticket_ttl),
@@ -282,24 +281,24 @@ async fn drive(
 /// service on a single node, or none.
 async fn lifecycle(
     config: &Config,
-    redis_cmd: Option<crate::bus::redis::Commands>,
+    redis: Option<Arc<RedisBus>>,
     proxy: &Arc<crate::proxy::Proxy>,
     stop: &CancellationToken,
 ) -> Result<(Lifecycle, Option<Arc<WebhookEvents>>), ServerError> {
     let Some(ev) = &config.events else {
         return Ok((Lifecycle::default(), None));
     };
-    match (&ev.sink, redis_cmd) {
-        (EventsSink::Stream { max_len }, Some(cmd)) => {
-            let log = RedisEvents::start(
-                cmd,
-                &config.node_id,
-                ev.clone(),
-                *max_len,
-                config.node_ttl,
-                stop.clone(),
-            )
-            .await?;
+    match (&ev.sink, redis) {
+        (EventsSink::Stream { max_len }, Some(bus)) => {
+            let log = bus
+                .event_log(
+                    &config.node_id,
+                    ev.clone(),
+                    *max_len,
+                    config.node_ttl,
+                    stop.clone(),
+                )
+                .await?;
             Ok((Lifecycle::new(ev.clone(), log), None))
         }
         (EventsSink::Service { service, journal }, _) => {

@@ -8,7 +8,6 @@
 
 pub mod grants;
 pub mod jwt;
-pub mod redis_store;
 pub mod ticket;
 
 use std::sync::Arc;
@@ -19,7 +18,6 @@ use crate::protocol::topic::TopicError;
 
 pub use grants::{Grants, RawGrants};
 pub use jwt::{JwtVerifier, mint_token};
-pub use redis_store::RedisTicketStore;
 pub use ticket::{MemoryTicketStore, TicketKey, TicketStore, Tickets};
 
 /// An authenticated user, as established from a verified JWT and carried by its ticket.

@@ -10,14 +10,13 @@
 //! died) recorded for it by another node or by the node's next start.
 
 pub(crate) mod journal;
-pub(crate) mod redis;
 pub(crate) mod webhook;
 
 use std::sync::Arc;
 
-use crate::bus::BoxFuture;
 use crate::config::events::{EventKind, EventsConfig};
 use crate::protocol::Topic;
+use futures_util::future::BoxFuture;
 
 /// One event to record.
 #[derive(Debug, Clone)]

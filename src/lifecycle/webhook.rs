@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::journal::Journal;
 use super::{Event, EventLog, LifecycleError};
-use crate::bus::BoxFuture;
 use crate::config::events::EventKind;
 use crate::proxy::Proxy;
+use futures_util::future::BoxFuture;
 
 /// Events per POST.
 const BATCH: usize = 256;

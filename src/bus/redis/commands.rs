@@ -20,7 +20,7 @@ const REBUILD_DEADLINE: Duration = Duration::from_secs(1);
 
 /// The shared command connection. Cheap to clone.
 #[derive(Clone)]
-pub struct Commands {
+pub(crate) struct Commands {
     inner: Arc<Inner>,
 }
 
@@ -36,7 +36,7 @@ struct Inner {
 
 impl Commands {
     /// Connects with `config` (its timeouts and retries apply to every command).
-    pub async fn connect(
+    pub(crate) async fn connect(
         client: redis::Client,
         config: ConnectionManagerConfig,
     ) -> redis::RedisResult<Commands> {
@@ -52,13 +52,13 @@ impl Commands {
     }
 
     /// The current connection, for one command or one pipeline.
-    pub fn get(&self) -> ConnectionManager {
+    pub(crate) fn get(&self) -> ConnectionManager {
         self.inner.conn.read().clone()
     }
 
     /// Replaces the connection with a new one, within `REBUILD_DEADLINE` (1 s). When a rebuild is
     /// already under way, waits for it instead of starting another.
-    pub async fn rebuild(&self) -> redis::RedisResult<()> {
+    pub(crate) async fn rebuild(&self) -> redis::RedisResult<()> {
         let Ok(_one) = self.inner.rebuilding.try_lock() else {
             let _done = self.inner.rebuilding.lock().await;
             return Ok(());

@@ -1,5 +1,6 @@
-//! The Redis bus: nodes share topics through one Redis. No Redis type leaves this file (and the
-//! Redis ticket store).
+//! The Redis bus: nodes share topics through one Redis. No Redis type leaves `bus/redis/`: the
+//! Redis ticket store (`tickets.rs`) and event log (`events.rs`) live here too, built by the bus
+//! ([`RedisBus::ticket_store`], [`RedisBus::event_log`]) on its command connection.
 //!
 //! - Writes go through the function library in `herald.lua` (loaded at start when missing or
 //!   older): `herald_publish` appends to the topic's stream and publishes the envelope in one
@@ -51,9 +52,11 @@ use tokio_util::sync::CancellationToken;
 
 mod commands;
 mod deliveries;
+mod events;
 mod monitor;
 pub(crate) mod parse;
 mod pubsub;
+mod tickets;
 
 use super::{
     BoxFuture, BusError, ConnCounts, Direct, Directs, Interest, Messages, Presence, REPLAY_PAGE,
@@ -62,8 +65,10 @@ use super::{
 use crate::protocol::{Message, Position, Topic};
 pub(crate) use commands::{Commands, fcall};
 use deliveries::DeliveryState;
+pub(crate) use events::RedisEvents;
 use monitor::{monitor, node_probe_id, refresh_conns};
 use parse::{channel, user_channel};
+pub(crate) use tickets::RedisTicketStore;
 
 /// The library's version: bump it whenever `herald.lua` changes, so that nodes replace an older
 /// library in Redis.
@@ -249,9 +254,23 @@ impl RedisBus {
         Ok(bus)
     }
 
-    /// The command connection, shared with the Redis ticket store: the monitor keeps it checked.
-    pub(crate) fn command_connection(&self) -> Commands {
-        self.cmd.clone()
+    /// The ticket store over this bus's Redis, sharing its command connection (which the
+    /// monitor keeps usable), with keys under `prefix`.
+    pub(crate) fn ticket_store(&self, prefix: &str) -> RedisTicketStore {
+        RedisTicketStore::new(self.cmd.clone(), prefix)
+    }
+
+    /// The lifecycle event log over this bus's Redis (the `herald_event*` functions), sharing its
+    /// command connection; registered as `node` until `stop`.
+    pub(crate) async fn event_log(
+        &self,
+        node: &str,
+        config: crate::config::events::EventsConfig,
+        max_len: u64,
+        ttl: Duration,
+        stop: CancellationToken,
+    ) -> Result<Arc<RedisEvents>, crate::lifecycle::LifecycleError> {
+        RedisEvents::start(self.cmd.clone(), node, config, max_len, ttl, stop).await
     }
 
     /// Drops the delivery state of a topic nobody here watches any more.

@@ -13,13 +13,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::bus::redis::{Commands, fcall};
+use super::{Commands, fcall};
 use tokio_util::sync::CancellationToken;
 
-use super::{Event, EventLog, LifecycleError};
-use crate::bus::BoxFuture;
 use crate::config::events::{EventKind, EventsConfig};
+use crate::lifecycle::{Event, EventLog, LifecycleError};
 use crate::protocol::Topic;
+use futures_util::future::BoxFuture;
 
 /// Connections per `herald_events_join` call and disconnects per reaping call: bounds how long
 /// one call holds Redis.

@@ -4,21 +4,21 @@
 //! front, the key keeps its expiry), so of any number of nodes racing for a ticket exactly one
 //! wins and every other one sees it used. The key lives as long as the memory store keeps an
 //! entry (`ttl + max(ttl, 60 s)`), and a redeemed ticket answers as there: `ticket_used` until
-//! the ticket would have expired, `ticket_expired` after, then `invalid_ticket`. Besides
-//! `bus/redis/`, the only place Redis types appear; it shares the bus's command connection
-//! ([`Commands`]), which the bus keeps usable.
+//! the ticket would have expired, `ticket_expired` after, then `invalid_ticket`. It shares the
+//! bus's command connection ([`Commands`]), which the bus keeps usable; the bus builds it
+//! ([`super::RedisBus::ticket_store`]), so no Redis type leaves `bus/redis/`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::ticket::REMEMBER_EXPIRED;
-use crate::bus::redis::Commands;
+use super::Commands;
+use crate::auth::ticket::REMEMBER_EXPIRED;
 
 use futures_util::future::BoxFuture;
 
-use super::{AuthError, Grants, Identity, RawGrants, TicketKey, TicketStore};
+use crate::auth::{AuthError, Grants, Identity, RawGrants, TicketKey, TicketStore};
 
 /// Redeems the ticket at `KEYS[1]`: its stored value, and from then on the value marked used
 /// (`u` + value, same expiry). A used ticket answers its marked value; an unknown one nil.
@@ -31,7 +31,7 @@ return v
 ";
 
 /// The ticket store over Redis.
-pub struct RedisTicketStore {
+pub(crate) struct RedisTicketStore {
     /// The bus's command connection; the current one is taken for each call.
     conn: Commands,
     prefix: String,
@@ -65,7 +65,7 @@ fn store_error(e: redis::RedisError) -> AuthError {
 
 impl RedisTicketStore {
     /// A store on `conn`, with keys `<prefix>ticket:<sha256 hex>`.
-    pub fn new(conn: Commands, prefix: &str) -> RedisTicketStore {
+    pub(crate) fn new(conn: Commands, prefix: &str) -> RedisTicketStore {
         RedisTicketStore {
             conn,
             prefix: prefix.to_owned(),
