@@ -65,12 +65,17 @@ pub enum ProxyError {
         problem: String,
     },
     /// The answer was unusable (too big, not JSON) or the exchange broke after the request left.
+    /// The client is told what went wrong, not the transport's own words (those are the cause,
+    /// for the logs).
     #[error("{service:?}: {problem}")]
     Broken {
         /// The service.
         service: String,
         /// What went wrong.
-        problem: String,
+        problem: &'static str,
+        /// The transport's error, when there was one.
+        #[source]
+        cause: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 }
 
@@ -303,10 +308,14 @@ impl Proxy {
 
     async fn attempt(&self, s: &Service, e: &Endpoint, call: &Call<'_>) -> Attempt {
         let name = &s.config.name;
-        let broken = |problem: String| ProxyError::Broken {
-            service: name.clone(),
-            problem,
-        };
+        let broken =
+            |problem: &'static str, cause: Option<Box<dyn std::error::Error + Send + Sync>>| {
+                ProxyError::Broken {
+                    service: name.clone(),
+                    problem,
+                    cause,
+                }
+            };
         let uri = format!("{}{}", e.base, s.config.path);
         let mut req = hyper::Request::post(uri)
             .header("content-type", "application/json")
@@ -323,7 +332,12 @@ impl Proxy {
         }
         let req = match req.body(Full::new(call.body.clone())) {
             Ok(r) => r,
-            Err(err) => return Attempt::Done(Err(broken(format!("bad request: {err}")))),
+            Err(err) => {
+                return Attempt::Done(Err(broken(
+                    "the request could not be built",
+                    Some(err.into()),
+                )));
+            }
         };
         let timeout = s.config.timeout;
         let answer = tokio::time::timeout(timeout, async {
@@ -346,20 +360,21 @@ impl Proxy {
                 Attempt::Retry(ProxyError::Unavailable(name.clone()))
             }
             Ok(Err(err)) if s.config.idempotent => {
-                Attempt::Retry(broken(format!("the exchange broke: {err}")))
+                Attempt::Retry(broken("the exchange broke", Some(err.into())))
             }
-            Ok(Err(err)) => Attempt::Done(Err(broken(format!(
-                "the exchange broke after the request was sent (not retried: the service is \
-                 not idempotent): {err}"
-            )))),
+            Ok(Err(err)) => Attempt::Done(Err(broken(
+                "the exchange broke after the request was sent (not retried: the service is not \
+                 idempotent)",
+                Some(err.into()),
+            ))),
             Ok(Ok((status, _))) if !status.is_success() => Attempt::Done(Err(ProxyError::Status {
                 service: name.clone(),
                 status: status.as_u16(),
             })),
-            Ok(Ok((_, Err(_)))) => Attempt::Done(Err(broken(format!(
-                "its reply is over the limit of {} bytes (or broke off); not forwarded",
-                self.max_reply
-            )))),
+            Ok(Ok((_, Err(err)))) => Attempt::Done(Err(broken(
+                "its reply is over the size limit (max_message_bytes) or broke off; not forwarded",
+                Some(err),
+            ))),
             Ok(Ok((_, Ok(collected)))) => {
                 let bytes = collected.to_bytes();
                 if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -367,7 +382,9 @@ impl Proxy {
                 }
                 match serde_json::from_slice::<&serde_json::value::RawValue>(&bytes) {
                     Ok(_) => Attempt::Done(Ok(bytes)),
-                    Err(_) => Attempt::Done(Err(broken("its reply is not JSON".into()))),
+                    Err(err) => {
+                        Attempt::Done(Err(broken("its reply is not JSON", Some(err.into()))))
+                    }
                 }
             }
         }
