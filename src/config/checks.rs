@@ -100,17 +100,22 @@ pub(super) fn check_node_id(id: String) -> Result<String, ConfigError> {
     }
 }
 
+/// A secret shorter than `min` `unit`s: says so with its length only (never the value), and how
+/// to make a good one.
+fn too_short(key: Key, n: usize, min: usize, unit: &str, rand_bytes: u32) -> ConfigError {
+    invalid(
+        key,
+        format!(
+            "too short: expected at least {min} {unit}, got {n}; use a long random string such \
+             as the output of `openssl rand -base64 {rand_bytes}`"
+        ),
+    )
+}
+
 pub(super) fn check_api_key(key: String) -> Result<String, ConfigError> {
-    // Never echo the value: only its length.
     let n = key.chars().count();
     if n < MIN_API_KEY_CHARS {
-        return Err(invalid(
-            API_KEY,
-            format!(
-                "too short: expected at least {MIN_API_KEY_CHARS} characters, got {n}; use a \
-                 long random string such as the output of `openssl rand -base64 24`"
-            ),
-        ));
+        return Err(too_short(API_KEY, n, MIN_API_KEY_CHARS, "characters", 24));
     }
     if !key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(invalid(
@@ -125,13 +130,7 @@ pub(super) fn check_api_key(key: String) -> Result<String, ConfigError> {
 pub(super) fn check_jwt_secret(secret: String) -> Result<Vec<u8>, ConfigError> {
     let n = secret.len();
     if n < MIN_JWT_SECRET_BYTES {
-        return Err(invalid(
-            JWT_SECRET,
-            format!(
-                "too short: expected at least {MIN_JWT_SECRET_BYTES} bytes, got {n}; use a \
-                 long random string such as the output of `openssl rand -base64 48`"
-            ),
-        ));
+        return Err(too_short(JWT_SECRET, n, MIN_JWT_SECRET_BYTES, "bytes", 48));
     }
     Ok(secret.into_bytes())
 }
