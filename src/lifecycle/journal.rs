@@ -124,7 +124,7 @@ impl Journal {
                 conn: conn.clone(),
                 user: user.clone(),
                 topic: None,
-                code: Some(1006),
+                code: Some(crate::protocol::close::ABNORMAL),
             };
             j.append(&e, held_by, Some(node))?;
         }
@@ -153,7 +153,7 @@ impl Journal {
             v["topic"] = json!(t.as_str());
         }
         if e.kind == EventKind::Disconnect {
-            v["code"] = json!(e.code.unwrap_or(1006));
+            v["code"] = json!(e.code.unwrap_or(crate::protocol::close::ABNORMAL));
             match restart_by {
                 None => v["reason"] = json!("closed"),
                 Some(by) => {

@@ -173,7 +173,10 @@ impl RedisEvents {
     async fn call(&self, e: &Event) -> Result<(), redis::RedisError> {
         let mut c = self.cmd.get();
         let extra = match e.kind {
-            EventKind::Disconnect => e.code.unwrap_or(1006).to_string(),
+            EventKind::Disconnect => e
+                .code
+                .unwrap_or(crate::protocol::close::ABNORMAL)
+                .to_string(),
             _ => e
                 .topic
                 .as_ref()
