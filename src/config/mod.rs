@@ -25,8 +25,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-pub use origins::Origins;
 use origins::parse_origins;
+pub use origins::{Allowed, Origins};
 use raw::{
     API_KEY, HISTORY_BYTES, HISTORY_SIZE, HISTORY_TTL_SECS, JWT_LEEWAY_SECS, JWT_SECRET, LISTEN,
     MAX_CONNECTIONS, MAX_CONNECTIONS_PER_USER, MAX_MESSAGE_BYTES, MAX_SUBSCRIPTIONS, NODE_ID,

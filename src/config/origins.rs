@@ -1,5 +1,7 @@
 //! Browser origins: parsing, normalising (lowercase scheme and host, canonical IPv6, default
-//! port dropped) and matching the `Origin` of an upgrade against `allowed_origins`.
+//! port dropped) and matching the `Origin` of an upgrade against `allowed_origins`, whose
+//! entries are exact origins or `scheme://*.domain[:port]`: one or more subdomain labels of
+//! `domain`, with that scheme and port, never `domain` itself.
 
 use std::fmt;
 use std::net::Ipv6Addr;
@@ -15,8 +17,65 @@ pub enum Origins {
     /// `http(s)://localhost`, `http(s)://127.0.0.1` and `http(s)://[::1]`, any port: the
     /// development-mode default.
     Loopback,
-    /// Exactly these normalised origins (lowercase, no default port). Empty: none.
-    List(Vec<String>),
+    /// These entries (normalised: lowercase, no default port). Empty: none.
+    List(Vec<Allowed>),
+}
+
+/// One entry of `allowed_origins`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Allowed {
+    /// Exactly this origin, normalised.
+    Exact(String),
+    /// `scheme://*.domain[:port]`: any origin with this scheme and port whose host is one or more
+    /// labels followed by `.domain`.
+    Subdomains {
+        /// The scheme, lowercase.
+        scheme: String,
+        /// The domain, lowercase, without the leading `*.`.
+        domain: String,
+        /// The port, unless the scheme's default.
+        port: Option<u16>,
+    },
+}
+
+impl Allowed {
+    fn matches(&self, o: &Origin) -> bool {
+        match self {
+            Allowed::Exact(e) => *e == o.to_string(),
+            Allowed::Subdomains {
+                scheme,
+                domain,
+                port,
+            } => {
+                let labels = o
+                    .host
+                    .strip_suffix(domain.as_str())
+                    .and_then(|h| h.strip_suffix('.'));
+                o.scheme == *scheme
+                    && o.port == *port
+                    && labels.is_some_and(|l| !l.is_empty() && l.split('.').all(|x| !x.is_empty()))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Allowed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Allowed::Exact(e) => f.write_str(e),
+            Allowed::Subdomains {
+                scheme,
+                domain,
+                port,
+            } => {
+                write!(f, "{scheme}://*.{domain}")?;
+                if let Some(p) = port {
+                    write!(f, ":{p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 impl Origins {
@@ -26,7 +85,7 @@ impl Origins {
             Origins::Any => true,
             Origins::Loopback => Origin::parse(origin).is_ok_and(|o| o.is_loopback()),
             Origins::List(list) => {
-                Origin::parse(origin).is_ok_and(|o| list.iter().any(|a| *a == o.to_string()))
+                Origin::parse(origin).is_ok_and(|o| list.iter().any(|a| a.matches(&o)))
             }
         }
     }
@@ -154,19 +213,109 @@ pub(super) fn parse_origins(
     }
     let mut out = Vec::with_capacity(list.len());
     for o in &list {
-        let parsed = Origin::parse(o).map_err(|why| {
+        let entry = parse_allowed(o).map_err(|why| {
             invalid(
                 ALLOWED_ORIGINS,
                 format!(
                     "{o:?} is not an origin: {why}; expected scheme://host[:port] such as \
-                     https://app.example.com, or the single value `*`"
+                     https://app.example.com, scheme://*.domain[:port] such as \
+                     https://*.example.com, or the single value `*`"
                 ),
             )
         })?;
-        let normalised = parsed.to_string();
-        if !out.contains(&normalised) {
-            out.push(normalised);
+        if !out.contains(&entry) {
+            out.push(entry);
         }
     }
     Ok(Origins::List(out))
+}
+
+/// One `allowed_origins` entry: an exact origin, or `scheme://*.domain[:port]`.
+fn parse_allowed(s: &str) -> Result<Allowed, &'static str> {
+    let Some((scheme, rest)) = s.split_once("://*.") else {
+        if s.contains('*') {
+            return Err("a wildcard may only be the whole first label: scheme://*.domain");
+        }
+        return Ok(Allowed::Exact(Origin::parse(s)?.to_string()));
+    };
+    // The domain, parsed as an origin of its own: the same checks and normalising.
+    let base = Origin::parse(&format!("{scheme}://{rest}"))?;
+    if base.host.contains('*') || rest.contains('*') {
+        return Err("a wildcard may only be the whole first label: scheme://*.domain");
+    }
+    if base.host.starts_with('[') || base.host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err("a wildcard needs a domain name, not an IP address");
+    }
+    if !base.host.contains('.') {
+        return Err("a wildcard needs a domain of at least two labels (*.example.com, not *.com)");
+    }
+    Ok(Allowed::Subdomains {
+        scheme: base.scheme,
+        domain: base.host,
+        port: base.port,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(entries: &[&str]) -> Origins {
+        parse_origins(Some(entries.iter().map(|e| e.to_string()).collect()), false)
+            .expect("valid allowed_origins")
+    }
+
+    #[test]
+    fn a_wildcard_matches_one_or_more_subdomain_labels_and_nothing_else() {
+        let o = list(&["https://*.example.com"]);
+        for yes in [
+            "https://app.example.com",
+            "https://a.b.example.com",
+            "HTTPS://App.Example.COM",
+            "https://app.example.com:443",
+        ] {
+            assert!(o.allows(yes), "{yes} should be allowed");
+        }
+        for no in [
+            "https://example.com",
+            "http://app.example.com",
+            "https://app.example.com:8443",
+            "https://evil-example.com",
+            "https://app.example.com.evil.net",
+            "https://appexample.com",
+            "https://.example.com",
+            "https://a..example.com",
+            "null",
+        ] {
+            assert!(!o.allows(no), "{no} should be refused");
+        }
+    }
+
+    #[test]
+    fn a_wildcard_keeps_its_port_and_exact_entries_still_work_beside_it() {
+        let o = list(&["http://*.example.com:8080", "https://example.com"]);
+        assert!(o.allows("http://dev.example.com:8080"));
+        assert!(!o.allows("http://dev.example.com"));
+        assert!(o.allows("https://example.com"));
+        assert!(!o.allows("https://www.example.com"));
+    }
+
+    #[test]
+    fn wildcards_anywhere_but_the_whole_first_label_or_over_a_tld_or_an_address_are_refused() {
+        for bad in [
+            "https://*.com",
+            "https://*",
+            "https://a.*.example.com",
+            "https://*example.com",
+            "https://app*.example.com",
+            "https://*.127.0.0.1",
+            "https://*.[::1]",
+            "*.example.com",
+        ] {
+            assert!(
+                parse_origins(Some(vec![bad.to_string()]), false).is_err(),
+                "{bad} should be refused"
+            );
+        }
+    }
 }

@@ -108,6 +108,36 @@ async fn allowed_origin_and_no_origin_are_both_accepted() {
 }
 
 #[tokio::test]
+async fn a_wildcard_origin_admits_its_subdomains_and_never_the_bare_domain_or_another_scheme() {
+    let node = Node::with(&[("HERALD_ALLOWED_ORIGINS", "https://*.example.com")]).await;
+    for origin in ["https://app.example.com", "https://a.b.example.com"] {
+        let ticket = node.ticket().await;
+        let up = upgrade(
+            node.addr,
+            &format!("/ws?ticket={ticket}"),
+            &[("Origin", origin)],
+        )
+        .await;
+        assert_eq!(up.status, 101, "{origin}: {}", up.body);
+    }
+    for origin in [
+        "https://example.com",
+        "http://app.example.com",
+        "https://app.example.com:8443",
+        "https://app.example.com.evil.net",
+    ] {
+        let ticket = node.ticket().await;
+        upgrade(
+            node.addr,
+            &format!("/ws?ticket={ticket}"),
+            &[("Origin", origin)],
+        )
+        .await
+        .assert_refused(403, "origin_not_allowed");
+    }
+}
+
+#[tokio::test]
 async fn only_unknown_subprotocols_are_400_unsupported_subprotocol_listing_supported() {
     let node = Node::start().await;
     for offered in ["graphql-ws", "mqtt, herald.v2.json", "HERALD.V1.JSON"] {
