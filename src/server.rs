@@ -198,7 +198,8 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
     )?);
     let (events, webhook) = lifecycle(&config, redis, &proxy, &stop).await?;
     let gw = Arc::new(Gateway {
-        jwt: JwtVerifier::hmac(&config.jwt_secret, config.jwt_leeway),
+        jwt: JwtVerifier::hmac(&config.jwt_secret, config.jwt_leeway)
+            .with_claims(config.jwt_audience.as_deref(), config.jwt_issuer.as_deref()),
         tickets: Tickets::new(tickets, config.ticket_ttl),
         proxy,
         events,

@@ -2,7 +2,8 @@
 //! `herald token` command and development mode.
 //!
 //! A token must carry `sub` (the user), `exp` and `grants` (see [`RawGrants`]); `nbf` is checked
-//! when present; `aud` is refused when present, since Herald is not configured with an audience.
+//! when present. `aud` and `iss` are checked when `jwt_audience` / `jwt_issuer` are configured
+//! (then required), and ignored otherwise.
 //! The algorithm list is fixed here, never taken from the token header: `none` and asymmetric
 //! algorithms are refused with the HMAC key.
 
@@ -55,11 +56,30 @@ impl JwtVerifier {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // A token's `aud` is ignored unless an audience is configured (`with_claims`).
+        validation.validate_aud = false;
         JwtVerifier {
             key: DecodingKey::from_secret(secret),
             validation,
             grants: Arc::default(),
         }
+    }
+
+    /// Requires `aud` to name `audience` and `iss` to be `issuer`, each when given
+    /// (`jwt_audience`, `jwt_issuer`); a token without the claim is then refused too.
+    pub fn with_claims(mut self, audience: Option<&str>, issuer: Option<&str>) -> JwtVerifier {
+        let mut required = vec!["exp", "sub"];
+        if let Some(a) = audience {
+            self.validation.set_audience(&[a]);
+            self.validation.validate_aud = true;
+            required.push("aud");
+        }
+        if let Some(i) = issuer {
+            self.validation.set_issuer(&[i]);
+            required.push("iss");
+        }
+        self.validation.set_required_spec_claims(&required);
+        self
     }
 
     /// Checks `token` (signature, algorithm, `exp`, `nbf`, `sub`) and reads its grants.
@@ -173,8 +193,13 @@ fn map_jwt_error(err: jsonwebtoken::errors::Error) -> AuthError {
             "its `nbf` claim is not a number of seconds"
         }
         ErrorKind::InvalidClaimFormat(_) => "its `exp` claim is not a number of seconds",
-        ErrorKind::InvalidAudience => {
-            "it has an `aud` claim, and Herald accepts only tokens without an audience"
+        ErrorKind::InvalidAudience => "its `aud` claim does not name the configured jwt_audience",
+        ErrorKind::InvalidIssuer => "its `iss` claim is not the configured jwt_issuer",
+        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => {
+            "it has no `aud` claim, and jwt_audience is configured"
+        }
+        ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => {
+            "it has no `iss` claim, and jwt_issuer is configured"
         }
         ErrorKind::InvalidToken
         | ErrorKind::Base64(_)
@@ -380,10 +405,44 @@ mod tests {
     }
 
     #[test]
-    fn a_token_with_an_audience_is_invalid() {
+    fn a_token_with_an_audience_is_accepted_when_no_audience_is_configured() {
         let mut c = claims(600);
         c["aud"] = json!("someone-else");
-        assert_eq!(code(&sign(Algorithm::HS256, &c, SECRET)), "invalid_token");
+        assert!(
+            verifier()
+                .verify(&sign(Algorithm::HS256, &c, SECRET))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_configured_audience_and_issuer_must_match_and_be_present() {
+        let v = verifier().with_claims(Some("herald"), Some("https://id.example.com"));
+        let check = |aud: Option<Value>, iss: Option<&str>| {
+            let mut c = claims(600);
+            if let Some(a) = aud {
+                c["aud"] = a;
+            }
+            if let Some(i) = iss {
+                c["iss"] = json!(i);
+            }
+            v.verify(&sign(Algorithm::HS256, &c, SECRET)).map(|_| ())
+        };
+        let iss = Some("https://id.example.com");
+        assert!(check(Some(json!("herald")), iss).is_ok());
+        assert!(
+            check(Some(json!(["other", "herald"])), iss).is_ok(),
+            "aud may be a list"
+        );
+        for (aud, iss) in [
+            (Some(json!("other")), iss),
+            (None, iss),
+            (Some(json!("herald")), Some("https://evil.example.com")),
+            (Some(json!("herald")), None),
+        ] {
+            let e = check(aud.clone(), iss).unwrap_err();
+            assert_eq!(e.code(), "invalid_token", "{aud:?} {iss:?}");
+        }
     }
 
     #[test]

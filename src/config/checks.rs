@@ -112,6 +112,14 @@ fn too_short(key: Key, n: usize, min: usize, unit: &str, rand_bytes: u32) -> Con
     )
 }
 
+/// An optional text that, when given, is not empty.
+pub(super) fn non_empty(key: Key, v: Option<String>) -> Result<Option<String>, ConfigError> {
+    match v {
+        Some(s) if s.trim().is_empty() => Err(invalid(key, "is empty: leave it unset instead")),
+        other => Ok(other),
+    }
+}
+
 pub(super) fn check_api_key(key: String) -> Result<String, ConfigError> {
     let n = key.chars().count();
     if n < MIN_API_KEY_CHARS {

@@ -28,10 +28,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use origins::parse_origins;
 pub use origins::{Allowed, Origins};
 use raw::{
-    API_KEY, HISTORY_BYTES, HISTORY_SIZE, HISTORY_TTL_SECS, JWT_LEEWAY_SECS, JWT_SECRET, LISTEN,
-    MAX_CONNECTIONS, MAX_CONNECTIONS_PER_USER, MAX_MESSAGE_BYTES, MAX_SUBSCRIPTIONS, NODE_ID,
-    NODE_TTL_SECS, OUTBOX_BYTES, PING_INTERVAL_SECS, PRESENCE_TOPICS, RATE_BURST, RATE_LIMIT,
-    REDIS_PREFIX, REDIS_URL, SHUTDOWN_TIMEOUT_SECS, TICKET_TTL_SECS, TLS_CERT, TLS_KEY,
+    API_KEY, HISTORY_BYTES, HISTORY_SIZE, HISTORY_TTL_SECS, JWT_AUDIENCE, JWT_ISSUER,
+    JWT_LEEWAY_SECS, JWT_SECRET, LISTEN, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_USER,
+    MAX_MESSAGE_BYTES, MAX_SUBSCRIPTIONS, NODE_ID, NODE_TTL_SECS, OUTBOX_BYTES, PING_INTERVAL_SECS,
+    PRESENCE_TOPICS, RATE_BURST, RATE_LIMIT, REDIS_PREFIX, REDIS_URL, SHUTDOWN_TIMEOUT_SECS,
+    TICKET_TTL_SECS, TLS_CERT, TLS_KEY,
 };
 pub use raw::{KEYS, Key, RawConfig};
 
@@ -247,6 +248,10 @@ pub struct Config {
     pub jwt_secret: Redacted<Vec<u8>>,
     /// Clock skew allowed on `exp` and `nbf`.
     pub jwt_leeway: Duration,
+    /// When set, a JWT's `aud` must name it; when unset, `aud` is ignored.
+    pub jwt_audience: Option<String>,
+    /// When set, a JWT's `iss` must be it.
+    pub jwt_issuer: Option<String>,
     /// Origins allowed to open WebSockets.
     pub allowed_origins: Origins,
     /// How long a ticket stays redeemable.
@@ -443,6 +448,8 @@ impl Config {
             api_key: Redacted(api_key),
             jwt_secret: Redacted(jwt_secret),
             jwt_leeway: secs(JWT_LEEWAY_SECS, raw.jwt_leeway_secs, 30, 0, 300)?,
+            jwt_audience: non_empty(JWT_AUDIENCE, raw.jwt_audience)?,
+            jwt_issuer: non_empty(JWT_ISSUER, raw.jwt_issuer)?,
             allowed_origins,
             ticket_ttl: secs(TICKET_TTL_SECS, raw.ticket_ttl_secs, 30, 1, 300)?,
             max_message_bytes: size(

@@ -163,6 +163,10 @@ raw_config! {
     jwt_secret: String => JWT_SECRET = "HERALD_JWT_SECRET";
     /// Clock skew allowed on `exp` and `nbf`.
     jwt_leeway_secs: u64 => JWT_LEEWAY_SECS = "HERALD_JWT_LEEWAY_SECS";
+    /// When set, a JWT's `aud` must name it (otherwise `aud` is ignored).
+    jwt_audience: String => JWT_AUDIENCE = "HERALD_JWT_AUDIENCE";
+    /// When set, a JWT's `iss` must be it.
+    jwt_issuer: String => JWT_ISSUER = "HERALD_JWT_ISSUER";
     /// Origins allowed to open WebSockets (env: comma-separated).
     allowed_origins: Vec<String> => ALLOWED_ORIGINS = "HERALD_ALLOWED_ORIGINS";
     /// How long a ticket stays redeemable.
@@ -413,7 +417,7 @@ mod tests {
                 format!("{ENV_PREFIX}{}", key.name.to_ascii_uppercase())
             );
         }
-        assert_eq!(KEYS.len(), 37);
+        assert_eq!(KEYS.len(), 39);
     }
 
     #[test]

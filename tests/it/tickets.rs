@@ -56,6 +56,41 @@ async fn good_jwt_gets_a_43_char_base64url_ticket_and_expires_in() {
 }
 
 #[tokio::test]
+async fn aud_is_ignored_unless_jwt_audience_is_set_then_aud_and_iss_must_match() {
+    let with = |aud: Option<&str>, iss: Option<&str>| {
+        let mut c = claims();
+        if let Some(a) = aud {
+            c["aud"] = json!(a);
+        }
+        if let Some(i) = iss {
+            c["iss"] = json!(i);
+        }
+        signed_jwt(&c, JWT_SECRET.as_bytes(), Algorithm::HS256)
+    };
+    // Unset: an identity provider's `aud` does not get a token refused.
+    let node = Node::start().await;
+    let (status, body) = exchange(&node, &with(Some("some-api"), None)).await;
+    assert_eq!(status, 200, "{body}");
+
+    let node = Node::with(&[
+        ("HERALD_JWT_AUDIENCE", "herald"),
+        ("HERALD_JWT_ISSUER", "https://id.example.com"),
+    ])
+    .await;
+    let iss = Some("https://id.example.com");
+    let (status, body) = exchange(&node, &with(Some("herald"), iss)).await;
+    assert_eq!(status, 200, "{body}");
+    for (aud, iss) in [
+        (Some("some-api"), iss),
+        (None, iss),
+        (Some("herald"), Some("https://evil.example.com")),
+        (Some("herald"), None),
+    ] {
+        assert_refused(exchange(&node, &with(aud, iss)).await, "invalid_token");
+    }
+}
+
+#[tokio::test]
 async fn hs384_and_hs512_jwts_are_accepted() {
     let node = Node::start().await;
     for alg in [Algorithm::HS384, Algorithm::HS512] {
