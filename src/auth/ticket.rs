@@ -214,11 +214,17 @@ impl Tickets {
 
     /// A new ticket for `identity`: 32 random bytes as base64url without padding (43 chars).
     pub async fn issue(&self, identity: Identity) -> Result<String, AuthError> {
+        self.issue_for(identity, self.ttl).await
+    }
+
+    /// A new ticket for `identity`, redeemable for `ttl` (at most [`Tickets::ttl`]).
+    pub async fn issue_for(&self, identity: Identity, ttl: Duration) -> Result<String, AuthError> {
+        let ttl = ttl.min(self.ttl);
         let mut bytes = [0u8; TICKET_BYTES];
         getrandom::fill(&mut bytes).map_err(AuthError::Random)?;
         let ticket = URL_SAFE_NO_PAD.encode(bytes);
         self.store
-            .put(TicketKey::of(&ticket), identity, self.ttl)
+            .put(TicketKey::of(&ticket), identity, ttl)
             .await?;
         Ok(ticket)
     }

@@ -33,25 +33,72 @@ fn authorization(req: &Request) -> Option<&str> {
 /// Rate limited per client address (before any verification) and per user.
 pub async fn tickets(State(gw): State<Arc<Gateway>>, req: Request) -> Result<Response, Rejection> {
     refuse_when_draining(&gw)?;
-    let client = client_address(&gw, &req);
-    gw.tickets_by_ip
-        .take(&IpKey::of(client))
-        .map_err(|retry_after| Rejection::TooFast {
-            what: "tickets for this address",
-            retry_after,
-        })?;
-    let token = auth::bearer(authorization(&req))?;
-    let identity = gw.jwt.verify(token)?;
+    // A backend with the server API key mints tickets for its users directly; it is trusted,
+    // so the per-address rate (against ticket floods before any check) does not apply to it.
+    let backend = auth::check_api_key(&gw.config.api_key, authorization(&req)).is_ok();
+    let (identity, ttl) = if backend {
+        minted(&gw, req).await?
+    } else {
+        let client = client_address(&gw, &req);
+        gw.tickets_by_ip
+            .take(&IpKey::of(client))
+            .map_err(|retry_after| Rejection::TooFast {
+                what: "tickets for this address",
+                retry_after,
+            })?;
+        let token = auth::bearer(authorization(&req))?;
+        (gw.jwt.verify(token)?, gw.tickets.ttl())
+    };
     gw.tickets_by_user
         .take(&identity.user)
         .map_err(|retry_after| Rejection::TooFast {
             what: "tickets for this user",
             retry_after,
         })?;
-    let ticket = gw.tickets.issue(identity).await?;
+    let ticket = gw.tickets.issue_for(identity, ttl).await?;
     crate::metrics::ticket_issued();
-    let body = serde_json::json!({"ticket": ticket, "expires_in": gw.tickets.ttl().as_secs()});
+    let body = serde_json::json!({"ticket": ticket, "expires_in": ttl.as_secs()});
     Ok(Json(body).into_response())
+}
+
+/// What a backend asks a ticket for: `{"sub": "...", "grants": {...}, "expires_in": 30}`.
+#[derive(Deserialize)]
+struct MintBody {
+    sub: String,
+    grants: auth::RawGrants,
+    /// Seconds the ticket stays redeemable: 1 to `ticket_ttl_secs` (its default).
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// The identity and ticket lifetime a backend's `POST /v1/tickets` body asks for. The identity
+/// has no expiry of its own: the backend vouches for the user when it mints the ticket.
+async fn minted(gw: &Gateway, req: Request) -> Result<(auth::Identity, Duration), Rejection> {
+    let body = read_body(req.into_body(), gw.config.max_message_bytes).await?;
+    let b: MintBody = serde_json::from_slice(&body).map_err(|e| {
+        Rejection::BadRequest(format!(
+            "with the API key, the body must be {{\"sub\": \"...\", \"grants\": {{...}}, \
+             \"expires_in\": <seconds, optional>}}: {e}"
+        ))
+    })?;
+    if b.sub.is_empty() || b.sub.len() > 255 {
+        return Err(Rejection::BadRequest("`sub` must be 1 to 255 bytes".into()));
+    }
+    let max = gw.tickets.ttl().as_secs();
+    let secs = b.expires_in.unwrap_or(max);
+    if secs == 0 || secs > max {
+        return Err(Rejection::BadRequest(format!(
+            "`expires_in` must be from 1 to {max} seconds (ticket_ttl_secs)"
+        )));
+    }
+    let grants = auth::Grants::from_raw(&b.grants)
+        .map_err(|e| Rejection::BadRequest(format!("`grants`: {e}")))?;
+    let identity = auth::Identity {
+        user: b.sub.into(),
+        grants: Arc::new(grants),
+        expires_at: u64::MAX,
+    };
+    Ok((identity, Duration::from_secs(secs)))
 }
 
 /// The request's client address ([`ConnInfo`]; the loopback address for a request that did

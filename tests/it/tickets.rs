@@ -9,7 +9,9 @@ use herald::auth::ticket::REMEMBER_EXPIRED;
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 
-use crate::support::{JWT_SECRET, ManualClock, Node, grants, now_secs, signed_jwt};
+use crate::support::{
+    API_KEY, CODECS, JWT_SECRET, ManualClock, Node, grants, now_secs, signed_jwt,
+};
 
 /// Claims of a valid token for `alice`, to be altered by each test.
 fn claims() -> Value {
@@ -88,6 +90,50 @@ async fn aud_is_ignored_unless_jwt_audience_is_set_then_aud_and_iss_must_match()
     ] {
         assert_refused(exchange(&node, &with(aud, iss)).await, "invalid_token");
     }
+}
+
+#[tokio::test]
+async fn a_backend_with_the_api_key_mints_a_ticket_for_a_user_with_its_grants() {
+    let node = Node::start().await;
+    let body = json!({"sub": "bob", "grants": {"subscribe": ["news.>"]}, "expires_in": 10});
+    let (status, out) = node
+        .http
+        .post("/v1/tickets", Some(API_KEY), &body.to_string())
+        .await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["expires_in"], 10, "{out}");
+    let ticket = out["ticket"].as_str().expect("a ticket");
+    // The ticket carries the user and grants the backend named.
+    let mut c = node.open(&format!("/ws?ticket={ticket}"), CODECS[0]).await;
+    let w = c.next_frame().await;
+    assert_eq!(w["user"], "bob", "{w}");
+    c.sub(1, "news.eu").await;
+    let e = c
+        .request(json!({"op": "sub", "id": 2, "topic": "chat.room"}))
+        .await;
+    assert_eq!(e["code"], "forbidden", "{e}");
+
+    // Malformed asks are 400; a wrong key is not a backend (then it is read as a JWT).
+    for bad in [
+        json!({"grants": {}}),
+        json!({"sub": "", "grants": {}}),
+        json!({"sub": "bob"}),
+        json!({"sub": "bob", "grants": {}, "expires_in": 0}),
+        json!({"sub": "bob", "grants": {}, "expires_in": 31}),
+        json!({"sub": "bob", "grants": {"subscribe": ["a..b"]}}),
+    ] {
+        let (status, out) = node
+            .http
+            .post("/v1/tickets", Some(API_KEY), &bad.to_string())
+            .await;
+        assert_eq!(
+            (status, out["error"].as_str()),
+            (400, Some("bad_request")),
+            "{bad}: {out}"
+        );
+    }
+    let wrong = "not-the-api-key-0123456789";
+    assert_refused(exchange(&node, wrong).await, "invalid_token");
 }
 
 #[tokio::test]
