@@ -59,25 +59,6 @@ impl Allowed {
     }
 }
 
-impl fmt::Display for Allowed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Allowed::Exact(e) => f.write_str(e),
-            Allowed::Subdomains {
-                scheme,
-                domain,
-                port,
-            } => {
-                write!(f, "{scheme}://*.{domain}")?;
-                if let Some(p) = port {
-                    write!(f, ":{p}")?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
 impl Origins {
     /// True when a request with this `Origin` header value may proceed.
     pub fn allows(&self, origin: &str) -> bool {

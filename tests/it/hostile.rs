@@ -35,63 +35,55 @@ async fn publish_5mb(node: &Node, topic: &str) {
     }
 }
 
+/// A node with this outbox size, ping interval and write timeout; a subscriber of `topic` that
+/// never reads; 5 MB published to it. Returns the subscriber's socket once the node has dropped
+/// the connection (`what` ended it), which must happen within `bound`.
+async fn dropped_stalled_subscriber(
+    [outbox, ping, write_timeout]: [&str; 3],
+    topic: &str,
+    bound: Duration,
+    what: &str,
+) -> crate::support::RawWs {
+    let node = Node::with(&[
+        ("HERALD_OUTBOX_BYTES", outbox),
+        ("HERALD_PING_INTERVAL_SECS", ping),
+        ("HERALD_WRITE_TIMEOUT_SECS", write_timeout),
+    ])
+    .await;
+    let ws = stalled_subscriber(&node, topic).await;
+    publish_5mb(&node, topic).await;
+    node.until(bound, what, |gw| gw.hub.connections() == 0)
+        .await;
+    ws
+}
+
 #[tokio::test]
 async fn a_write_that_makes_no_progress_drops_the_connection_after_write_timeout_secs() {
     // No heartbeat and an outbox that never overflows: only the write deadline can end it.
-    let node = Node::with(&[
-        ("HERALD_OUTBOX_BYTES", "16777216"),
-        ("HERALD_PING_INTERVAL_SECS", "600"),
-        ("HERALD_WRITE_TIMEOUT_SECS", "2"),
-    ])
-    .await;
-    let mut ws = stalled_subscriber(&node, "stall").await;
-    publish_5mb(&node, "stall").await;
-    node.until(
-        Duration::from_secs(30),
-        "the stalled connection is dropped",
-        |gw| gw.hub.connections() == 0,
-    )
-    .await;
+    let settings = ["16777216", "600", "2"];
+    let what = "the stalled connection is dropped";
+    let mut ws = dropped_stalled_subscriber(settings, "stall", Duration::from_secs(30), what).await;
     ws.expect_reset().await;
 }
 
 #[tokio::test]
 async fn a_close_that_is_due_ends_a_connection_whose_peer_never_reads() {
     // The outbox overflows (4008) while a write is pending; the write deadline is far away.
-    let node = Node::with(&[
-        ("HERALD_OUTBOX_BYTES", "131072"),
-        ("HERALD_PING_INTERVAL_SECS", "600"),
-        ("HERALD_WRITE_TIMEOUT_SECS", "600"),
-    ])
-    .await;
-    let mut ws = stalled_subscriber(&node, "overflow").await;
-    publish_5mb(&node, "overflow").await;
-    node.until(
-        Duration::from_secs(20),
-        "the 4008 close takes effect",
-        |gw| gw.hub.connections() == 0,
-    )
-    .await;
+    let settings = ["131072", "600", "600"];
+    let what = "the 4008 close takes effect";
+    let mut ws =
+        dropped_stalled_subscriber(settings, "overflow", Duration::from_secs(20), what).await;
     // Its close frame could not be written either: the socket is reset, not left lingering.
     ws.expect_reset().await;
 }
 
 #[tokio::test]
 async fn a_heartbeat_close_ends_a_connection_whose_peer_never_reads_nor_pongs() {
-    let node = Node::with(&[
-        ("HERALD_OUTBOX_BYTES", "16777216"),
-        ("HERALD_PING_INTERVAL_SECS", "1"),
-        ("HERALD_WRITE_TIMEOUT_SECS", "600"),
-    ])
-    .await;
-    let _ws = stalled_subscriber(&node, "silent").await;
-    publish_5mb(&node, "silent").await;
-    node.until(
-        Duration::from_secs(20),
-        "the 4000 close takes effect",
-        |gw| gw.hub.connections() == 0,
-    )
-    .await;
+    let settings = ["16777216", "1", "600"];
+    let what = "the 4000 close takes effect";
+    let mut ws =
+        dropped_stalled_subscriber(settings, "silent", Duration::from_secs(20), what).await;
+    ws.expect_reset().await;
 }
 
 #[tokio::test]

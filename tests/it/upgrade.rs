@@ -8,6 +8,12 @@ use serde_json::json;
 
 use crate::support::{Codec, ManualClock, Node, grants, upgrade, ws};
 
+/// A `/ws` upgrade with a fresh ticket and `headers`; the answer.
+async fn upgrade_ws(node: &Node, headers: &[(&str, &str)]) -> crate::support::raw::Upgrade {
+    let ticket = node.ticket().await;
+    upgrade(node.addr, &format!("/ws?ticket={ticket}"), headers).await
+}
+
 #[tokio::test]
 async fn upgrade_without_ticket_is_401_missing_ticket() {
     let node = Node::start().await;
@@ -69,38 +75,22 @@ async fn expired_ticket_is_401_ticket_expired() {
 async fn origin_not_allowed_is_403_origin_not_allowed() {
     // Production mode without HERALD_ALLOWED_ORIGINS allows no browser origin at all.
     let node = Node::start().await;
-    let ticket = node.ticket().await;
-    upgrade(
-        node.addr,
-        &format!("/ws?ticket={ticket}"),
-        &[("Origin", "https://evil.example")],
-    )
-    .await
-    .assert_refused(403, "origin_not_allowed");
+    upgrade_ws(&node, &[("Origin", "https://evil.example")])
+        .await
+        .assert_refused(403, "origin_not_allowed");
 
     let node = Node::with(&[("HERALD_ALLOWED_ORIGINS", "https://app.example")]).await;
     for origin in ["https://evil.example", "http://app.example", "null"] {
-        let ticket = node.ticket().await;
-        upgrade(
-            node.addr,
-            &format!("/ws?ticket={ticket}"),
-            &[("Origin", origin)],
-        )
-        .await
-        .assert_refused(403, "origin_not_allowed");
+        upgrade_ws(&node, &[("Origin", origin)])
+            .await
+            .assert_refused(403, "origin_not_allowed");
     }
 }
 
 #[tokio::test]
 async fn allowed_origin_and_no_origin_are_both_accepted() {
     let node = Node::with(&[("HERALD_ALLOWED_ORIGINS", "https://app.example")]).await;
-    let ticket = node.ticket().await;
-    let up = upgrade(
-        node.addr,
-        &format!("/ws?ticket={ticket}"),
-        &[("Origin", "https://app.example")],
-    )
-    .await;
+    let up = upgrade_ws(&node, &[("Origin", "https://app.example")]).await;
     assert_eq!(up.status, 101, "{}", up.body);
     let ticket = node.ticket().await;
     let up = upgrade(node.addr, &format!("/ws?ticket={ticket}"), &[]).await;
@@ -111,13 +101,7 @@ async fn allowed_origin_and_no_origin_are_both_accepted() {
 async fn a_wildcard_origin_admits_its_subdomains_and_never_the_bare_domain_or_another_scheme() {
     let node = Node::with(&[("HERALD_ALLOWED_ORIGINS", "https://*.example.com")]).await;
     for origin in ["https://app.example.com", "https://a.b.example.com"] {
-        let ticket = node.ticket().await;
-        let up = upgrade(
-            node.addr,
-            &format!("/ws?ticket={ticket}"),
-            &[("Origin", origin)],
-        )
-        .await;
+        let up = upgrade_ws(&node, &[("Origin", origin)]).await;
         assert_eq!(up.status, 101, "{origin}: {}", up.body);
     }
     for origin in [
@@ -126,14 +110,9 @@ async fn a_wildcard_origin_admits_its_subdomains_and_never_the_bare_domain_or_an
         "https://app.example.com:8443",
         "https://app.example.com.evil.net",
     ] {
-        let ticket = node.ticket().await;
-        upgrade(
-            node.addr,
-            &format!("/ws?ticket={ticket}"),
-            &[("Origin", origin)],
-        )
-        .await
-        .assert_refused(403, "origin_not_allowed");
+        upgrade_ws(&node, &[("Origin", origin)])
+            .await
+            .assert_refused(403, "origin_not_allowed");
     }
 }
 
@@ -141,13 +120,7 @@ async fn a_wildcard_origin_admits_its_subdomains_and_never_the_bare_domain_or_an
 async fn only_unknown_subprotocols_are_400_unsupported_subprotocol_listing_supported() {
     let node = Node::start().await;
     for offered in ["graphql-ws", "mqtt, herald.v2.json", "HERALD.V1.JSON"] {
-        let ticket = node.ticket().await;
-        let up = upgrade(
-            node.addr,
-            &format!("/ws?ticket={ticket}"),
-            &[("Sec-WebSocket-Protocol", offered)],
-        )
-        .await;
+        let up = upgrade_ws(&node, &[("Sec-WebSocket-Protocol", offered)]).await;
         up.assert_refused(400, "unsupported_subprotocol");
         assert_eq!(
             up.body["supported"],
@@ -192,13 +165,7 @@ async fn msgpack_subprotocol_is_named_in_the_101_and_frames_are_binary() {
         ("mqtt, herald.v1.msgpack", "herald.v1.msgpack"),
         ("herald.v1.json", "herald.v1.json"),
     ] {
-        let ticket = node.ticket().await;
-        let up = upgrade(
-            node.addr,
-            &format!("/ws?ticket={ticket}"),
-            &[("Sec-WebSocket-Protocol", offered)],
-        )
-        .await;
+        let up = upgrade_ws(&node, &[("Sec-WebSocket-Protocol", offered)]).await;
         assert_eq!(up.status, 101, "{offered}: {}", up.body);
         assert_eq!(
             up.header("sec-websocket-protocol"),
