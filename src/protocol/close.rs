@@ -24,6 +24,13 @@ pub enum CloseCode {
     Restarting,
     /// 4000: no pong or other traffic for two ping intervals.
     HeartbeatTimeout,
+    /// 4001: the connection's identity expired (the JWT's `exp`, or the auth hook's
+    /// `expires_at`, plus the leeway) and was not refreshed in band: get a fresh ticket and
+    /// reconnect with `since`.
+    SessionExpired,
+    /// 4003: a backend revoked the connection (`POST /v1/disconnect`): do not reconnect with
+    /// the same credentials.
+    Disconnected,
     /// 4008: the client read too slowly and its outbox filled: reconnect with `since`.
     SlowConsumer,
     /// 4029: the client kept sending over its frame rate after `rate_limited` errors.
@@ -41,6 +48,8 @@ impl CloseCode {
             CloseCode::Internal => 1011,
             CloseCode::Restarting => 1012,
             CloseCode::HeartbeatTimeout => 4000,
+            CloseCode::SessionExpired => 4001,
+            CloseCode::Disconnected => 4003,
             CloseCode::SlowConsumer => 4008,
             CloseCode::RateLimited => 4029,
         }
@@ -56,6 +65,10 @@ impl CloseCode {
             CloseCode::Internal => "internal error",
             CloseCode::Restarting => "server restarting: reconnect with since",
             CloseCode::HeartbeatTimeout => "heartbeat timeout",
+            CloseCode::SessionExpired => {
+                "session_expired: get a fresh ticket and reconnect with since"
+            }
+            CloseCode::Disconnected => "disconnected: do not reconnect with the same credentials",
             CloseCode::SlowConsumer => "slow consumer: reconnect with since",
             CloseCode::RateLimited => "rate limited",
         }
