@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
-use herald::auth::{RawGrants, mint_token};
+use herald::auth::{RawGrants, Signer, mint_token};
 use herald::config::Config;
 use herald::protocol::Codec;
 use herald::protocol::frame::ServerFrame;
@@ -29,11 +29,29 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Mint a JWT signed with the configured secret (HERALD_JWT_SECRET), for development.
+    /// Mint a JWT signed with the configured secret (HERALD_JWT_SECRET) or a private key
+    /// (--key-file), for development and tests.
     Token {
         /// TOML config file.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Sign with this PEM private key (RSA, EC P-256/P-384, Ed25519) instead of the secret;
+        /// the node verifies with its public key (jwt_public_key_files) or a JWKS.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// The algorithm (default: HS256 with the secret; RS256, ES256/ES384 or EdDSA by the
+        /// key's type). PS256/384/512 and RS384/512 need it.
+        #[arg(long)]
+        alg: Option<String>,
+        /// A `kid` for the header (the key's id in a JWKS).
+        #[arg(long)]
+        kid: Option<String>,
+        /// An `aud` claim (for a node with jwt_audience).
+        #[arg(long)]
+        aud: Option<String>,
+        /// An `iss` claim (for a node with jwt_issuer).
+        #[arg(long)]
+        iss: Option<String>,
         /// The user (`sub` claim).
         #[arg(long, default_value = "dev")]
         user: String,
@@ -130,18 +148,44 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Token {
             config,
+            key_file,
+            alg,
+            kid,
+            aud,
+            iss,
             user,
             ttl_secs,
             subscribe,
             publish,
             send,
         } => {
-            let env: Vec<(String, String)> = std::env::vars().collect();
-            let Some(secret) = Config::load_jwt_secret(config.as_deref(), &env)? else {
-                bail!(
-                    "no JWT secret configured: set HERALD_JWT_SECRET (or jwt_secret in --config)"
-                );
-            };
+            let alg = alg
+                .map(|a| {
+                    a.parse::<jsonwebtoken::Algorithm>()
+                        .map_err(|_| anyhow::anyhow!("--alg {a:?}: not a JWT algorithm"))
+                })
+                .transpose()?;
+            let signer = match key_file {
+                Some(path) => {
+                    let pem = std::fs::read(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    Signer::from_pem(&path, &pem, alg, kid)?
+                }
+                None => {
+                    if alg.is_some_and(|a| a != jsonwebtoken::Algorithm::HS256) || kid.is_some() {
+                        bail!("--alg other than HS256 and --kid need --key-file");
+                    }
+                    let env: Vec<(String, String)> = std::env::vars().collect();
+                    let Some(secret) = Config::load_jwt_secret(config.as_deref(), &env)? else {
+                        bail!(
+                            "no JWT secret configured: set HERALD_JWT_SECRET (or jwt_secret in \
+                             --config), or sign with a private key: --key-file"
+                        );
+                    };
+                    Signer::hmac(&secret)
+                }
+            }
+            .with_claims(aud, iss);
             let grants = if subscribe.is_empty() && publish.is_empty() && send.is_empty() {
                 RawGrants::all()
             } else {
@@ -151,7 +195,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                     send,
                 }
             };
-            let t = mint_token(&secret, &user, &grants, Duration::from_secs(ttl_secs))?;
+            let t = signer.mint(&user, &grants, Duration::from_secs(ttl_secs))?;
             println!("{t}");
             Ok(())
         }
@@ -181,8 +225,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
 }
 
 fn print_dev_banner(config: &Config) -> anyhow::Result<()> {
+    let Some(secret) = &config.jwt_secret else {
+        bail!("development mode always has a JWT secret");
+    };
     let jwt = mint_token(
-        &config.jwt_secret,
+        secret,
         "dev",
         &RawGrants::all(),
         Duration::from_secs(24 * 3600),

@@ -13,7 +13,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{JwtVerifier, MemoryTicketStore, TicketStore, Tickets};
+use crate::auth::keys::VerifyKey;
+use crate::auth::{Jwks, JwtVerifier, MemoryTicketStore, TicketStore, Tickets};
 use crate::bus::local::LocalBus;
 use crate::bus::redis::{RedisBus, Settings as RedisSettingsForBus};
 use crate::bus::{
@@ -42,6 +43,12 @@ pub enum ServerError {
     /// Lifecycle events could not be set up (Redis, or the journal file).
     #[error("lifecycle events: {0}")]
     Events(#[from] crate::lifecycle::LifecycleError),
+    /// A JWT public key file holds no usable key.
+    #[error("jwt_public_key_files: {0}")]
+    JwtKey(#[from] crate::auth::KeyError),
+    /// The JWKS URL could not be used.
+    #[error("jwt_jwks_url: {0}")]
+    Jwks(#[from] crate::auth::jwks::JwksError),
     /// The TLS files could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::gateway::tls::TlsError),
@@ -181,6 +188,7 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
         Some(files) => Some(crate::gateway::tls::acceptor(&files.cert, &files.key)?),
         None => None,
     };
+    let jwt = jwt_verifier(&config, &stop)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -198,8 +206,7 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
     )?);
     let (events, webhook) = lifecycle(&config, redis, &proxy, &stop).await?;
     let gw = Arc::new(Gateway {
-        jwt: JwtVerifier::hmac(&config.jwt_secret, config.jwt_leeway)
-            .with_claims(config.jwt_audience.as_deref(), config.jwt_issuer.as_deref()),
+        jwt,
         tickets: Tickets::new(tickets, config.ticket_ttl),
         proxy,
         events,
@@ -236,6 +243,32 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
         stop,
         done,
     })
+}
+
+/// The verifier of every configured JWT key; with a JWKS URL, its refresh task runs until
+/// `stop` (the first fetch starts now; tokens needing it get `unavailable` until it succeeds).
+fn jwt_verifier(config: &Config, stop: &CancellationToken) -> Result<JwtVerifier, ServerError> {
+    let mut keys = Vec::new();
+    if let Some(secret) = &config.jwt_secret {
+        keys.push(VerifyKey::secret(secret));
+    }
+    for f in &config.jwt_keys.public_key_files {
+        keys.push(VerifyKey::from_pem(&f.path, &f.pem)?);
+    }
+    let jwks = match &config.jwt_keys.jwks_url {
+        None => None,
+        Some(url) => {
+            let jwks = Arc::new(Jwks::new(
+                url,
+                config.jwt_keys.jwks_refresh,
+                config.jwt_keys.jwks_refresh_min,
+            )?);
+            tokio::spawn(jwks.clone().run(stop.clone()));
+            Some(jwks)
+        }
+    };
+    Ok(JwtVerifier::new(keys, jwks, config.jwt_leeway)
+        .with_claims(config.jwt_audience.as_deref(), config.jwt_issuer.as_deref()))
 }
 
 /// Most addresses, and most users, whose ticket rate is tracked at once.

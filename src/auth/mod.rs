@@ -7,7 +7,9 @@
 //! ticket.
 
 pub mod grants;
+pub mod jwks;
 pub mod jwt;
+pub mod keys;
 pub mod ticket;
 
 use std::sync::Arc;
@@ -17,7 +19,9 @@ use sha2::{Digest, Sha256};
 use crate::protocol::topic::TopicError;
 
 pub use grants::{Grants, RawGrants};
-pub use jwt::{JwtVerifier, mint_token};
+pub use jwks::Jwks;
+pub use jwt::{JwtVerifier, Signer, mint_token};
+pub use keys::KeyError;
 pub use ticket::{MemoryTicketStore, TicketKey, TicketStore, Tickets};
 
 /// An authenticated user, as established from a verified JWT and carried by its ticket.
@@ -111,6 +115,12 @@ pub enum AuthError {
     /// A ticket presented after its time to live.
     #[error("the ticket has expired; redeem tickets within seconds of getting them")]
     TicketExpired,
+    /// A JWKS is configured and has not been fetched yet: no token that only its keys could
+    /// verify is accepted (or refused as invalid) until it has.
+    #[error(
+        "the identity provider's keys (jwt_jwks_url) could not be fetched yet; try again shortly"
+    )]
+    KeysUnavailable,
     /// The ticket store could not be reached (e.g. Redis is down).
     #[error("the ticket store is unavailable; try again shortly")]
     StoreUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -126,7 +136,7 @@ impl AuthError {
     /// The HTTP status to answer with.
     pub fn status(&self) -> u16 {
         match self {
-            AuthError::StoreUnavailable(_) => 503,
+            AuthError::StoreUnavailable(_) | AuthError::KeysUnavailable => 503,
             AuthError::Random(_) | AuthError::Signing(_) => 500,
             _ => 401,
         }
@@ -147,7 +157,7 @@ impl AuthError {
             AuthError::MalformedTicket | AuthError::InvalidTicket => "invalid_ticket",
             AuthError::TicketUsed => "ticket_used",
             AuthError::TicketExpired => "ticket_expired",
-            AuthError::StoreUnavailable(_) => "unavailable",
+            AuthError::StoreUnavailable(_) | AuthError::KeysUnavailable => "unavailable",
             AuthError::Random(_) | AuthError::Signing(_) => "internal",
         }
     }
@@ -301,5 +311,7 @@ mod tests {
         }
         let store = AuthError::StoreUnavailable("down".into());
         assert_eq!((store.status(), store.code()), (503, "unavailable"));
+        let keys = AuthError::KeysUnavailable;
+        assert_eq!((keys.status(), keys.code()), (503, "unavailable"));
     }
 }

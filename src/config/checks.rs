@@ -143,21 +143,29 @@ pub(super) fn check_jwt_secret(secret: String) -> Result<Vec<u8>, ConfigError> {
     Ok(secret.into_bytes())
 }
 
-pub(super) fn missing_secret(missing: Key, other: Key, other_is_set: bool) -> ConfigError {
-    let why = if other_is_set {
-        format!(
-            "missing: {} is set, so Herald runs in production mode, which needs both; set {} \
-             too, or neither (and leave dev unset) for development mode with generated secrets",
-            other.name, missing.name
-        )
+/// Outside development mode without `api_key`.
+pub(super) fn missing_api_key(jwt_key_set: bool) -> ConfigError {
+    let why = if jwt_key_set {
+        "missing: a JWT key is set (jwt_secret, jwt_public_key_files or jwt_jwks_url), so Herald \
+         runs in production mode, which needs api_key too; set it, or set none of them (and \
+         leave dev unset) for development mode with generated secrets"
     } else {
-        format!(
-            "missing: dev is false, so Herald runs in production mode, which needs both {} and \
-             {}; set them, or leave dev unset for development mode with generated secrets",
-            missing.name, other.name
-        )
+        "missing: dev is false, so Herald runs in production mode, which needs api_key and a \
+         JWT key (jwt_secret, jwt_public_key_files or jwt_jwks_url); set them, or leave dev \
+         unset for development mode with generated secrets"
     };
-    invalid(missing, why)
+    invalid(API_KEY, why)
+}
+
+/// Outside development mode without any way to verify a JWT.
+pub(super) fn missing_identity() -> ConfigError {
+    invalid(
+        JWT_SECRET,
+        "missing: api_key is set, so Herald runs in production mode, which needs a way to \
+         verify the JWTs exchanged for tickets: set jwt_secret (HMAC), jwt_public_key_files \
+         (PEM public keys) or jwt_jwks_url (an identity provider's JWKS); or set neither \
+         api_key nor any of them (and leave dev unset) for development mode",
+    )
 }
 
 pub(super) fn missing_pair(missing: Key, other: Key) -> ConfigError {

@@ -9,6 +9,7 @@
 
 mod checks;
 pub mod events;
+pub mod identity;
 pub mod limits;
 mod origins;
 pub mod raw;
@@ -244,8 +245,10 @@ pub struct Config {
     pub node_id: String,
     /// The server API key for `POST /v1/publish`.
     pub api_key: Redacted<String>,
-    /// The HMAC secret for JWTs.
-    pub jwt_secret: Redacted<Vec<u8>>,
+    /// The HMAC secret for JWTs (always set in development mode).
+    pub jwt_secret: Option<Redacted<Vec<u8>>>,
+    /// PEM public keys and the JWKS URL that JWTs may also be signed with.
+    pub jwt_keys: identity::JwtKeySources,
     /// Clock skew allowed on `exp` and `nbf`.
     pub jwt_leeway: Duration,
     /// When set, a JWT's `aud` must name it; when unset, `aud` is ignored.
@@ -331,8 +334,10 @@ impl Config {
     /// Validates a raw configuration and applies the defaults.
     pub fn from_raw(mut raw: RawConfig) -> Result<Config, ConfigError> {
         let limits = limits::validate(&mut raw)?;
+        let jwt_keys = identity::validate(&mut raw)?;
         let explicit_dev = raw.dev;
-        let dev_mode = explicit_dev.unwrap_or(raw.api_key.is_none() && raw.jwt_secret.is_none());
+        let any_jwt_key = raw.jwt_secret.is_some() || jwt_keys.any();
+        let dev_mode = explicit_dev.unwrap_or(raw.api_key.is_none() && !any_jwt_key);
 
         let listen = parse_listen(raw.listen.as_deref())?;
         if dev_mode && !listen.ip().is_loopback() {
@@ -365,21 +370,18 @@ impl Config {
                 k
             }
             (None, false) => {
-                return Err(missing_secret(
-                    API_KEY,
-                    JWT_SECRET,
-                    raw.jwt_secret.is_some(),
-                ));
+                return Err(missing_api_key(any_jwt_key));
             }
         };
         let jwt_secret = match (raw.jwt_secret, dev_mode) {
-            (Some(s), _) => check_jwt_secret(s)?,
+            (Some(s), _) => Some(check_jwt_secret(s)?),
             (None, true) => {
                 let s = random_base64url::<32>("a development JWT secret")?;
                 generated.jwt_secret = Some(s.clone());
-                s.into_bytes()
+                Some(s.into_bytes())
             }
-            (None, false) => return Err(missing_secret(JWT_SECRET, API_KEY, true)),
+            (None, false) if jwt_keys.any() => None,
+            (None, false) => return Err(missing_identity()),
         };
 
         let allowed_origins = parse_origins(raw.allowed_origins, dev_mode)?;
@@ -446,7 +448,8 @@ impl Config {
             listen,
             node_id,
             api_key: Redacted(api_key),
-            jwt_secret: Redacted(jwt_secret),
+            jwt_secret: jwt_secret.map(Redacted),
+            jwt_keys,
             jwt_leeway: secs(JWT_LEEWAY_SECS, raw.jwt_leeway_secs, 30, 0, 300)?,
             jwt_audience: non_empty(JWT_AUDIENCE, raw.jwt_audience)?,
             jwt_issuer: non_empty(JWT_ISSUER, raw.jwt_issuer)?,

@@ -163,6 +163,15 @@ raw_config! {
     jwt_secret: String => JWT_SECRET = "HERALD_JWT_SECRET";
     /// Clock skew allowed on `exp` and `nbf`.
     jwt_leeway_secs: u64 => JWT_LEEWAY_SECS = "HERALD_JWT_LEEWAY_SECS";
+    /// PEM public keys (RSA, EC P-256/P-384, Ed25519) that JWTs may be signed with
+    /// (env: comma-separated).
+    jwt_public_key_files: Vec<String> => JWT_PUBLIC_KEY_FILES = "HERALD_JWT_PUBLIC_KEY_FILES";
+    /// An identity provider's JWKS: `https://`, or `http://` to a loopback address.
+    jwt_jwks_url: String => JWT_JWKS_URL = "HERALD_JWT_JWKS_URL";
+    /// How often the JWKS is refreshed in the background.
+    jwks_refresh_secs: u64 => JWKS_REFRESH_SECS = "HERALD_JWKS_REFRESH_SECS";
+    /// The least time between two JWKS refetches asked for by an unknown `kid`.
+    jwks_refresh_min_secs: u64 => JWKS_REFRESH_MIN_SECS = "HERALD_JWKS_REFRESH_MIN_SECS";
     /// When set, a JWT's `aud` must name it (otherwise `aud` is ignored).
     jwt_audience: String => JWT_AUDIENCE = "HERALD_JWT_AUDIENCE";
     /// When set, a JWT's `iss` must be it.
@@ -417,7 +426,7 @@ mod tests {
                 format!("{ENV_PREFIX}{}", key.name.to_ascii_uppercase())
             );
         }
-        assert_eq!(KEYS.len(), 39);
+        assert_eq!(KEYS.len(), 43);
     }
 
     #[test]

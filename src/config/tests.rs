@@ -76,7 +76,7 @@ fn no_configuration_means_development_mode_with_defaults() {
     assert_eq!(c.generated.api_key.as_deref(), Some(c.api_key.as_str()));
     let shown = c.generated.jwt_secret.as_deref().unwrap();
     assert_eq!(shown.len(), 43);
-    assert_eq!(shown.as_bytes(), &c.jwt_secret[..]);
+    assert_eq!(shown.as_bytes(), &c.jwt_secret.as_deref().unwrap()[..]);
     assert_eq!(c.allowed_origins, Origins::Loopback);
     assert_eq!(c.jwt_leeway, Duration::from_secs(30));
     assert_eq!(c.ticket_ttl, Duration::from_secs(30));
@@ -107,7 +107,7 @@ fn both_secrets_mean_production_mode_without_generated_secrets() {
     let c = Config::load(None, &prod(&[("HERALD_LISTEN", "0.0.0.0:9000")])).unwrap();
     assert!(!c.dev_mode);
     assert_eq!(*c.api_key, API);
-    assert_eq!(*c.jwt_secret, SECRET.as_bytes());
+    assert_eq!(**c.jwt_secret.as_ref().unwrap(), SECRET.as_bytes());
     assert!(c.generated.api_key.is_none() && c.generated.jwt_secret.is_none());
     assert_eq!(c.allowed_origins, Origins::List(vec![]));
     assert_eq!(c.listen, "0.0.0.0:9000".parse().unwrap());
@@ -224,7 +224,7 @@ fn secret_values_are_never_echoed() {
     // Every field shows (the Debug is derived), the secrets as `[redacted]`.
     for field in [
         "api_key: [redacted]",
-        "jwt_secret: [redacted]",
+        "jwt_secret: Some([redacted])",
         "redis:",
         "max_connections_per_user:",
         "node_ttl:",
@@ -332,7 +332,7 @@ fn one_secret_without_the_other_is_an_error_naming_the_missing_one() {
     assert!(err.to_string().contains("api_key is set"), "{err}");
     let err = Config::load(None, &env(&[("HERALD_JWT_SECRET", SECRET)])).unwrap_err();
     assert_eq!(err.key(), Some(API_KEY));
-    assert!(err.to_string().contains("jwt_secret is set"), "{err}");
+    assert!(err.to_string().contains("a JWT key is set"), "{err}");
 }
 
 #[test]
@@ -477,4 +477,32 @@ fn passwords_are_not_shown() {
         redact_url("redis://127.0.0.1:6379"),
         "redis://127.0.0.1:6379"
     );
+}
+
+#[test]
+fn a_jwks_url_or_public_key_files_stand_in_for_the_jwt_secret() {
+    let c = Config::load(
+        None,
+        &env(&[
+            ("HERALD_API_KEY", API),
+            ("HERALD_JWT_JWKS_URL", "https://id.example.com/.well-known/jwks.json"),
+        ]),
+    )
+    .unwrap();
+    assert!(!c.dev_mode);
+    assert!(c.jwt_secret.is_none());
+    assert_eq!(c.jwt_keys.jwks_refresh_min, Duration::from_secs(30));
+    assert_eq!(c.jwt_keys.jwks_refresh, Duration::from_secs(300));
+    // A JWKS URL alone is no development mode: the API key is missing.
+    let err = Config::load(None, &env(&[("HERALD_JWT_JWKS_URL", "https://id.example.com/j")]))
+        .unwrap_err();
+    assert_eq!(err.key(), Some(API_KEY));
+    assert!(err.to_string().contains("a JWT key is set"), "{err}");
+    let err = err_key(
+        None,
+        &prod(&[("HERALD_JWT_JWKS_URL", "http://id.example.com/jwks")]),
+    );
+    assert_eq!(err, Some(raw::JWT_JWKS_URL));
+    let err = err_key(None, &prod(&[("HERALD_JWKS_REFRESH_MIN_SECS", "0")]));
+    assert_eq!(err, Some(raw::JWKS_REFRESH_MIN_SECS));
 }

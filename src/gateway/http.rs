@@ -47,7 +47,7 @@ pub async fn tickets(State(gw): State<Arc<Gateway>>, req: Request) -> Result<Res
                 retry_after,
             })?;
         let token = auth::bearer(authorization(&req))?;
-        (gw.jwt.verify(token)?, gw.tickets.ttl())
+        (gw.jwt.verify(token).await?, gw.tickets.ttl())
     };
     gw.tickets_by_user
         .take(&identity.user)

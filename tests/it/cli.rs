@@ -224,3 +224,66 @@ async fn subscribe_command_prints_the_msg_line_and_exits_after_count() {
         assert_eq!(status.code(), Some(0), "{flag:?}: {:?}", out.seen);
     }
 }
+
+#[tokio::test]
+async fn token_with_a_key_file_signs_with_rsa_ec_and_ed25519_keys_the_node_accepts() {
+    use crate::support::keys::{KeyPair, Kind};
+    let d = crate::tls::tempdir();
+    let keys = [
+        KeyPair::make(&d, "rsa", Kind::Rsa),
+        KeyPair::make(&d, "p256", Kind::P256),
+        KeyPair::make(&d, "p384", Kind::P384),
+        KeyPair::make(&d, "ed", Kind::Ed25519),
+    ];
+    let files: Vec<String> = keys
+        .iter()
+        .map(|k| k.public.to_string_lossy().into_owned())
+        .collect();
+    let node = Node::with(&[
+        ("HERALD_JWT_SECRET", crate::support::UNSET),
+        ("HERALD_JWT_PUBLIC_KEY_FILES", &files.join(",")),
+        ("HERALD_JWT_AUDIENCE", "herald"),
+    ])
+    .await;
+    for (key, alg) in keys.iter().zip(["RS256", "ES256", "ES384", "EdDSA"]) {
+        let path = key.private.to_string_lossy().into_owned();
+        let jwt = token(
+            &["--user", "k", "--key-file", &path, "--aud", "herald"],
+            &[],
+        )
+        .await;
+        let header: Value = serde_json::from_slice(
+            &base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                jwt.split('.').next().unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(header["alg"], alg, "the key's own algorithm by default");
+        let ticket = node.ticket_with(&jwt).await;
+        let mut c = node
+            .open(&format!("/ws?ticket={ticket}"), Codec::Json)
+            .await;
+        assert_eq!(c.next_frame().await["user"], "k");
+    }
+    // Another algorithm of the family, and a kid in the header.
+    let rsa = keys[0].private.to_string_lossy().into_owned();
+    let args = [
+        "--key-file",
+        &rsa,
+        "--alg",
+        "PS384",
+        "--kid",
+        "k-2026",
+        "--aud",
+        "herald",
+    ];
+    let jwt = token(&args, &[]).await;
+    node.ticket_with(&jwt).await;
+    // An algorithm outside the key's family is refused by the command.
+    let (status, _, err) = run(&["token", "--key-file", &rsa, "--alg", "ES256"], &[]).await;
+    assert_ne!(status.code(), Some(0));
+    assert!(err.contains("rsa.pem"), "{err}");
+    let _ = std::fs::remove_dir_all(d);
+}

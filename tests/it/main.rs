@@ -17,6 +17,7 @@ mod fuzz_regressions;
 mod heartbeat;
 mod hostile;
 mod http_api;
+mod jwt_keys;
 mod presence;
 mod proxy;
 mod recovery;

@@ -4,6 +4,7 @@
 
 pub(crate) mod backend;
 pub(crate) mod http;
+pub(crate) mod keys;
 pub(crate) mod proc;
 pub(crate) mod raw;
 pub(crate) mod redis;
@@ -29,6 +30,8 @@ pub(crate) use ws::Client;
 pub(crate) const API_KEY: &str = "it-api-key-0123456789abcdefghijk";
 /// The JWT secret of test nodes (40 bytes).
 pub(crate) const JWT_SECRET: &str = "it-jwt-secret-0123456789-abcdefghijklmno";
+/// An override that removes the variable from the test defaults (e.g. `HERALD_JWT_SECRET`).
+pub(crate) const UNSET: &str = "\u{0}unset";
 /// The node id of test nodes, as `welcome.node` shows it.
 pub(crate) const NODE_ID: &str = "it-node";
 /// How long a test waits for something that should arrive; only a thing that never arrives fails.
@@ -102,7 +105,9 @@ impl Node {
         .collect();
         for (k, v) in overrides {
             env.retain(|(name, _)| name != k);
-            env.push((k.to_string(), v.to_string()));
+            if *v != UNSET {
+                env.push((k.to_string(), v.to_string()));
+            }
         }
         let config = Config::load(file, &env).expect("the test configuration is valid");
         let running = herald::server::start_with(config, hooks)
