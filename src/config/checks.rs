@@ -163,7 +163,8 @@ pub(super) fn missing_identity() -> ConfigError {
         JWT_SECRET,
         "missing: api_key is set, so Herald runs in production mode, which needs a way to \
          verify the JWTs exchanged for tickets: set jwt_secret (HMAC), jwt_public_key_files \
-         (PEM public keys) or jwt_jwks_url (an identity provider's JWKS); or set neither \
+         (PEM public keys) or jwt_jwks_url (an identity provider's JWKS), or auth_service \
+         (a backend that checks session cookies); or set neither \
          api_key nor any of them (and leave dev unset) for development mode",
     )
 }

@@ -3,7 +3,9 @@
 //! that a node outside development mode has at least one way to know who a client is.
 
 use super::*;
-use raw::{JWKS_REFRESH_MIN_SECS, JWKS_REFRESH_SECS, JWT_JWKS_URL, JWT_PUBLIC_KEY_FILES};
+use raw::{
+    AUTH_SERVICE, JWKS_REFRESH_MIN_SECS, JWKS_REFRESH_SECS, JWT_JWKS_URL, JWT_PUBLIC_KEY_FILES,
+};
 
 /// Largest PEM file read for a public key (an RSA-8192 public key is under 2 KiB).
 const MAX_PEM_BYTES: u64 = 64 * 1024;
@@ -65,6 +67,25 @@ pub(super) fn validate(raw: &mut RawConfig) -> Result<JwtKeySources, ConfigError
             3600,
         )?,
     })
+}
+
+/// `auth_service`: it must name a configured `[services.NAME]` (whose balancing, health checks,
+/// timeout and `forward_headers` the hook then uses).
+pub(super) fn auth_service(
+    name: Option<String>,
+    services: &[services::ServiceConfig],
+) -> Result<Option<String>, ConfigError> {
+    let Some(name) = name else { return Ok(None) };
+    if !services.iter().any(|s| s.name == name) {
+        return Err(invalid(
+            AUTH_SERVICE,
+            format!(
+                "{name:?} is not a configured service: add a [services.{name}] table with its \
+                 endpoints (and forward_headers = [\"cookie\"] for cookie sessions)"
+            ),
+        ));
+    }
+    Ok(Some(name))
 }
 
 fn read_pem(path: PathBuf) -> Result<PublicKeyFile, ConfigError> {

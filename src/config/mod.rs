@@ -249,6 +249,8 @@ pub struct Config {
     pub jwt_secret: Option<Redacted<Vec<u8>>>,
     /// PEM public keys and the JWKS URL that JWTs may also be signed with.
     pub jwt_keys: identity::JwtKeySources,
+    /// The service that authenticates upgrades without a ticket (cookie sessions), by name.
+    pub auth_service: Option<String>,
     /// Clock skew allowed on `exp` and `nbf`.
     pub jwt_leeway: Duration,
     /// When set, a JWT's `aud` must name it; when unset, `aud` is ignored.
@@ -337,6 +339,7 @@ impl Config {
         let jwt_keys = identity::validate(&mut raw)?;
         let explicit_dev = raw.dev;
         let any_jwt_key = raw.jwt_secret.is_some() || jwt_keys.any();
+        let auth_service = raw.auth_service.take();
         let dev_mode = explicit_dev.unwrap_or(raw.api_key.is_none() && !any_jwt_key);
 
         let listen = parse_listen(raw.listen.as_deref())?;
@@ -380,7 +383,7 @@ impl Config {
                 generated.jwt_secret = Some(s.clone());
                 Some(s.into_bytes())
             }
-            (None, false) if jwt_keys.any() => None,
+            (None, false) if jwt_keys.any() || auth_service.is_some() => None,
             (None, false) => return Err(missing_identity()),
         };
 
@@ -450,6 +453,7 @@ impl Config {
             api_key: Redacted(api_key),
             jwt_secret: jwt_secret.map(Redacted),
             jwt_keys,
+            auth_service: None,
             jwt_leeway: secs(JWT_LEEWAY_SECS, raw.jwt_leeway_secs, 30, 0, 300)?,
             jwt_audience: non_empty(JWT_AUDIENCE, raw.jwt_audience)?,
             jwt_issuer: non_empty(JWT_ISSUER, raw.jwt_issuer)?,
@@ -528,6 +532,7 @@ impl Config {
             limits,
             generated,
         };
+        config.auth_service = identity::auth_service(auth_service, &config.services)?;
         config.events = events::validate(
             events::RawEvents {
                 kinds: raw.events,

@@ -172,6 +172,9 @@ raw_config! {
     jwks_refresh_secs: u64 => JWKS_REFRESH_SECS = "HERALD_JWKS_REFRESH_SECS";
     /// The least time between two JWKS refetches asked for by an unknown `kid`.
     jwks_refresh_min_secs: u64 => JWKS_REFRESH_MIN_SECS = "HERALD_JWKS_REFRESH_MIN_SECS";
+    /// A `[services.NAME]` that authenticates upgrades without a ticket (cookie sessions):
+    /// `POST {endpoint}/herald/connect`.
+    auth_service: String => AUTH_SERVICE = "HERALD_AUTH_SERVICE";
     /// When set, a JWT's `aud` must name it (otherwise `aud` is ignored).
     jwt_audience: String => JWT_AUDIENCE = "HERALD_JWT_AUDIENCE";
     /// When set, a JWT's `iss` must be it.
@@ -426,7 +429,7 @@ mod tests {
                 format!("{ENV_PREFIX}{}", key.name.to_ascii_uppercase())
             );
         }
-        assert_eq!(KEYS.len(), 43);
+        assert_eq!(KEYS.len(), 44);
     }
 
     #[test]

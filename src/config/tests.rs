@@ -485,7 +485,10 @@ fn a_jwks_url_or_public_key_files_stand_in_for_the_jwt_secret() {
         None,
         &env(&[
             ("HERALD_API_KEY", API),
-            ("HERALD_JWT_JWKS_URL", "https://id.example.com/.well-known/jwks.json"),
+            (
+                "HERALD_JWT_JWKS_URL",
+                "https://id.example.com/.well-known/jwks.json",
+            ),
         ]),
     )
     .unwrap();
@@ -494,8 +497,11 @@ fn a_jwks_url_or_public_key_files_stand_in_for_the_jwt_secret() {
     assert_eq!(c.jwt_keys.jwks_refresh_min, Duration::from_secs(30));
     assert_eq!(c.jwt_keys.jwks_refresh, Duration::from_secs(300));
     // A JWKS URL alone is no development mode: the API key is missing.
-    let err = Config::load(None, &env(&[("HERALD_JWT_JWKS_URL", "https://id.example.com/j")]))
-        .unwrap_err();
+    let err = Config::load(
+        None,
+        &env(&[("HERALD_JWT_JWKS_URL", "https://id.example.com/j")]),
+    )
+    .unwrap_err();
     assert_eq!(err.key(), Some(API_KEY));
     assert!(err.to_string().contains("a JWT key is set"), "{err}");
     let err = err_key(

@@ -1,6 +1,7 @@
 //! The gateway: the only module with sockets. It accepts TCP connections, serves HTTP/1.1 with
 //! hyper (the API routes and the upgrade checks), and runs one task per WebSocket connection.
 
+pub mod auth_hook;
 pub mod client;
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -18,6 +18,9 @@ pub enum Rejection {
     /// Authentication failed (JWT, API key or ticket).
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// The auth hook (`auth_service`) did not authenticate the upgrade.
+    #[error(transparent)]
+    Hook(#[from] super::auth_hook::HookError),
     /// The node is draining.
     #[error("this node is shutting down; connect to another node")]
     Draining,
@@ -79,6 +82,9 @@ impl Rejection {
             Rejection::Auth(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED)
             }
+            Rejection::Hook(e) => {
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
             Rejection::Draining
             | Rejection::Unavailable(_)
             | Rejection::Events(_)
@@ -100,6 +106,7 @@ impl Rejection {
     pub fn code(&self) -> &'static str {
         match self {
             Rejection::Auth(e) => e.code(),
+            Rejection::Hook(e) => e.code(),
             Rejection::Draining => "draining",
             Rejection::NotWebSocket(_) => "not_websocket",
             Rejection::OriginNotAllowed(_) => "origin_not_allowed",

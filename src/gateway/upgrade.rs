@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::Gateway;
+use super::auth_hook;
 use super::client::ConnInfo;
 use super::connection::{self, Endpoint};
 use super::guarded::Guarded;
@@ -204,10 +205,23 @@ async fn upgrade(
         }
         _ => None,
     };
-    let identity = gw
-        .tickets
-        .redeem(query.get("ticket").map(String::as_str))
-        .await?;
+    // The headers some service forwards, as the client sent them at the upgrade.
+    let forwarded: Vec<(String, String)> = gw
+        .proxy
+        .forwarded_headers()
+        .iter()
+        .filter_map(|name| {
+            let v = req.headers().get(name.as_str())?.to_str().ok()?;
+            Some((name.clone(), v.to_owned()))
+        })
+        .collect();
+    let identity = match (query.get("ticket"), &gw.config.auth_service) {
+        (None, Some(service)) => {
+            let from = Asker::of(&gw, &req);
+            hook(&gw, from, service, &forwarded).await?
+        }
+        (ticket, _) => gw.tickets.redeem(ticket.map(String::as_str)).await?,
+    };
     if let Endpoint::Topic(t, _) = &endpoint
         && !identity.grants.can_subscribe(t.as_str())
     {
@@ -228,16 +242,6 @@ async fn upgrade(
         return Err(e.into());
     }
     let user = identity.user.clone();
-    // The headers some service forwards, as the client sent them at the upgrade.
-    let forwarded: Vec<(String, String)> = gw
-        .proxy
-        .forwarded_headers()
-        .iter()
-        .filter_map(|name| {
-            let v = req.headers().get(name.as_str())?.to_str().ok()?;
-            Some((name.clone(), v.to_owned()))
-        })
-        .collect();
     let codec = chosen.unwrap_or(Codec::Json);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_gw = gw.clone();
@@ -281,4 +285,70 @@ async fn upgrade(
         let _ = gw.bus.close_conn(&user, &conn_key).await;
     });
     Ok(switching(&key, chosen.map(Codec::subprotocol)))
+}
+
+/// Who asks for an upgrade without a ticket, taken from the request (which cannot be held
+/// across an await: its body is not `Sync`).
+struct Asker {
+    address: std::net::IpAddr,
+    path: String,
+    origin: Option<String>,
+}
+
+impl Asker {
+    fn of(gw: &Gateway, req: &Request) -> Asker {
+        let address = match req.extensions().get::<ConnInfo>() {
+            Some(info) => info.client_of(req.headers(), &gw.config.limits),
+            None => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        };
+        let origin = req.headers().get(header::ORIGIN);
+        Asker {
+            address,
+            path: req.uri().path().to_owned(),
+            origin: origin.and_then(|o| o.to_str().ok()).map(str::to_owned),
+        }
+    }
+}
+
+/// Authenticates an upgrade without a ticket through the auth hook (its Origin already
+/// checked), counted like a ticket: per client address, then per user.
+async fn hook(
+    gw: &Gateway,
+    from: Asker,
+    service: &str,
+    forwarded: &[(String, String)],
+) -> Result<crate::auth::Identity, Rejection> {
+    let address = from.address;
+    gw.tickets_by_ip
+        .take(&super::limits::IpKey::of(address))
+        .map_err(|retry_after| Rejection::TooFast {
+            what: "sessions checked for this address",
+            retry_after,
+        })?;
+    let ask = auth_hook::Request {
+        address,
+        path: &from.path,
+        origin: from.origin.as_deref(),
+        node: &gw.config.node_id,
+        headers: forwarded,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let identity = auth_hook::authenticate(&gw.proxy, service, ask, now)
+        .await
+        .inspect_err(|e| match e {
+            auth_hook::HookError::Unavailable(_) | auth_hook::HookError::BadAnswer(_) => {
+                let cause = std::error::Error::source(e).map(ToString::to_string);
+                tracing::warn!(service, client = %address, error = %e, ?cause, "auth hook failed: 503");
+            }
+            _ => tracing::debug!(service, client = %address, error = %e, "auth hook refused"),
+        })?;
+    gw.tickets_by_user
+        .take(&identity.user)
+        .map_err(|retry_after| Rejection::TooFast {
+            what: "connections for this user",
+            retry_after,
+        })?;
+    Ok(identity)
 }

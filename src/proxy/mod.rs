@@ -237,6 +237,7 @@ impl Proxy {
     /// Forwards `out` to service `name`; the backend's answer (JSON text) on success.
     pub async fn send(&self, name: &str, out: Outgoing<'_>) -> Result<Bytes, ProxyError> {
         let call = Call {
+            path: None,
             key: out.user,
             identity: Some((out.user, out.conn)),
             request_id: format!("{}-{}", out.conn, out.id),
@@ -256,10 +257,33 @@ impl Proxy {
         body: Bytes,
     ) -> Result<Bytes, ProxyError> {
         let call = Call {
+            path: None,
             key,
             identity: None,
             request_id: request_id.to_owned(),
             headers: &[],
+            body,
+        };
+        self.forward(name, call).await
+    }
+
+    /// POSTs `body` (JSON) to `{endpoint}{path}` of service `name` for a client that has no
+    /// identity yet (the auth hook), with the upgrade's `headers` that the service allowlists.
+    /// Balanced on `key` (the client address).
+    pub async fn post_to(
+        &self,
+        name: &str,
+        path: &str,
+        key: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<Bytes, ProxyError> {
+        let call = Call {
+            path: Some(path),
+            key,
+            identity: None,
+            request_id: String::new(),
+            headers,
             body,
         };
         self.forward(name, call).await
@@ -316,10 +340,11 @@ impl Proxy {
                     cause,
                 }
             };
-        let uri = format!("{}{}", e.base, s.config.path);
-        let mut req = hyper::Request::post(uri)
-            .header("content-type", "application/json")
-            .header("x-request-id", call.request_id.as_str());
+        let uri = format!("{}{}", e.base, call.path.unwrap_or(&s.config.path));
+        let mut req = hyper::Request::post(uri).header("content-type", "application/json");
+        if !call.request_id.is_empty() {
+            req = req.header("x-request-id", call.request_id.as_str());
+        }
         if let Some((user, conn)) = call.identity {
             req = req
                 .header("x-herald-user", user)
@@ -393,11 +418,13 @@ impl Proxy {
 
 /// One request to a service.
 struct Call<'a> {
+    /// The path under the endpoint; `None`: the service's `path`.
+    path: Option<&'a str>,
     /// What `user_hash` balances on.
     key: &'a str,
     /// The user and connection, for `X-Herald-User` and `X-Herald-Conn`.
     identity: Option<(&'a str, &'a str)>,
-    /// `X-Request-Id`.
+    /// `X-Request-Id` (none when empty).
     request_id: String,
     /// Upgrade headers, forwarded when the service allowlists them.
     headers: &'a [(String, String)],

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod auth_hook;
 mod bad_input;
 mod cli;
 mod close_codes;
