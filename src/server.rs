@@ -17,7 +17,8 @@ use crate::auth::{JwtVerifier, MemoryTicketStore, TicketStore, Tickets};
 use crate::bus::local::LocalBus;
 use crate::bus::redis::{RedisBus, Settings as RedisSettingsForBus};
 use crate::bus::{
-    Bus, Direct, DirectSink, Interest, LostSink, PresenceEvent, PresenceSink, Sink, Sinks,
+    Bus, Direct, DirectSink, Disconnect, DisconnectSink, Interest, LostSink, PresenceEvent,
+    PresenceSink, Sink, Sinks,
 };
 use crate::config::Config;
 use crate::config::events::EventsSink;
@@ -113,6 +114,19 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
     let direct: DirectSink = Arc::new(move |d: &Direct| {
         to_hub.deliver_direct(&d.user, d.from.as_deref(), &d.data);
     });
+    let (to_hub, node) = (hub.clone(), config.node_id.clone());
+    let disconnect: DisconnectSink = Arc::new(move |d: &Disconnect| {
+        // `Some(None)`: one connection, not of this node.
+        let only = d.conn.as_deref().map(|c| gateway::conn_number(&node, c));
+        let which = |id| only.is_none_or(|o| o == Some(id));
+        let Some(n) = to_hub.close_user(&d.user, CloseCode::Disconnected, which) else {
+            return false;
+        };
+        if n > 0 {
+            tracing::info!(user = %d.user, "disconnect order: closing {n} connections with 4003");
+        }
+        true
+    });
     let to_hub = hub.clone();
     let presence: PresenceSink = Arc::new(move |e: &PresenceEvent| {
         to_hub.deliver_presence(&e.topic, e.join, &e.conn, &e.user);
@@ -126,6 +140,7 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
     let sinks = Sinks {
         messages: sink,
         direct,
+        disconnect,
         presence,
         lost,
     };
