@@ -1,7 +1,8 @@
 //! The composition root: builds the hub, the bus, auth and the gateway from a [`Config`], wires
 //! the bus's messages into the hub (and its lost topics into closing their subscribers), and owns
 //! the order of shutdown: turn `/readyz` to 503 and refuse new clients, close every client with
-//! 1012, wait for them up to the deadline, then stop accepting.
+//! 1012, wait for them up to the deadline, then stop accepting. It also wires SIGHUP to reloading
+//! the TLS certificate ([`crate::gateway::tls`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::bus::{
 };
 use crate::config::Config;
 use crate::config::events::EventsSink;
+use crate::gateway::tls::Certs;
 use crate::gateway::{self, Gateway};
 use crate::hub::{self, Hub};
 use crate::lifecycle::Lifecycle;
@@ -192,9 +194,20 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
             }
         }
     };
+    // One acceptor; SIGHUP reloads the certificate its handshakes get, until the node stops.
     let tls = match &config.tls {
-        Some(files) => Some(crate::gateway::tls::acceptor(&files.cert, &files.key)?),
-        None => None,
+        Some(files) => {
+            let certs = Certs::load(&files.cert, &files.key)?;
+            let acceptor = certs.acceptor()?;
+            let reload = move || certs.reload_logged();
+            crate::shutdown::on_hangup(stop.clone(), reload);
+            Some(acceptor)
+        }
+        None => {
+            let nothing = || tracing::info!("SIGHUP: nothing to reload (no TLS configured)");
+            crate::shutdown::on_hangup(stop.clone(), nothing);
+            None
+        }
     };
     let listener = TcpListener::bind(config.listen)
         .await
@@ -345,7 +358,8 @@ async fn sweep(bus: Arc<LocalBus>, stop: CancellationToken) {
     }
 }
 
-/// Runs a node until SIGTERM or SIGINT, then drains.
+/// Runs a node until SIGTERM or SIGINT, then drains. SIGHUP meanwhile reloads the TLS
+/// certificate.
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let running = start(config).await?;
     tracing::info!("listening on {}", running.addr);
