@@ -256,7 +256,7 @@ pub fn redis_envelope(data: &[u8]) {
         );
     }
     let _ = parse::parse_presence(REDIS_PREFIX, &push);
-    let _ = parse::parse_direct(REDIS_PREFIX, &push);
+    let _ = parse::parse_user(REDIS_PREFIX, &push);
     for v in &push {
         let _ = parse::as_u64(v);
         let _ = parse::as_str(v);

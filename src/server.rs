@@ -1,7 +1,8 @@
 //! The composition root: builds the hub, the bus, auth and the gateway from a [`Config`], wires
 //! the bus's messages into the hub (and its lost topics into closing their subscribers), and owns
 //! the order of shutdown: turn `/readyz` to 503 and refuse new clients, close every client with
-//! 1012, wait for them up to the deadline, then stop accepting.
+//! 1012, wait for them up to the deadline, then stop accepting. It also wires SIGHUP to reloading
+//! the TLS certificate ([`crate::gateway::tls`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,10 +19,12 @@ use crate::auth::{Jwks, JwtVerifier, MemoryTicketStore, TicketStore, Tickets};
 use crate::bus::local::LocalBus;
 use crate::bus::redis::{RedisBus, Settings as RedisSettingsForBus};
 use crate::bus::{
-    Bus, Direct, DirectSink, Interest, LostSink, PresenceEvent, PresenceSink, Sink, Sinks,
+    Bus, Direct, DirectSink, Disconnect, DisconnectSink, Interest, LostSink, PresenceEvent,
+    PresenceSink, Sink, Sinks,
 };
 use crate::config::Config;
 use crate::config::events::EventsSink;
+use crate::gateway::tls::Certs;
 use crate::gateway::{self, Gateway};
 use crate::hub::{self, Hub};
 use crate::lifecycle::Lifecycle;
@@ -120,6 +123,19 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
     let direct: DirectSink = Arc::new(move |d: &Direct| {
         to_hub.deliver_direct(&d.user, d.from.as_deref(), &d.data);
     });
+    let (to_hub, node) = (hub.clone(), config.node_id.clone());
+    let disconnect: DisconnectSink = Arc::new(move |d: &Disconnect| {
+        // `Some(None)`: one connection, not of this node.
+        let only = d.conn.as_deref().map(|c| gateway::conn_number(&node, c));
+        let which = |id| only.is_none_or(|o| o == Some(id));
+        let Some(n) = to_hub.close_user(&d.user, CloseCode::Disconnected, which) else {
+            return false;
+        };
+        if n > 0 {
+            tracing::info!(user = %d.user, "disconnect order: closing {n} connections with 4003");
+        }
+        true
+    });
     let to_hub = hub.clone();
     let presence: PresenceSink = Arc::new(move |e: &PresenceEvent| {
         to_hub.deliver_presence(&e.topic, e.join, &e.conn, &e.user);
@@ -133,6 +149,7 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
     let sinks = Sinks {
         messages: sink,
         direct,
+        disconnect,
         presence,
         lost,
     };
@@ -184,9 +201,20 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
             }
         }
     };
+    // One acceptor; SIGHUP reloads the certificate its handshakes get, until the node stops.
     let tls = match &config.tls {
-        Some(files) => Some(crate::gateway::tls::acceptor(&files.cert, &files.key)?),
-        None => None,
+        Some(files) => {
+            let certs = Certs::load(&files.cert, &files.key)?;
+            let acceptor = certs.acceptor()?;
+            let reload = move || certs.reload_logged();
+            crate::shutdown::on_hangup(stop.clone(), reload);
+            Some(acceptor)
+        }
+        None => {
+            let nothing = || tracing::info!("SIGHUP: nothing to reload (no TLS configured)");
+            crate::shutdown::on_hangup(stop.clone(), nothing);
+            None
+        }
     };
     let jwt = jwt_verifier(&config, &stop)?;
     let listener = TcpListener::bind(config.listen)
@@ -363,7 +391,8 @@ async fn sweep(bus: Arc<LocalBus>, stop: CancellationToken) {
     }
 }
 
-/// Runs a node until SIGTERM or SIGINT, then drains.
+/// Runs a node until SIGTERM or SIGINT, then drains. SIGHUP meanwhile reloads the TLS
+/// certificate.
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let running = start(config).await?;
     tracing::info!("listening on {}", running.addr);

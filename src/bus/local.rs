@@ -16,8 +16,8 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use super::{
-    BoxFuture, BusError, ConnCounts, Direct, Directs, Messages, Presence, PresenceEvent,
-    REPLAY_PAGE, Replay, Sinks,
+    BoxFuture, BusError, ConnCounts, Direct, Directs, Disconnect, Messages, Presence,
+    PresenceEvent, REPLAY_PAGE, Replay, Sinks,
 };
 use crate::protocol::{Message, Position, Topic};
 
@@ -306,6 +306,11 @@ impl Directs for LocalBus {
         (self.sinks.direct)(&direct);
         Box::pin(std::future::ready(Ok(())))
     }
+
+    fn disconnect(&self, order: Disconnect) -> BoxFuture<'_, Result<usize, BusError>> {
+        let held = (self.sinks.disconnect)(&order);
+        Box::pin(std::future::ready(Ok(usize::from(held))))
+    }
 }
 
 impl Presence for LocalBus {
@@ -409,6 +414,7 @@ mod tests {
         let sinks = Sinks {
             messages: sink,
             direct: Arc::new(|_: &Direct| {}),
+            disconnect: Arc::new(|_: &Disconnect| false),
             presence: Arc::new(|_: &PresenceEvent| {}),
             lost: Arc::new(|_: &Topic| {}),
         };

@@ -1,7 +1,9 @@
 //! The bus: where a published message gets its offset and epoch, where history is kept for
 //! recovery, and where messages come from for the hub. A narrow trait with two implementations:
 //! the in-process bus (the embedded default) and Redis (a cluster of nodes). `server.rs` hands
-//! the bus its sinks, which feed the hub, so the two never import each other.
+//! the bus its sinks, which feed the hub, so the two never import each other. Besides messages,
+//! the bus carries what goes to one user wherever connected ([`Directs`]): directed messages and
+//! disconnect orders (why those share the user's channel in Redis: `redis/users.rs`).
 
 pub(crate) mod local;
 pub(crate) mod redis;
@@ -19,7 +21,7 @@ pub(crate) use futures_util::future::BoxFuture;
 pub(crate) type Sink = Arc<dyn Fn(&Message) + Send + Sync>;
 
 /// A message for one user, wherever the user is connected: not stored, at most once.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Direct {
     /// The user (a JWT's `sub`).
     pub user: Arc<str>,
@@ -31,6 +33,29 @@ pub struct Direct {
 
 /// Where the bus hands every directed message.
 pub(crate) type DirectSink = Arc<dyn Fn(&Direct) + Send + Sync>;
+
+/// An order to close connections of one user with 4003 (`disconnected`), wherever they are:
+/// every connection of the user, or only the one named. Not stored: a connection opened after
+/// the order is not affected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disconnect {
+    /// The user (a JWT's `sub`).
+    pub user: Arc<str>,
+    /// Only this connection (its id, as in its `welcome`); every one of the user's when `None`.
+    pub conn: Option<Arc<str>>,
+}
+
+/// True when `c` can be a connection id, as a disconnect order names it: 1 to 128 bytes of
+/// `A-Z a-z 0-9 _ -` (what `herald_disconnect` accepts too; ids are `<node id>-<hex>`).
+pub(crate) fn is_conn_id(c: &[u8]) -> bool {
+    (1..=128).contains(&c.len())
+        && c.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+}
+
+/// Where the bus hands every disconnect order; answers whether this node holds a connection of
+/// the user (whether or not it was the one named).
+pub(crate) type DisconnectSink = Arc<dyn Fn(&Disconnect) -> bool + Send + Sync>;
 
 /// Someone joined or left a presence topic.
 #[derive(Debug, Clone)]
@@ -60,6 +85,8 @@ pub(crate) struct Sinks {
     pub messages: Sink,
     /// Directed messages.
     pub direct: DirectSink,
+    /// Disconnect orders.
+    pub disconnect: DisconnectSink,
     /// Presence changes.
     pub presence: PresenceSink,
     /// Topics whose delivery has a gap that cannot be filled (the in-process bus never has one).
@@ -138,10 +165,15 @@ pub trait Interest: Send + Sync + 'static {
     fn unwatch_user(&self, user: &str) -> BoxFuture<'_, Result<(), BusError>>;
 }
 
-/// Directed messages: to every connection of a user, on every node. Both buses.
+/// Directed messages and disconnect orders: to every connection of a user (or one of them), on
+/// every node. Both buses.
 pub trait Directs: Send + Sync + 'static {
     /// Sends a directed message to every connection of its user, on every node.
     fn publish_direct(&self, direct: Direct) -> BoxFuture<'_, Result<(), BusError>>;
+    /// Sends a disconnect order to every node that holds a connection of its user (this one
+    /// included); each closes the matching connections with 4003 as it receives it, which on a
+    /// shared bus may be after this returns. Returns how many nodes received it.
+    fn disconnect(&self, order: Disconnect) -> BoxFuture<'_, Result<usize, BusError>>;
 }
 
 /// Who is subscribed to a topic, across the cluster. Both buses.

@@ -1,5 +1,6 @@
-//! The HTTP API on the gateway's port: tickets, publishing, health, readiness and metrics. The
-//! WebSocket routes are in [`super::upgrade`]. Every refusal goes through [`Rejection`].
+//! The HTTP API on the gateway's port: tickets, publishing, disconnecting, health, readiness and
+//! metrics. The WebSocket routes are in [`super::upgrade`]. Every refusal goes through
+//! [`Rejection`].
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use super::client::ConnInfo;
 use super::limits::IpKey;
 use super::rejection::Rejection;
 use crate::auth;
-use crate::bus::Direct;
+use crate::bus::{Direct, Disconnect, is_conn_id};
 use crate::protocol::Topic;
 
 fn authorization(req: &Request) -> Option<&str> {
@@ -161,7 +162,6 @@ pub async fn publish(State(gw): State<Arc<Gateway>>, req: Request) -> Result<Res
             )
         }
         (None, Some(user)) => {
-            let bad_name = |s: &str| s.is_empty() || s.len() > 255 || s.contains([' ', '{', '}']);
             if bad_name(&user) {
                 return Err(Rejection::BadRequest(
                     "`user` must be 1 to 255 bytes without spaces or braces".into(),
@@ -188,6 +188,65 @@ pub async fn publish(State(gw): State<Arc<Gateway>>, req: Request) -> Result<Res
             "give exactly one of `topic` and `user`".into(),
         )),
     }
+}
+
+/// Largest `POST /v1/disconnect` body (413 beyond): a user and a connection id fit many times.
+const DISCONNECT_BODY_BYTES: usize = 4096;
+
+/// What a backend asks `POST /v1/disconnect` for. Unknown fields are refused: a misspelt `conn`
+/// must not widen the order to every connection of the user.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    user: String,
+    /// Only this connection (its id, as in its `welcome`).
+    #[serde(default)]
+    conn: Option<String>,
+}
+
+/// `POST /v1/disconnect`: the server API (API key). `{"user"[, "conn"]}` in: every connection
+/// of the user (or only the one named), on every node, is closed with 4003. `{"nodes": N}` out:
+/// how many nodes held a connection of the user and got the order (each closes the matching
+/// ones as it gets it, which on other nodes may be just after the answer). Also while draining:
+/// a revocation is not new work.
+pub async fn disconnect(
+    State(gw): State<Arc<Gateway>>,
+    req: Request,
+) -> Result<Response, Rejection> {
+    auth::check_api_key(&gw.config.api_key, authorization(&req))?;
+    let body = read_body(req.into_body(), DISCONNECT_BODY_BYTES).await?;
+    // An object: serde would also read the struct from an array (`["bob"]`).
+    let parsed = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
+        .and_then(|o| serde_json::from_value::<DisconnectBody>(serde_json::Value::Object(o)));
+    let b = parsed.map_err(|e| {
+        Rejection::BadRequest(format!(
+            "body must be {{\"user\": \"...\"}} or {{\"user\": \"...\", \"conn\": \"...\"}}: {e}"
+        ))
+    })?;
+    if bad_name(&b.user) {
+        return Err(Rejection::BadRequest(
+            "`user` must be 1 to 255 bytes without spaces or braces".into(),
+        ));
+    }
+    if b.conn.as_deref().is_some_and(|c| !is_conn_id(c.as_bytes())) {
+        return Err(Rejection::BadRequest(
+            "`conn` must be a connection id as `welcome` gives it: 1 to 128 bytes of \
+             A-Z, a-z, 0-9, `_` and `-`"
+                .into(),
+        ));
+    }
+    let order = Disconnect {
+        user: Arc::from(b.user),
+        conn: b.conn.map(Arc::from),
+    };
+    let nodes = gw.bus.disconnect(order).await?;
+    Ok(Json(serde_json::json!({"nodes": nodes})).into_response())
+}
+
+/// True when `s` cannot name a user (or a sender) on a user's Redis channel: empty, over 255
+/// bytes, or holding white space or a brace (what `herald.lua` refuses too).
+fn bad_name(s: &str) -> bool {
+    s.is_empty() || s.len() > 255 || s.contains(|c: char| c.is_whitespace() || c == '{' || c == '}')
 }
 
 /// Time allowed for a request body to arrive (408 beyond).

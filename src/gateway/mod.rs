@@ -107,6 +107,21 @@ impl Gateway {
     }
 }
 
+/// A connection's id, as in its `welcome` (unique in the cluster): its node's id, then its
+/// number on that node in hex.
+pub(crate) fn conn_id(node: &str, number: u64) -> String {
+    format!("{node}-{number:x}")
+}
+
+/// The number on node `node` of the connection whose id is `conn` ([`conn_id`]); `None` when
+/// it is not one of that node's.
+pub(crate) fn conn_number(node: &str, conn: &str) -> Option<u64> {
+    let hex = conn.strip_prefix(node)?.strip_prefix('-')?;
+    let n = u64::from_str_radix(hex, 16).ok()?;
+    // Only the spelling `conn_id` writes (no `+`, no upper case, no leading zero).
+    (format!("{n:x}") == hex).then_some(n)
+}
+
 /// The HTTP routes.
 pub fn router(gw: Arc<Gateway>) -> Router {
     let router = Router::new();
@@ -117,6 +132,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/topics/{topic}", get(upgrade::topic))
         .route("/v1/tickets", post(http::tickets))
         .route("/v1/publish", post(http::publish))
+        .route("/v1/disconnect", post(http::disconnect))
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))
@@ -324,5 +340,23 @@ where
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{conn_id, conn_number};
+
+    #[test]
+    fn a_connection_id_names_its_node_and_its_number_there() {
+        let id = conn_id("node_A-1", 0x2a_0000_0001);
+        assert_eq!(id, "node_A-1-2a00000001");
+        assert_eq!(conn_number("node_A-1", &id), Some(0x2a_0000_0001));
+        // Another node's, or not spelled as `conn_id` spells it.
+        assert_eq!(conn_number("node_A", &id), None);
+        assert_eq!(conn_number("node_A-1", "node_A-1-2A00000001"), None);
+        assert_eq!(conn_number("node_A-1", "node_A-1-+2a"), None);
+        assert_eq!(conn_number("node_A-1", "node_A-1-02a"), None);
+        assert_eq!(conn_number("node_A-1", "node_A-1-"), None);
     }
 }

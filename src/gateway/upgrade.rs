@@ -232,7 +232,7 @@ async fn upgrade(
     // Counted across the cluster, and its connect recorded, before the 101; uncounted (and its
     // disconnect recorded) when the connection ends.
     let conn_num = gw.next_conn_key.fetch_add(1, Ordering::Relaxed);
-    let conn_key: Arc<str> = Arc::from(format!("{}-{conn_num:x}", gw.config.node_id));
+    let conn_key: Arc<str> = Arc::from(super::conn_id(&gw.config.node_id, conn_num));
     let limit = gw.config.max_connections_per_user;
     if !gw.bus.open_conn(&identity.user, &conn_key, limit).await? {
         return Err(Rejection::TooManyUserConnections(limit));

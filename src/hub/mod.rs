@@ -121,6 +121,24 @@ impl Hub {
         n
     }
 
+    /// Asks the connections of `user` here that `which` selects (by id) to close with `code`
+    /// (what was queued for them is still written first). Returns how many were asked, or
+    /// `None` when the user has no connection here.
+    pub fn close_user(
+        &self,
+        user: &str,
+        code: CloseCode,
+        which: impl Fn(u64) -> bool,
+    ) -> Option<usize> {
+        let conns = self.users.get(user).map(|r| r.clone())?;
+        let mut n = 0;
+        for s in conns.iter().filter(|s| which(s.id)) {
+            s.outbox.close(code);
+            n += 1;
+        }
+        Some(n)
+    }
+
     /// Forgets a connection; the caller unsubscribes its topics first.
     pub fn disconnect(&self, id: u64) {
         self.conns.remove(&id);

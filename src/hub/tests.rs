@@ -185,3 +185,33 @@ async fn close_topic_closes_only_that_topics_subscribers() {
         0
     );
 }
+
+#[tokio::test]
+async fn close_user_closes_the_users_connections_that_are_selected_and_keeps_their_frames() {
+    let hub = Hub::new(1 << 20);
+    let (bob, alice): (Arc<str>, Arc<str>) = (Arc::from("bob"), Arc::from("alice"));
+    let (a, b, c) = (
+        hub.connect(Codec::Json),
+        hub.connect(Codec::MsgPack),
+        hub.connect(Codec::Json),
+    );
+    hub.attach_user(&bob, &a);
+    hub.attach_user(&bob, &b);
+    hub.attach_user(&alice, &c);
+    assert_eq!(hub.deliver_direct("bob", None, b"1"), 2);
+    // Only `a`: `b` and alice's connection stay open.
+    let code = CloseCode::Disconnected;
+    assert_eq!(hub.close_user("bob", code, |id| id == a.id), Some(1));
+    assert_eq!(a.outbox.close_code(), Some(code.code()));
+    assert!(!b.outbox.is_closing() && !c.outbox.is_closing());
+    // What was queued before the order is still taken for writing, then the close.
+    let mut buf = Vec::new();
+    let first = poll_fn(|cx| a.outbox.poll_take(cx, &mut buf, usize::MAX)).await;
+    assert!(matches!(first, Take::Frames(n) if n > 0), "{first:?}");
+    let then = poll_fn(|cx| a.outbox.poll_take(cx, &mut buf, usize::MAX)).await;
+    assert_eq!(then, Take::Close(code));
+    // Every connection of bob; a user with none here answers `None`.
+    assert_eq!(hub.close_user("bob", code, |_| true), Some(2));
+    assert!(b.outbox.is_closing() && !c.outbox.is_closing());
+    assert_eq!(hub.close_user("carol", code, |_| true), None);
+}

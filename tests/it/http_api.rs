@@ -1,4 +1,4 @@
-//! `POST /v1/publish` and the health endpoints (proto/README.md sections 4.4 to 4.6).
+//! `POST /v1/publish` and the health endpoints (proto/README.md sections 4.4, 4.6 and 4.7).
 
 use serde_json::{Value, json};
 

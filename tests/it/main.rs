@@ -11,6 +11,7 @@ mod close_codes;
 mod cluster;
 mod cluster_faults;
 mod direct;
+mod disconnect;
 mod events;
 mod fanout;
 mod frames;

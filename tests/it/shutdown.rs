@@ -1,5 +1,5 @@
 //! Draining: `/readyz` turns 503 and new work is refused while every client is closed with 1012,
-//! then the node finishes; the same for the `herald serve` process on SIGTERM (proto/README.md sections 4.5, 8).
+//! then the node finishes; the same for the `herald serve` process on SIGTERM (proto/README.md sections 4.6, 8).
 
 use std::time::Duration;
 

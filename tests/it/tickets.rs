@@ -1,5 +1,5 @@
 //! `POST /v1/tickets`: a JWT in, a one-time ticket out; every way a JWT can be wrong gets its own
-//! 401 code (proto/README.md sections 3, 4.1 and 4.6).
+//! 401 code (proto/README.md sections 3, 4.1 and 4.7).
 
 use std::time::Duration;
 

@@ -47,19 +47,32 @@ pub(crate) fn make_cert(dir: &Path) -> (String, String) {
 }
 
 async fn connect_tls(node: &Node, cert: &str) -> TlsStream<TcpStream> {
+    connect_with(node, &trusting(&[cert])).await
+}
+
+/// A client configuration that trusts the certificates in the files `certs` (self-signed
+/// leaves), without session resumption: every handshake gets the node's current certificate.
+fn trusting(certs: &[&str]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(cert).unwrap() {
-        roots.add(c.unwrap()).unwrap();
+    for cert in certs {
+        for c in CertificateDer::pem_file_iter(cert).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+async fn connect_with(node: &Node, config: &Arc<rustls::ClientConfig>) -> TlsStream<TcpStream> {
     let tcp = TcpStream::connect(node.addr).await.unwrap();
     let name = ServerName::try_from("127.0.0.1").unwrap();
-    TlsConnector::from(Arc::new(config))
+    TlsConnector::from(config.clone())
         .connect(name, tcp)
         .await
         .expect("the TLS handshake succeeds with the node's certificate")
@@ -67,10 +80,25 @@ async fn connect_tls(node: &Node, cert: &str) -> TlsStream<TcpStream> {
 
 /// `POST /v1/tickets` over HTTPS, by hand (HTTP/1.1, `Connection: close`).
 async fn https_ticket(node: &Node, cert: &str, jwt: &str) -> String {
-    let mut s = connect_tls(node, cert).await;
+    let (status, body) = https_post(node, &trusting(&[cert]), "/v1/tickets", jwt, "").await;
+    assert_eq!(status, 200, "{body}");
+    body["ticket"].as_str().unwrap().to_owned()
+}
+
+/// A POST over HTTPS with a bearer token, by hand (HTTP/1.1, `Connection: close`): the status
+/// and the JSON body.
+async fn https_post(
+    node: &Node,
+    config: &Arc<rustls::ClientConfig>,
+    path: &str,
+    bearer: &str,
+    body: &str,
+) -> (u16, Value) {
+    let mut s = connect_with(node, config).await;
     let req = format!(
-        "POST /v1/tickets HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {jwt}\r\n\
-         Content-Length: 0\r\nConnection: close\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {bearer}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
@@ -79,9 +107,13 @@ async fn https_ticket(node: &Node, cert: &str, jwt: &str) -> String {
         .await
         .expect("the node closes the connection after its answer");
     let text = String::from_utf8_lossy(&out);
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    let body: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-    body["ticket"].as_str().unwrap().to_owned()
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|t| t.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("an HTTP answer: {text}"));
+    let body = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    (status, body)
 }
 
 #[tokio::test]
@@ -181,4 +213,134 @@ pub(crate) fn tempdir() -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("herald-tls-{:016x}", u64::from_le_bytes(r)));
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// The DER of the first certificate in the PEM file `path`.
+fn leaf(path: &str) -> Vec<u8> {
+    let first = CertificateDer::pem_file_iter(path).unwrap().next();
+    first.expect("a certificate").unwrap().to_vec()
+}
+
+/// The certificate the node presents to a new handshake.
+async fn presented(node: &Node, config: &Arc<rustls::ClientConfig>) -> Vec<u8> {
+    let s = connect_with(node, config).await;
+    let certs = s
+        .get_ref()
+        .1
+        .peer_certificates()
+        .expect("the node presents one");
+    certs[0].to_vec()
+}
+
+/// The next JSON text frame on `ws`, within [`WAIT`].
+async fn next_json<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame within the wait")
+            .expect("the connection is open")
+            .expect("a frame");
+        if let Message::Text(t) = m {
+            return serde_json::from_str(t.as_str()).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_for_new_handshakes_keeps_open_connections_and_refuses_a_broken_one()
+ {
+    use crate::support::proc;
+    let dir = tempdir();
+    let (a_dir, b_dir) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(&a_dir).unwrap();
+    std::fs::create_dir_all(&b_dir).unwrap();
+    let (a_cert, a_key) = make_cert(&a_dir);
+    let (b_cert, b_key) = make_cert(&b_dir);
+    let (cert, key) = (dir.join("live.crt"), dir.join("live.key"));
+    let install = |c: &str, k: &str| {
+        std::fs::copy(c, &cert).unwrap();
+        std::fs::copy(k, &key).unwrap();
+    };
+    install(&a_cert, &a_key);
+    let addr = proc::free_addr().to_string();
+    let (cert_path, key_path) = (cert.to_string_lossy(), key.to_string_lossy());
+    let env = [
+        ("HERALD_LISTEN", addr.as_str()),
+        ("HERALD_API_KEY", crate::support::API_KEY),
+        ("HERALD_JWT_SECRET", crate::support::JWT_SECRET),
+        ("HERALD_TLS_CERT", &*cert_path),
+        ("HERALD_TLS_KEY", &*key_path),
+    ];
+    let mut child = proc::herald(&["serve"], &env)
+        .spawn()
+        .expect("spawning herald serve");
+    let mut log = proc::stderr(&mut child);
+    proc::stdout(&mut child).drain();
+    let bound = std::time::Duration::from_secs(10);
+    log.until(bound, |l| l.contains("listening on")).await;
+    let node = Node::external(addr.parse().unwrap());
+    let trust = trusting(&[&a_cert, &b_cert]);
+    assert_eq!(presented(&node, &trust).await, leaf(&a_cert));
+
+    // A wss connection established with certificate A, subscribed.
+    let jwt = node.jwt("alice", &herald::auth::RawGrants::all());
+    let (status, t) = https_post(&node, &trust, "/v1/tickets", &jwt, "").await;
+    assert_eq!(status, 200, "{t}");
+    let tls = connect_with(&node, &trust).await;
+    assert_eq!(
+        tls.get_ref().1.peer_certificates().unwrap()[0].to_vec(),
+        leaf(&a_cert)
+    );
+    let url = format!("wss://{addr}/ws?ticket={}", t["ticket"].as_str().unwrap());
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["op"], "welcome");
+    let sub = json!({"op": "sub", "id": 1, "topic": "certs"}).to_string();
+    ws.send(Message::text(sub)).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["op"], "ok");
+
+    // Certificate B in the same files, then SIGHUP: once the node says it reloaded, new
+    // handshakes get B.
+    install(&b_cert, &b_key);
+    proc::sighup(&child);
+    let line = log.until(bound, |l| l.contains("TLS")).await;
+    assert!(line.contains("reloaded the TLS certificate"), "{line}");
+    assert_eq!(presented(&node, &trust).await, leaf(&b_cert));
+    // The connection made with A stays open and still receives.
+    let body = json!({"topic": "certs", "data": {"after": "reload"}}).to_string();
+    let api = crate::support::API_KEY;
+    let (status, out) = https_post(&node, &trust, "/v1/publish", api, &body).await;
+    assert_eq!(status, 200, "{out}");
+    let m = next_json(&mut ws).await;
+    assert_eq!(
+        (&m["op"], &m["data"]),
+        (&json!("msg"), &json!({"after": "reload"})),
+        "{m}"
+    );
+
+    // A broken certificate (a file cut short) is refused in one line naming the file, never the
+    // key; B stays.
+    let b_text = std::fs::read_to_string(&b_cert).unwrap();
+    std::fs::write(&cert, &b_text[..b_text.len() / 2]).unwrap();
+    proc::sighup(&child);
+    let line = log.until(bound, |l| l.contains("TLS")).await;
+    assert!(
+        line.contains("TLS reload refused") && line.contains(&*cert_path),
+        "{line}"
+    );
+    let key_text = std::fs::read_to_string(&b_key).unwrap();
+    let secret = key_text.lines().nth(1).unwrap();
+    assert!(
+        !line.contains("PRIVATE KEY") && !line.contains(secret),
+        "{line}"
+    );
+    assert_eq!(presented(&node, &trust).await, leaf(&b_cert));
+
+    // SIGHUP does not stop the node; SIGTERM still does, cleanly.
+    proc::sigterm(&child);
+    let status = proc::wait_exit(&mut child, std::time::Duration::from_secs(15)).await;
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,8 +11,9 @@
 -- long starts a new epoch on its next publish.
 -- Channel: __PREFIX__{T}:msg, payload "<offset> <epoch> <data>".
 -- A user U's directed messages go to the channel __PREFIX__{user:U}:direct, payload
--- "<from> <data>" ("-" when the sender did not name itself); U's open connections across the
--- cluster are the sorted set __PREFIX__{user:U}:conns.
+-- "<from> <data>" ("-" when the sender did not name itself), and so do disconnect orders,
+-- payload "!disconnect" or "!disconnect:<conn>" (no space: never a directed message's); U's open
+-- connections across the cluster are the sorted set __PREFIX__{user:U}:conns.
 
 local PREFIX = '__PREFIX__'
 local VERSION = __VERSION__
@@ -192,6 +193,23 @@ local function publish_user(keys, args)
     return redis.error_reply('ERR herald: `from` may not contain spaces')
   end
   return redis.call('PUBLISH', PREFIX .. '{user:' .. user .. '}:direct', from .. ' ' .. data)
+end
+
+-- FCALL herald_disconnect 1 <user> [conn]  ->  number of nodes that received it
+-- Every node holding a connection of the user closes it with 4003 (only `conn` when given).
+local function disconnect(keys, args)
+  local user, conn = keys[1], args[1]
+  if type(user) ~= 'string' or #user == 0 or #user > 255 or string.find(user, '[%s{}]') then
+    return redis.error_reply('ERR herald: bad user name')
+  end
+  local order = '!disconnect'
+  if conn ~= nil and conn ~= '' then
+    if #conn > 128 or string.find(conn, '[^%w_%-]') then
+      return redis.error_reply('ERR herald: bad connection id')
+    end
+    order = order .. ':' .. conn
+  end
+  return redis.call('PUBLISH', PREFIX .. '{user:' .. user .. '}:direct', order)
 end
 
 local function now_ms()
@@ -392,6 +410,7 @@ end
 redis.register_function('herald_publish', publish)
 redis.register_function{function_name = 'herald_history', callback = history, flags = {'no-writes'}}
 redis.register_function('herald_publish_user', publish_user)
+redis.register_function('herald_disconnect', disconnect)
 redis.register_function('herald_presence_join', presence_join)
 redis.register_function('herald_presence_leave', presence_leave)
 redis.register_function('herald_presence', presence)

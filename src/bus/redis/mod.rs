@@ -17,6 +17,8 @@
 //!   reconnects nor resubscribes again). The node subscribes to a topic's channel while it has local
 //!   subscribers (one Redis subscription per topic per node), and every message goes from the
 //!   push callback straight into the sink (the hub).
+//! - What goes to one user, directed messages and disconnect orders, travels on the user's
+//!   channel, which a node subscribes to while it holds a connection of the user (`users.rs`).
 //! - A subscriber's replay is read (`herald_history`) after its subscription is live, so the
 //!   hub's catch-up merges the two without a gap; a page of [`REPLAY_PAGE`] entries at a time,
 //!   each read atomically with the epoch and latest offset and checked to follow the last.
@@ -57,10 +59,10 @@ mod monitor;
 pub(crate) mod parse;
 mod pubsub;
 mod tickets;
+mod users;
 
 use super::{
-    BoxFuture, BusError, ConnCounts, Direct, Directs, Interest, Messages, Presence, REPLAY_PAGE,
-    Replay, Sinks,
+    BoxFuture, BusError, ConnCounts, Interest, Messages, Presence, REPLAY_PAGE, Replay, Sinks,
 };
 use crate::protocol::{Message, Position, Topic};
 pub(crate) use commands::{Commands, fcall};
@@ -72,7 +74,7 @@ pub(crate) use tickets::RedisTicketStore;
 
 /// The library's version: bump it whenever `herald.lua` changes, so that nodes replace an older
 /// library in Redis.
-pub(crate) const LIBRARY_VERSION: i64 = 6;
+pub(crate) const LIBRARY_VERSION: i64 = 7;
 
 /// The epoch `herald_history` answers for a topic without history (never published, or idle
 /// past `history_ttl`): reading creates nothing in Redis. Never a real epoch, so a `since` in it
@@ -445,22 +447,6 @@ impl Interest for RedisBus {
         let ch = user_channel(&self.prefix, user);
         Box::pin(async move {
             self.unsubscribe_counted(ch).await;
-            Ok(())
-        })
-    }
-}
-
-impl Directs for RedisBus {
-    fn publish_direct(&self, d: Direct) -> BoxFuture<'_, Result<(), BusError>> {
-        let mut c = self.cmd.get();
-        Box::pin(async move {
-            self.check_reachable()?;
-            let mut cmd = fcall("herald_publish_user", &*d.user);
-            cmd.arg(&d.data[..]);
-            if let Some(from) = &d.from {
-                cmd.arg(&**from);
-            }
-            let _: i64 = cmd.query_async(&mut c).await.map_err(|e| self.failed(e))?;
             Ok(())
         })
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use redis::Value;
 
-use crate::bus::{Direct, PresenceEvent};
+use crate::bus::{Direct, Disconnect, PresenceEvent, is_conn_id};
 use crate::protocol::{Message, Topic};
 
 /// The channel of `topic`.
@@ -52,22 +52,50 @@ pub(crate) fn parse_presence(prefix: &str, data: &[Value]) -> Option<PresenceEve
     })
 }
 
-/// Parses a directed message: channel `<prefix>{user:<user>}:direct`, payload `<from> <data>`
-/// (`from` is `-` when the sender did not name itself).
-pub(crate) fn parse_direct(prefix: &str, data: &[Value]) -> Option<Direct> {
+/// What arrives on a user's channel.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum UserPush {
+    /// A directed message.
+    Direct(Direct),
+    /// An order to close the user's connections (or one of them).
+    Disconnect(Disconnect),
+}
+
+/// The payload of a disconnect order on a user's channel (`herald_disconnect`), alone or
+/// followed by `:<conn>`. It holds no space, so it is never a directed message's payload.
+const DISCONNECT: &[u8] = b"!disconnect";
+
+/// Parses what arrives on channel `<prefix>{user:<user>}:direct`: a disconnect order (payload
+/// `!disconnect` or `!disconnect:<conn>`), or a directed message (payload `<from> <data>`;
+/// `from` is `-` when the sender did not name itself).
+pub(crate) fn parse_user(prefix: &str, data: &[Value]) -> Option<UserPush> {
     let (ch, payload) = channel_and_payload(data)?;
     let user = ch
         .strip_prefix(prefix)?
         .strip_prefix("{user:")?
         .strip_suffix("}:direct")?;
+    if let Some(rest) = payload.strip_prefix(DISCONNECT) {
+        let conn = match rest {
+            [] => Some(None),
+            [b':', conn @ ..] if is_conn_id(conn) => std::str::from_utf8(conn).ok().map(Some),
+            // Anything else (it has a space) is a directed message from a sender named so.
+            _ => None,
+        };
+        if let Some(conn) = conn {
+            return Some(UserPush::Disconnect(Disconnect {
+                user: Arc::from(user),
+                conn: conn.map(Arc::from),
+            }));
+        }
+    }
     let mut parts = payload.splitn(2, |b| *b == b' ');
     let from = std::str::from_utf8(parts.next()?).ok()?;
     let body = parts.next()?;
-    Some(Direct {
+    Some(UserPush::Direct(Direct {
         user: Arc::from(user),
         from: (from != "-").then(|| Arc::from(from)),
         data: Bytes::copy_from_slice(body),
-    })
+    }))
 }
 
 /// Parses a pub/sub message into a [`Message`]: channel `<prefix>{<topic>}:msg`, payload
@@ -140,5 +168,47 @@ mod tests {
         assert!(parse_push("herald:", &[v("herald:{news}:msg"), v("x e {}")]).is_none());
         // An epoch Herald never writes (one a JSON frame would have to escape) is not Herald's.
         assert!(parse_push("herald:", &[v("herald:{news}:msg"), v("1 e\"1 {}")]).is_none());
+    }
+
+    #[test]
+    fn a_users_channel_carries_directed_messages_and_disconnect_orders() {
+        let v = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let ch = v("herald:{user:bob}:direct");
+        let parse = |payload: &str| parse_user("herald:", &[ch.clone(), v(payload)]);
+        let order = |conn: Option<&str>| {
+            Some(UserPush::Disconnect(Disconnect {
+                user: Arc::from("bob"),
+                conn: conn.map(Arc::from),
+            }))
+        };
+        assert_eq!(parse("!disconnect"), order(None));
+        assert_eq!(parse("!disconnect:n1-2a"), order(Some("n1-2a")));
+        // Neither an order nor a directed message (which always has a space).
+        assert_eq!(parse("!disconnect:"), None);
+        assert_eq!(parse("!disconnected"), None);
+        // A sender named `!disconnect` (or `!disconnect:x`) is a directed message, as
+        // herald_publish_user writes it: its payload always has a space.
+        let Some(UserPush::Direct(d)) = parse("!disconnect:x 1") else {
+            panic!("a directed message");
+        };
+        assert_eq!(
+            (d.from.as_deref(), &d.data[..]),
+            (Some("!disconnect:x"), &b"1"[..])
+        );
+        let Some(UserPush::Direct(d)) = parse("!disconnect {}") else {
+            panic!("a directed message");
+        };
+        assert_eq!(
+            (d.from.as_deref(), &d.data[..]),
+            (Some("!disconnect"), &b"{}"[..])
+        );
+        let Some(UserPush::Direct(d)) = parse("- [1]") else {
+            panic!("a directed message");
+        };
+        assert_eq!((d.from, &d.data[..]), (None, &b"[1]"[..]));
+        assert_eq!(
+            parse_user("herald:", &[v("herald:{bob}:msg"), v("!disconnect")]),
+            None
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The Redis bus's own pub/sub connection (RESP3): built and rebuilt here whatever error a
 //! reconnect meets, subscribed to exactly the channels watched, and what it does with each push
-//! (messages to the hub through [`super::deliveries`], presence and directed messages to their
-//! sinks, the liveness probe to its counter, a drop to the monitor).
+//! (messages to the hub through [`super::deliveries`], presence changes, directed messages and
+//! disconnect orders to their sinks, the liveness probe to its counter, a drop to the monitor).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -10,7 +10,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 
-use super::parse::{parse_direct, parse_presence, parse_push};
+use super::parse::{UserPush, parse_presence, parse_push, parse_user};
 use super::{RedisBus, unavailable};
 use crate::bus::BusError;
 
@@ -33,8 +33,13 @@ impl RedisBus {
                     (bus.sinks.presence)(&e);
                 } else if let Some(m) = parse_push(&bus.prefix, &p.data) {
                     bus.state.lock().deliver(&bus.sinks, m);
-                } else if let Some(d) = parse_direct(&bus.prefix, &p.data) {
-                    (bus.sinks.direct)(&d);
+                } else if let Some(u) = parse_user(&bus.prefix, &p.data) {
+                    match u {
+                        UserPush::Direct(d) => (bus.sinks.direct)(&d),
+                        UserPush::Disconnect(o) => {
+                            (bus.sinks.disconnect)(&o);
+                        }
+                    }
                 } else if let (Some(Value::BulkString(ch)), Some(Value::BulkString(n))) =
                     (p.data.first(), p.data.get(1))
                     && ch == bus.probe_channel.as_bytes()

@@ -1,5 +1,5 @@
 //! The `herald` binary as a child process: a clean environment, a free loopback port, output
-//! read line by line with bounded waits, and SIGTERM.
+//! read line by line with bounded waits, SIGTERM and SIGHUP.
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{ExitStatus, Stdio};
@@ -136,12 +136,21 @@ pub(crate) async fn wait_healthy(node: &Node, bound: Duration) {
 
 /// Sends SIGTERM to `child`.
 pub(crate) fn sigterm(child: &Child) {
+    signal(child, "-TERM");
+}
+
+/// Sends SIGHUP to `child` (a node reloads its TLS certificate).
+pub(crate) fn sighup(child: &Child) {
+    signal(child, "-HUP");
+}
+
+fn signal(child: &Child, sig: &str) {
     let pid = child.id().expect("the child is running");
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+        .args([sig, &pid.to_string()])
         .status()
         .expect("running kill");
-    assert!(status.success(), "kill -TERM {pid}");
+    assert!(status.success(), "kill {sig} {pid}");
 }
 
 /// Waits for `child` to exit within `bound`.
