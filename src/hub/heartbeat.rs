@@ -5,9 +5,13 @@
 //! same shared ping frame, or is closed with 4000 when not heard from for two intervals. A
 //! round lasts its [`SLICES`] ticks however few connections it holds: each connection is
 //! visited once per interval, never once per tick.
+//!
+//! The same timer ends sessions: on every tick it closes with 4001 the connections whose
+//! identity's deadline has passed ([`super::expiry`]; a look at the first entry of an index when
+//! none is due), so an expiry takes effect within a tick or a second of its deadline.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
@@ -69,6 +73,7 @@ pub async fn run(hub: Arc<Hub>, interval: Duration, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        hub.expire_due(unix_now());
         let now = hub.now_secs();
         for s in round.tick(&hub) {
             let seen = s.last_seen.load(std::sync::atomic::Ordering::Relaxed);
@@ -79,6 +84,13 @@ pub async fn run(hub: Arc<Hub>, interval: Duration, stop: CancellationToken) {
             }
         }
     }
+}
+
+/// Seconds since the Unix epoch: the clock of identities' expiry (a JWT's `exp`).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

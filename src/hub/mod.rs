@@ -6,14 +6,15 @@
 //! these methods is async). Subscribing and unsubscribing decide "first" and "last" under the
 //! map's shard lock, so the answers pair up even when they race.
 
+pub(crate) mod expiry;
 pub mod heartbeat;
 pub mod outbox;
 pub mod topic;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
 #[cfg(test)]
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -42,6 +43,8 @@ pub struct Hub {
     conns: DashMap<u64, Arc<Subscriber>>,
     /// The connections of each user on this node, for directed messages.
     users: DashMap<Arc<str>, Vec<Arc<Subscriber>>>,
+    /// The close deadlines of the connections whose identity expires.
+    expiries: expiry::Expiries,
     outbox_limit: usize,
     started: Instant,
 }
@@ -53,6 +56,7 @@ impl Hub {
             topics: DashMap::new(),
             conns: DashMap::new(),
             users: DashMap::new(),
+            expiries: expiry::Expiries::default(),
             outbox_limit,
             started: Instant::now(),
         }
@@ -70,6 +74,7 @@ impl Hub {
             codec,
             outbox: Outbox::new(self.outbox_limit),
             last_seen: AtomicU32::new(self.now_secs()),
+            expires: AtomicU64::new(expiry::NEVER),
         });
         self.conns.insert(id, sub.clone());
         crate::metrics::connections(self.conns.len());
@@ -141,8 +146,31 @@ impl Hub {
 
     /// Forgets a connection; the caller unsubscribes its topics first.
     pub fn disconnect(&self, id: u64) {
-        self.conns.remove(&id);
+        if let Some((_, s)) = self.conns.remove(&id) {
+            self.expiries.remove(&s);
+        }
         crate::metrics::connections(self.conns.len());
+    }
+
+    /// Sets when `sub` must close with 4001 (session expired): a deadline in unix seconds
+    /// (`u64::MAX`: never), replacing the one it had. See [`expiry`].
+    pub(crate) fn set_expiry(&self, sub: &Subscriber, deadline: u64) {
+        self.expiries.set(sub, deadline);
+    }
+
+    /// Asks every connection past its deadline at unix second `now` to close with 4001 (what
+    /// was queued for it is still written first); returns how many were asked. Called by the
+    /// heartbeat timer on every tick.
+    pub(crate) fn expire_due(&self, now: u64) -> usize {
+        let mut n = 0;
+        for id in self.expiries.take_due(now) {
+            let s = self.conns.get(&id).map(|r| r.value().clone());
+            if let Some(s) = s.filter(|s| expiry::still_due(s, now)) {
+                s.outbox.close(CloseCode::SessionExpired);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Number of open connections.

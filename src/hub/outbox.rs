@@ -9,7 +9,7 @@
 //! the close frame.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -27,6 +27,9 @@ pub struct Subscriber {
     pub outbox: Outbox,
     /// Heartbeat clock reading ([`crate::hub::heartbeat`]) when the peer was last heard from.
     pub last_seen: AtomicU32,
+    /// When the connection's identity expires, as a close deadline in unix seconds
+    /// ([`crate::hub::expiry`]; `u64::MAX`: never). Changed only through the hub's expiry index.
+    pub(crate) expires: AtomicU64,
 }
 
 /// The queue itself. Lock held only to push or pop, never across `.await`.

@@ -25,6 +25,7 @@ mod proxy;
 mod recovery;
 mod redis_keys;
 mod redis_recovery;
+mod sessions;
 mod shutdown;
 mod slow_consumer;
 mod tickets;

@@ -11,9 +11,11 @@
 //!
 //! Here: the connection's task and its loop (frames in, the outbox out). The socket itself is
 //! `pump`; a connection's subscriptions (subscribe, unsubscribe, replay then live, close all)
-//! are `subscriptions`; what each request does is `dispatch`.
+//! are `subscriptions`; what each request does is `dispatch`; the connection's identity over
+//! time (its expiry) is `identity`.
 
 mod dispatch;
+mod identity;
 mod pump;
 mod subscriptions;
 
@@ -137,6 +139,8 @@ where
     };
     // Captured as they are (no `let` rebinding them inside): each is stored in the future once.
     async move {
+        // Closed with 4001 once its identity expires (plus the leeway), unless refreshed.
+        s.arm_expiry(&s.identity);
         // Directed messages to this user reach this connection from here on.
         gw.hub.attach_user(&s.identity.user, &sub);
         let user_watched = gw.watch_user(&s.identity.user).await;
