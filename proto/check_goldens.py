@@ -241,7 +241,7 @@ def check_client(schema, codes):
                 fail(what, f"a {code} case must be a well-formed frame: {err}")
             else:
                 ok(what)
-    missing = {"sub", "unsub", "pub", "send"} - ops_ok
+    missing = {"sub", "unsub", "pub", "send", "refresh"} - ops_ok
     if missing:
         fail("client.json coverage", f"no valid example of {sorted(missing)}")
     else:
@@ -277,6 +277,8 @@ def check_server(schema, codes):
                 shapes.add(f"ok recovered={frame['recovered']}")
             elif "offset" in frame:
                 shapes.add("ok offset")
+            elif "expires_at" in frame:
+                shapes.add("ok expires_at")
             else:
                 shapes.add("ok bare")
         elif op == "error":
@@ -285,11 +287,14 @@ def check_server(schema, codes):
                 shapes.add("error status")
         elif op == "direct":
             shapes.add("direct " + ("from" if "from" in frame else "no from"))
+        elif op == "welcome":
+            shapes.add("welcome expires_at" if "expires_at" in frame else "welcome")
         else:
             shapes.add(op)
     wanted = {
-        "welcome", "ok offset", "ok recovered=True", "ok recovered=False", "ok bare",
-        "error id", "error no id", "error status", "msg", "reply", "direct from", "direct no from",
+        "welcome", "welcome expires_at", "ok offset", "ok recovered=True", "ok recovered=False",
+        "ok bare", "ok expires_at", "error id", "error no id", "error status", "msg", "reply",
+        "direct from", "direct no from", "unsubscribed",
     }
     missing = wanted - shapes
     if missing:

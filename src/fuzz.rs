@@ -127,7 +127,7 @@ pub fn client_frame(data: &[u8]) {
             check_msg_frames(&m);
         }
         Request::Send { data, .. } => check_data(&data),
-        Request::Unsub { .. } | Request::Presence { .. } => {}
+        Request::Unsub { .. } | Request::Presence { .. } | Request::Refresh { .. } => {}
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use crate::protocol::ErrorCode;
 use crate::protocol::topic::TopicError;
 
 pub use grants::{Grants, RawGrants};
@@ -159,6 +160,20 @@ impl AuthError {
             AuthError::TicketExpired => "ticket_expired",
             AuthError::StoreUnavailable(_) | AuthError::KeysUnavailable => "unavailable",
             AuthError::Random(_) | AuthError::Signing(_) => "internal",
+        }
+    }
+
+    /// The `code` of the `error` frame that answers a `refresh` whose ticket was refused: the
+    /// ticket codes are those of the upgrade's 401s.
+    pub fn frame_code(&self) -> ErrorCode {
+        match self {
+            AuthError::MissingTicket | AuthError::MalformedTicket | AuthError::InvalidTicket => {
+                ErrorCode::InvalidTicket
+            }
+            AuthError::TicketUsed => ErrorCode::TicketUsed,
+            AuthError::TicketExpired => ErrorCode::TicketExpired,
+            AuthError::StoreUnavailable(_) => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
         }
     }
 }
@@ -313,5 +328,22 @@ mod tests {
         assert_eq!((store.status(), store.code()), (503, "unavailable"));
         let keys = AuthError::KeysUnavailable;
         assert_eq!((keys.status(), keys.code()), (503, "unavailable"));
+    }
+
+    #[test]
+    fn a_refused_ticket_has_the_same_code_in_a_frame_as_at_the_upgrade() {
+        for err in [
+            AuthError::MalformedTicket,
+            AuthError::InvalidTicket,
+            AuthError::TicketUsed,
+            AuthError::TicketExpired,
+            AuthError::StoreUnavailable("down".into()),
+        ] {
+            assert_eq!(err.frame_code().as_str(), err.code());
+        }
+        assert_eq!(
+            AuthError::MissingTicket.frame_code(),
+            ErrorCode::InvalidTicket
+        );
     }
 }

@@ -69,6 +69,7 @@ async fn catch_up_queues_replay_then_held_messages_without_gap_or_duplicate() {
         offset: Some(4),
         epoch: Some("e"),
         recovered: Some(true),
+        expires_at: None,
     };
     s.push(Codec::Json.ok(1, ok));
     let mut floor = None;

@@ -35,6 +35,8 @@ pub struct OkFields<'a> {
     pub epoch: Option<&'a str>,
     /// Only for `sub` with `since`.
     pub recovered: Option<bool>,
+    /// Only for `refresh`: when the new identity expires (unix seconds), if it does.
+    pub expires_at: Option<u64>,
 }
 
 /// Every server frame has this shape; absent fields are skipped.
@@ -70,6 +72,10 @@ struct Out<'a, D: Serialize> {
     #[serde(skip_serializing_if = "Option::is_none")]
     presence: Option<&'a [Member]>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<D>,
 }
 
@@ -91,6 +97,8 @@ impl<D: Serialize> Out<'_, D> {
             epoch: None,
             recovered: None,
             presence: None,
+            expires_at: None,
+            reason: None,
             data: None,
         }
     }
@@ -167,14 +175,23 @@ impl Codec {
         f.finish(self.opcode())
     }
 
-    /// `{"op":"welcome","conn":..,"node":..,"user":..,"ping":..}`
-    pub fn welcome(self, conn: &str, node: &str, user: &str, ping_secs: u64) -> Bytes {
+    /// `{"op":"welcome","conn":..,"node":..,"user":..,"ping":..,"expires_at":..}`; `expires_at`
+    /// (unix seconds) only when the identity expires.
+    pub fn welcome(
+        self,
+        conn: &str,
+        node: &str,
+        user: &str,
+        ping_secs: u64,
+        expires_at: Option<u64>,
+    ) -> Bytes {
         let mut o = Out::<()>::new("welcome");
         o.conn = Some(conn);
         o.node = Some(node);
         o.user = Some(user);
         o.ping = Some(ping_secs);
-        self.frame(&o, 96 + user.len())
+        o.expires_at = expires_at;
+        self.frame(&o, 112 + user.len())
     }
 
     /// `{"op":"ok","id":..}` with the given fields.
@@ -184,7 +201,18 @@ impl Codec {
         o.offset = f.offset;
         o.epoch = f.epoch;
         o.recovered = f.recovered;
-        self.frame(&o, 80)
+        o.expires_at = f.expires_at;
+        self.frame(&o, 96)
+    }
+
+    /// `{"op":"unsubscribed","topic":..,"reason":..}`: the server ended a subscription, for
+    /// `reason` (an error code: `forbidden` when the connection's refreshed grants no longer
+    /// allow the topic).
+    pub fn unsubscribed(self, topic: &str, reason: ErrorCode) -> Bytes {
+        let mut o = Out::<()>::new("unsubscribed");
+        o.topic = Some(topic);
+        o.reason = Some(reason.as_str());
+        self.frame(&o, 64 + topic.len())
     }
 
     /// `{"op":"error","id":..,"code":..,"message":..}`; `id` absent for connection-level errors.

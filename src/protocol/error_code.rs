@@ -30,6 +30,12 @@ pub enum ErrorCode {
     Overloaded,
     /// The bus is down.
     Unavailable,
+    /// A `refresh` ticket that is malformed or unknown (as the upgrade's 401 `invalid_ticket`).
+    InvalidTicket,
+    /// A `refresh` ticket that was already redeemed (as the upgrade's 401 `ticket_used`).
+    TicketUsed,
+    /// A `refresh` ticket past its lifetime (as the upgrade's 401 `ticket_expired`).
+    TicketExpired,
     /// A bug or an unexpected failure on the server.
     Internal,
 }
@@ -50,6 +56,9 @@ impl ErrorCode {
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::InvalidTicket => "invalid_ticket",
+            ErrorCode::TicketUsed => "ticket_used",
+            ErrorCode::TicketExpired => "ticket_expired",
             ErrorCode::Internal => "internal",
         }
     }

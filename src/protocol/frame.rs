@@ -70,6 +70,14 @@ pub enum Request {
         /// The payload as compact JSON text.
         data: Bytes,
     },
+    /// `{"op":"refresh","id":6,"ticket":"..."}`: a fresh ticket of the same user replaces the
+    /// connection's grants and expiry.
+    Refresh {
+        /// Request id.
+        id: u64,
+        /// The ticket, as `POST /v1/tickets` returned it (opaque here; redeemed by the gateway).
+        ticket: String,
+    },
 }
 
 impl Request {
@@ -80,7 +88,8 @@ impl Request {
             | Request::Unsub { id, .. }
             | Request::Pub { id, .. }
             | Request::Presence { id, .. }
-            | Request::Send { id, .. } => *id,
+            | Request::Send { id, .. }
+            | Request::Refresh { id, .. } => *id,
         }
     }
 }
@@ -172,8 +181,17 @@ pub fn request_from_value(value: Value) -> Result<Request, RequestError> {
             let data = take_data(&mut map, id)?;
             Ok(Request::Send { id, to, data })
         }
+        "refresh" => match map.remove("ticket") {
+            None => Err(bad(
+                "missing `ticket` (a fresh one from POST /v1/tickets)".into()
+            )),
+            Some(Value::String(ticket)) if !ticket.is_empty() => {
+                Ok(Request::Refresh { id, ticket })
+            }
+            Some(_) => Err(bad("`ticket` must be a non-empty string".into())),
+        },
         other => Err(bad(format!(
-            "unknown op {:?} (expected sub, unsub, pub, send or presence)",
+            "unknown op {:?} (expected sub, unsub, pub, send, presence or refresh)",
             truncate(other)
         ))),
     }
@@ -294,6 +312,9 @@ pub enum ServerFrame {
         user: String,
         /// Heartbeat interval, seconds.
         ping: u64,
+        /// When the connection's identity expires (unix seconds); absent when it never does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
     },
     /// A request succeeded.
     Ok {
@@ -311,6 +332,10 @@ pub enum ServerFrame {
         /// Only for `presence`: who is subscribed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         presence: Option<Vec<Member>>,
+        /// Only for `refresh`: when the new identity expires (unix seconds); absent when it
+        /// never does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
     },
     /// A request (or the connection) failed.
     Error {
@@ -368,6 +393,13 @@ pub enum ServerFrame {
         from: Option<String>,
         /// The payload.
         data: Value,
+    },
+    /// The server ended one of the connection's subscriptions.
+    Unsubscribed {
+        /// The topic.
+        topic: String,
+        /// Why: `forbidden` (the refreshed grants no longer allow it).
+        reason: String,
     },
 }
 

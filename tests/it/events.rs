@@ -147,6 +147,28 @@ async fn a_cluster_records_connect_subscribe_unsubscribe_and_disconnect_in_order
 }
 
 #[tokio::test]
+async fn a_subscription_that_a_refresh_ends_is_recorded_as_an_unsubscribe_before_the_ok() {
+    let redis = RedisServer::start();
+    let n = Node::with(&[("HERALD_REDIS_URL", &redis.url()), ("HERALD_EVENTS", ALL)]).await;
+    let (mut c, conn) = connect(&n, CODECS[0], "alice").await;
+    c.sub(1, "room.1").await;
+    c.sub(2, "news").await;
+    let narrow = crate::support::grants(&["news"], &[], &[]);
+    let ticket = n.ticket_for("alice", &narrow).await;
+    let ok = c
+        .request(json!({"op": "refresh", "id": 3, "ticket": ticket}))
+        .await;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    let s = stream(&redis).await;
+    let mine = of_conn(&s, &conn);
+    assert_eq!(
+        kinds(&mine),
+        ["connect", "subscribe", "subscribe", "unsubscribe"]
+    );
+    assert_eq!(mine[3]["topic"], "room.1");
+}
+
+#[tokio::test]
 async fn only_the_configured_kinds_are_recorded() {
     let redis = RedisServer::start();
     let n = Node::with(&[

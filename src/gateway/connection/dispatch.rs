@@ -1,6 +1,7 @@
 //! What each request of a client does: `sub`, `unsub`, `pub`, `presence` and `send`, each checked
-//! against the connection's grants first. `send` runs in a task of its own (on the gateway's
-//! tracker, so that a drain waits for it): a slow backend must not stall the connection.
+//! against the connection's grants first, and `refresh` (in `identity`), which replaces them.
+//! `send` runs in a task of its own (on the gateway's tracker, so that a drain waits for it): a
+//! slow backend must not stall the connection.
 
 use crate::protocol::codec::OkFields;
 use crate::protocol::frame::Member;
@@ -53,6 +54,7 @@ impl Session {
                             offset: Some(p.offset),
                             epoch: Some(&p.epoch),
                             recovered: None,
+                            expires_at: None,
                         };
                         self.reply(self.codec.ok(id, f));
                     }
@@ -107,6 +109,7 @@ impl Session {
                     sub.push(frame);
                 });
             }
+            Request::Refresh { id, ticket } => self.refresh(id, &ticket).await,
         }
     }
 }

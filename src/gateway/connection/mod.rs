@@ -12,7 +12,7 @@
 //! Here: the connection's task and its loop (frames in, the outbox out). The socket itself is
 //! `pump`; a connection's subscriptions (subscribe, unsubscribe, replay then live, close all)
 //! are `subscriptions`; what each request does is `dispatch`; the connection's identity over
-//! time (its expiry) is `identity`.
+//! time (its expiry, its in-band refresh) is `identity`.
 
 mod dispatch;
 mod identity;
@@ -149,6 +149,7 @@ where
             &gw.config.node_id,
             &s.identity.user,
             gw.config.ping_interval.as_secs(),
+            identity::expires_at(&s.identity),
         ));
         if let Err(e) = &user_watched {
             let msg = format!("directed messages to you may not arrive: {e}");

@@ -71,22 +71,28 @@ impl Session {
     }
 
     pub(super) async fn unsubscribe(&mut self, id: u64, topic: Topic) {
-        match self.gw.hub.unsubscribe(&topic, self.sub.id) {
-            false => {
-                let msg = "not subscribed to this topic";
-                self.error(Some(id), ErrorCode::NotSubscribed, msg)
-            }
-            true => {
-                self.gw.unwatch(&topic).await;
-                if self.gw.config.presence_enabled(topic.as_str()) {
-                    let user = &self.identity.user;
-                    let _ = self.gw.bus.presence_leave(&topic, &self.conn, user).await;
-                }
-                self.topics.retain(|t| *t != topic);
-                self.replays.retain(|r| r.topic != topic);
-                self.reply(self.codec.ok(id, OkFields::default()));
-            }
+        if self.end_subscription(&topic).await {
+            self.reply(self.codec.ok(id, OkFields::default()));
+        } else {
+            let msg = "not subscribed to this topic";
+            self.error(Some(id), ErrorCode::NotSubscribed, msg)
         }
+    }
+
+    /// Ends the subscription to `topic` (the hub, the bus's interest and presence let go of it,
+    /// and a replay in progress stops); false when there was none. Nothing is sent to the client.
+    pub(super) async fn end_subscription(&mut self, topic: &Topic) -> bool {
+        if !self.gw.hub.unsubscribe(topic, self.sub.id) {
+            return false;
+        }
+        self.gw.unwatch(topic).await;
+        if self.gw.config.presence_enabled(topic.as_str()) {
+            let user = &self.identity.user;
+            let _ = self.gw.bus.presence_leave(topic, &self.conn, user).await;
+        }
+        self.topics.retain(|t| t != topic);
+        self.replays.retain(|r| r.topic != *topic);
+        true
     }
 
     /// Subscribes with gapless catch-up: registered first (live messages are held), then the
@@ -128,6 +134,7 @@ impl Session {
                         offset: Some(r.latest.offset),
                         epoch: Some(&r.latest.epoch),
                         recovered: since.as_ref().map(|_| r.messages.is_some()),
+                        expires_at: None,
                     };
                     self.reply(self.codec.ok(id, ok));
                 }
