@@ -1,6 +1,7 @@
 //! Sessions that end: a connection's identity expires with its JWT (plus the leeway) and the node
 //! closes it with 4001, unless the client refreshed it in band with a fresh ticket of the same
-//! user, whose grants then replace the old ones (proto/README.md sections 3, 6.2, 6.3 and 8).
+//! user, whose grants then replace the old ones (proto/README.md sections 3, 6.2, 6.3 and 8); the
+//! same for a cookie session that the auth hook let in with an `expires_at`.
 //!
 //! The nodes here allow no leeway, and the short-lived tokens expire a few seconds after they
 //! are minted: a test waits for the close itself (bounded), never for a time.
@@ -11,7 +12,7 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 
 use crate::support::redis::RedisServer;
-use crate::support::ws::encode;
+use crate::support::ws::{self, encode};
 use crate::support::{
     API_KEY, CODECS, Client, Codec, JWT_SECRET, ManualClock, Node, codec_name, grants, now_secs,
     signed_jwt,
@@ -299,4 +300,55 @@ async fn a_ticket_from_another_node_refreshes_through_redis_and_keeps_its_expiry
     let (mut d, _) = expiring(&b, Codec::Json, "alice", exp).await;
     let e = d.request(refresh(3, &ticket)).await;
     assert_eq!(e["code"], "ticket_used", "{e}");
+}
+
+#[tokio::test]
+async fn a_session_the_auth_hook_let_in_ends_at_its_expires_at_unless_refreshed() {
+    // The app's session backend: every session is carol's, and ends at `exp`.
+    let exp = now_secs() + SHORT;
+    let app = axum::Router::new().route(
+        "/herald/connect",
+        axum::routing::post(move || async move {
+            axum::Json(
+                json!({"sub": "carol", "grants": {"subscribe": ["news"]}, "expires_at": exp}),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let backend = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let toml = format!(
+        "auth_service = \"sessions\"\n[services.sessions]\nendpoints = [\"http://{addr}\"]\n"
+    );
+    let node = Node::with_toml(&toml, &[("HERALD_JWT_LEEWAY_SECS", "0")]).await;
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let (mut c, _) = ws::open(node.addr, "/ws", Some(Codec::Json), &[])
+            .await
+            .expect("the hook lets carol in");
+        let w = c.next_frame().await;
+        assert_eq!(
+            (w["user"].as_str(), w["expires_at"].as_u64()),
+            (Some("carol"), Some(exp)),
+            "{w}"
+        );
+        clients.push(c);
+    }
+    let (mut ended, mut kept) = (clients.remove(0), clients.remove(0));
+    // No JWT behind a cookie session: the app's backend mints the refresh ticket.
+    let ticket = minted(&node, "carol", json!({"subscribe": ["news"]})).await;
+    let ok = kept.request(refresh(1, &ticket)).await;
+    assert_eq!(
+        ok,
+        json!({"op": "ok", "id": 1}),
+        "a minted identity has no expiry"
+    );
+    kept.sub(2, "news").await;
+
+    assert_eq!(ended.expect_close_within(UNTIL_EXPIRED).await, 4001);
+    node.publish("news", json!("kept")).await;
+    assert_eq!(kept.next_msg("news").await["data"], "kept");
+    backend.abort();
 }
