@@ -62,7 +62,8 @@ pub async fn tickets(State(gw): State<Arc<Gateway>>, req: Request) -> Result<Res
     Ok(Json(body).into_response())
 }
 
-/// What a backend asks a ticket for: `{"sub": "...", "grants": {...}, "expires_in": 30}`.
+/// What a backend asks a ticket for: `{"sub": "...", "grants": {...}, "expires_in": 30,
+/// "expires_at": <unix seconds>}` (the last two optional).
 #[derive(Deserialize)]
 struct MintBody {
     sub: String,
@@ -70,10 +71,14 @@ struct MintBody {
     /// Seconds the ticket stays redeemable: 1 to `ticket_ttl_secs` (its default).
     #[serde(default)]
     expires_in: Option<u64>,
+    /// When the session it opens ends (unix seconds; closed with 4001 then unless refreshed);
+    /// absent: never.
+    #[serde(default)]
+    expires_at: Option<u64>,
 }
 
 /// The identity and ticket lifetime a backend's `POST /v1/tickets` body asks for. The identity
-/// has no expiry of its own: the backend vouches for the user when it mints the ticket.
+/// expires at the body's `expires_at`, or never: the backend vouches for the user.
 async fn minted(gw: &Gateway, req: Request) -> Result<(auth::Identity, Duration), Rejection> {
     let body = read_body(req.into_body(), gw.config.max_message_bytes).await?;
     let b: MintBody = serde_json::from_slice(&body).map_err(|e| {
@@ -97,7 +102,15 @@ async fn minted(gw: &Gateway, req: Request) -> Result<(auth::Identity, Duration)
     let identity = auth::Identity {
         user: b.sub.into(),
         grants: Arc::new(grants),
-        expires_at: u64::MAX,
+        expires_at: match b.expires_at {
+            None => u64::MAX,
+            Some(at) if at > unix_now() => at,
+            Some(_) => {
+                return Err(Rejection::BadRequest(
+                    "`expires_at` (unix seconds) must be in the future".into(),
+                ));
+            }
+        },
     };
     Ok((identity, Duration::from_secs(secs)))
 }
@@ -307,4 +320,10 @@ pub async fn not_found() -> Response {
         Json(serde_json::json!({"error": "not_found", "message": "no such route"})),
     )
         .into_response()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -76,8 +76,19 @@ pub enum Request {
         /// Request id.
         id: u64,
         /// The ticket, as `POST /v1/tickets` returned it (opaque here; redeemed by the gateway).
-        ticket: String,
+        ticket: Secret,
     },
+}
+
+/// A credential a client sent (a ticket): used as the text inside, never shown by `Debug`, so a
+/// request printed for debugging cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
 }
 
 impl Request {
@@ -185,9 +196,10 @@ pub fn request_from_value(value: Value) -> Result<Request, RequestError> {
             None => Err(bad(
                 "missing `ticket` (a fresh one from POST /v1/tickets)".into()
             )),
-            Some(Value::String(ticket)) if !ticket.is_empty() => {
-                Ok(Request::Refresh { id, ticket })
-            }
+            Some(Value::String(ticket)) if !ticket.is_empty() => Ok(Request::Refresh {
+                id,
+                ticket: Secret(ticket),
+            }),
             Some(_) => Err(bad("`ticket` must be a non-empty string".into())),
         },
         other => Err(bad(format!(

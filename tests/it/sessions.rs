@@ -99,6 +99,33 @@ async fn a_connection_of_a_backend_minted_ticket_has_no_expiry() {
 }
 
 #[tokio::test]
+async fn a_backend_minted_ticket_with_expires_at_opens_a_session_that_ends_with_4001() {
+    let node = node().await;
+    let exp = now_secs() + SHORT;
+    let body = json!({"sub": "carol", "grants": all(), "expires_at": exp});
+    let (status, out) = node
+        .http
+        .post("/v1/tickets", Some(API_KEY), &body.to_string())
+        .await;
+    assert_eq!(status, 200, "{out}");
+    let ticket = out["ticket"].as_str().unwrap();
+    let (mut c, w) = connect(&node, Codec::Json, ticket).await;
+    assert_eq!(w["expires_at"], exp, "{w}");
+    assert_eq!(c.expect_close_within(UNTIL_EXPIRED).await, 4001);
+    // An expiry already past is refused, not a session that ends at once.
+    let body = json!({"sub": "carol", "grants": all(), "expires_at": now_secs() - 1});
+    let (status, out) = node
+        .http
+        .post("/v1/tickets", Some(API_KEY), &body.to_string())
+        .await;
+    assert_eq!(
+        (status, out["error"].as_str()),
+        (400, Some("bad_request")),
+        "{out}"
+    );
+}
+
+#[tokio::test]
 async fn a_connection_refreshed_in_band_outlives_its_old_expiry_and_keeps_its_messages() {
     let node = node().await;
     let exp = now_secs() + SHORT;

@@ -109,7 +109,7 @@ impl Session {
                     sub.push(frame);
                 });
             }
-            Request::Refresh { id, ticket } => self.refresh(id, &ticket).await,
+            Request::Refresh { id, ticket } => self.refresh(id, &ticket.0).await,
         }
     }
 }

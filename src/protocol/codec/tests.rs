@@ -125,7 +125,7 @@ fn request_json(r: &Request) -> Value {
         Request::Send { id, to, data: d } => {
             json!({"op": "send", "id": id, "to": to, "data": data(d)})
         }
-        Request::Refresh { id, ticket } => json!({"op": "refresh", "id": id, "ticket": ticket}),
+        Request::Refresh { id, ticket } => json!({"op": "refresh", "id": id, "ticket": ticket.0}),
     }
 }
 
