@@ -97,7 +97,10 @@ fn main() {
         let t = Instant::now();
         for s in &subs {
             buf.clear();
-            let _ = poll_fn(|cx| Poll::Ready(s.outbox.poll_take(cx, &mut buf, usize::MAX))).await;
+            let mut take = |cx: &mut std::task::Context<'_>| {
+                s.outbox.poll_take(cx, &mut buf, usize::MAX, hub.probe())
+            };
+            let _ = poll_fn(|cx| Poll::Ready(take(cx))).await;
             s.outbox.written(buf.len());
         }
         let drain_ns = t.elapsed().as_nanos() as f64 / (rounds * n) as f64;

@@ -45,7 +45,7 @@ pub mod fuzz;
 pub mod gateway;
 pub mod hub;
 pub(crate) mod lifecycle;
-pub(crate) mod metrics;
+pub mod metrics;
 pub mod protocol;
 pub(crate) mod proxy;
 pub mod server;

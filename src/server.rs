@@ -55,6 +55,9 @@ pub enum ServerError {
     /// The TLS files could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::gateway::tls::TlsError),
+    /// The metrics recorder could not be built.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -116,7 +119,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
 /// [`start`] with the parts `hooks` replaces (tests).
 pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerError> {
     let config = Arc::new(config);
-    let hub = Arc::new(Hub::new(config.outbox_bytes));
+    // The node's own metrics: several nodes in one process each count theirs.
+    let metrics = crate::metrics::Metrics::new()?;
+    if config.admin.metrics_public {
+        tracing::warn!("metrics_public is set: GET /metrics answers anyone, without a key");
+    }
+    let hub = Arc::new(Hub::with_metrics(config.outbox_bytes, metrics.clone()));
     let to_hub = hub.clone();
     let sink: Sink = Arc::new(move |m| to_hub.deliver(m));
     let to_hub = hub.clone();
@@ -188,6 +196,7 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
                 history_size: config.history_size,
                 history_ttl: config.history_ttl,
                 node_ttl: config.node_ttl,
+                metrics: &metrics,
             };
             let bus = RedisBus::connect(settings, sinks, stop.clone()).await?;
             // Tickets share the bus's command connection, which its monitor keeps checked.
@@ -231,6 +240,7 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
         &config.services,
         config.max_message_bytes,
         &stop,
+        metrics.clone(),
     )?);
     let (events, webhook) = lifecycle(&config, redis, &proxy, &stop).await?;
     let gw = Arc::new(Gateway {
@@ -255,6 +265,7 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
         // Random upper half: keys stay unique across processes even if two nodes share an id.
         next_conn_key: std::sync::atomic::AtomicU64::new(random_u32()? << 32),
         tracker: TaskTracker::new(),
+        metrics,
     });
     tokio::spawn(hub::heartbeat::run(
         hub.clone(),

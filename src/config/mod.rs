@@ -7,6 +7,7 @@
 //! variable, and saying what is wrong and what is expected. Secrets are never echoed, nor shown
 //! by `Debug`.
 
+pub mod admin;
 mod checks;
 pub mod events;
 pub mod identity;
@@ -303,6 +304,8 @@ pub struct Config {
     pub events: Option<events::EventsConfig>,
     /// Limits against hostile clients: stalled writes, connections and tickets per address.
     pub limits: limits::Limits,
+    /// The key of `/metrics` and the dashboard, and whether `/metrics` is public.
+    pub admin: admin::Admin,
     /// The secrets generated for development mode.
     pub generated: GeneratedSecrets,
 }
@@ -336,6 +339,7 @@ impl Config {
     /// Validates a raw configuration and applies the defaults.
     pub fn from_raw(mut raw: RawConfig) -> Result<Config, ConfigError> {
         let limits = limits::validate(&mut raw)?;
+        let admin = admin::validate(&mut raw)?;
         let jwt_keys = identity::validate(&mut raw)?;
         let explicit_dev = raw.dev;
         let any_jwt_key = raw.jwt_secret.is_some() || jwt_keys.any();
@@ -530,6 +534,7 @@ impl Config {
                 })
                 .collect::<Result<_, _>>()?,
             limits,
+            admin,
             generated,
         };
         config.auth_service = identity::auth_service(auth_service, &config.services)?;

@@ -113,7 +113,7 @@ macro_rules! raw_config {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 let mut d = f.debug_struct("RawConfig");
                 $(
-                    if $konst == API_KEY || $konst == JWT_SECRET {
+                    if $konst == API_KEY || $konst == JWT_SECRET || $konst == ADMIN_KEY {
                         d.field(stringify!($field), &self.$field.as_ref().map(|_| "[redacted]"));
                     } else {
                         d.field(stringify!($field), &self.$field);
@@ -245,6 +245,10 @@ raw_config! {
     events_journal: PathBuf => EVENTS_JOURNAL = "HERALD_EVENTS_JOURNAL";
     /// Cluster: about how many entries the Redis event stream keeps.
     events_stream_max_len: u64 => EVENTS_STREAM_MAX_LEN = "HERALD_EVENTS_STREAM_MAX_LEN";
+    /// The key of `/metrics` and the dashboard (`Authorization: Bearer`); unset: the API key.
+    admin_key: String => ADMIN_KEY = "HERALD_ADMIN_KEY";
+    /// `/metrics` without a key, for scrapers.
+    metrics_public: bool => METRICS_PUBLIC = "HERALD_METRICS_PUBLIC";
 }
 
 impl RawConfig {
@@ -429,7 +433,7 @@ mod tests {
                 format!("{ENV_PREFIX}{}", key.name.to_ascii_uppercase())
             );
         }
-        assert_eq!(KEYS.len(), 44);
+        assert_eq!(KEYS.len(), 46);
     }
 
     #[test]
@@ -548,6 +552,7 @@ mod tests {
         let raw = RawConfig {
             api_key: Some("super-secret-api-key".into()),
             jwt_secret: Some("super-secret-jwt-secret".into()),
+            admin_key: Some("super-secret-admin-key".into()),
             listen: Some("127.0.0.1:1".into()),
             ..RawConfig::default()
         };

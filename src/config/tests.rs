@@ -1,8 +1,9 @@
 //! Config tests: every key's bad value is named; development mode; origins.
 use super::*;
 use raw::{
-    ALLOWED_ORIGINS, CONNECTION_RATE_PER_IP, DEV, MAX_CONNECTIONS_PER_IP, PROXY_PROTOCOL,
-    TICKET_RATE_PER_IP, TICKET_RATE_PER_USER, TRUSTED_PROXIES, WRITE_TIMEOUT_SECS,
+    ADMIN_KEY, ALLOWED_ORIGINS, CONNECTION_RATE_PER_IP, DEV, MAX_CONNECTIONS_PER_IP,
+    METRICS_PUBLIC, PROXY_PROTOCOL, TICKET_RATE_PER_IP, TICKET_RATE_PER_USER, TRUSTED_PROXIES,
+    WRITE_TIMEOUT_SECS,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -162,6 +163,9 @@ fn every_bad_value_is_an_error_naming_its_key() {
         (PROXY_PROTOCOL, "true"),
         (TICKET_RATE_PER_IP, "0"),
         (TICKET_RATE_PER_USER, "none"),
+        (ADMIN_KEY, "short"),
+        (ADMIN_KEY, "sixteen chars with spaces"),
+        (METRICS_PUBLIC, "yes"),
     ];
     for (key, bad) in cases {
         let mut e = prod(&[(key.env, bad)]);
@@ -211,6 +215,8 @@ fn secret_values_are_never_echoed() {
         ("HERALD_API_KEY", "hunter2-secret"),
         ("HERALD_API_KEY", "hunter2 secret with spaces"),
         ("HERALD_JWT_SECRET", "hunter2-secret"),
+        ("HERALD_ADMIN_KEY", "hunter2-secret"),
+        ("HERALD_ADMIN_KEY", "hunter2 secret with spaces and all"),
     ] {
         let mut e = prod(&[]);
         e.retain(|(k, _)| k != name);
@@ -218,9 +224,14 @@ fn secret_values_are_never_echoed() {
         let err = Config::load(None, &e).unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
-    let c = Config::load(None, &prod(&[])).unwrap();
+    let admin = "an-admin-key-of-24-chars";
+    let c = Config::load(None, &prod(&[("HERALD_ADMIN_KEY", admin)])).unwrap();
     let debug = format!("{c:?}");
     assert!(!debug.contains(API) && !debug.contains(SECRET), "{debug}");
+    assert!(
+        !debug.contains(admin) && debug.contains("key: Some([redacted])"),
+        "{debug}"
+    );
     // Every field shows (the Debug is derived), the secrets as `[redacted]`.
     for field in [
         "api_key: [redacted]",
@@ -511,4 +522,19 @@ fn a_jwks_url_or_public_key_files_stand_in_for_the_jwt_secret() {
     assert_eq!(err, Some(raw::JWT_JWKS_URL));
     let err = err_key(None, &prod(&[("HERALD_JWKS_REFRESH_MIN_SECS", "0")]));
     assert_eq!(err, Some(raw::JWKS_REFRESH_MIN_SECS));
+}
+
+#[test]
+fn the_admin_key_is_the_api_key_unless_set_and_metrics_are_private_by_default() {
+    let c = Config::load(None, &prod(&[])).unwrap();
+    assert_eq!(c.admin_key(), API);
+    assert!(!c.admin.metrics_public);
+    let admin = "an-admin-key-of-24-chars";
+    let e = prod(&[
+        ("HERALD_ADMIN_KEY", admin),
+        ("HERALD_METRICS_PUBLIC", "true"),
+    ]);
+    let c = Config::load(None, &e).unwrap();
+    assert_eq!(c.admin_key(), admin);
+    assert!(c.admin.metrics_public);
 }

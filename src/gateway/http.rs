@@ -1,5 +1,5 @@
-//! The HTTP API on the gateway's port: tickets, publishing, disconnecting, health, readiness and
-//! metrics. The WebSocket routes are in [`super::upgrade`]. Every refusal goes through
+//! The HTTP API on the gateway's port: tickets, publishing, disconnecting, health and readiness
+//! (metrics and the dashboard: [`super::admin`], [`super::dashboard`]). The WebSocket routes are in [`super::upgrade`]. Every refusal goes through
 //! [`Rejection`].
 
 use std::net::IpAddr;
@@ -57,7 +57,7 @@ pub async fn tickets(State(gw): State<Arc<Gateway>>, req: Request) -> Result<Res
             retry_after,
         })?;
     let ticket = gw.tickets.issue_for(identity, ttl).await?;
-    crate::metrics::ticket_issued();
+    gw.metrics.tickets.increment(1);
     let body = serde_json::json!({"ticket": ticket, "expires_in": ttl.as_secs()});
     Ok(Json(body).into_response())
 }
@@ -168,7 +168,7 @@ pub async fn publish(State(gw): State<Arc<Gateway>>, req: Request) -> Result<Res
         (Some(t), None) => {
             let topic = Topic::parse(&t).map_err(Rejection::BadTopic)?;
             let pos = gw.bus.publish(&topic, data).await?;
-            crate::metrics::published();
+            gw.metrics.published_api.increment(1);
             Ok(
                 Json(serde_json::json!({"offset": pos.offset, "epoch": &*pos.epoch}))
                     .into_response(),
@@ -302,15 +302,6 @@ pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
         "bus": if bus { "up" } else { "down" },
     });
     (status, Json(body)).into_response()
-}
-
-/// `GET /metrics`: Prometheus text format.
-pub async fn metrics() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(),
-    )
-        .into_response()
 }
 
 /// Any other route.

@@ -1,6 +1,8 @@
 //! The gateway: the only module with sockets. It accepts TCP connections, serves HTTP/1.1 with
 //! hyper (the API routes and the upgrade checks), and runs one task per WebSocket connection.
+//! It also serves the operator's route `/metrics` ([`admin`]).
 
+pub mod admin;
 pub mod auth_hook;
 pub mod client;
 #[cfg(feature = "conformance")]
@@ -72,6 +74,8 @@ pub struct Gateway {
     pub next_conn_key: std::sync::atomic::AtomicU64,
     /// Every connection task, so shutdown can wait for them to finish closing.
     pub tracker: TaskTracker,
+    /// The node's metrics (the hub counts into the same).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Gateway {
@@ -135,7 +139,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/disconnect", post(http::disconnect))
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
-        .route("/metrics", get(http::metrics))
+        .route("/metrics", get(admin::metrics))
         .fallback(http::not_found)
         .with_state(gw)
 }
@@ -170,7 +174,7 @@ pub async fn serve(
         let permit = match gw.conns.admit() {
             Ok(p) => p,
             Err(r) => {
-                refuse(stream, peer, r, tls.is_some(), &refusing);
+                refuse(stream, peer, r, tls.is_some(), &refusing, &gw.metrics);
                 continue;
             }
         };
@@ -216,6 +220,7 @@ impl NewConnection {
                 }
                 Err(e) => {
                     tracing::info!(%peer, "connection refused: {e}");
+                    self.gw.metrics.refused("bad_proxy_header");
                     return;
                 }
             }
@@ -225,7 +230,15 @@ impl NewConnection {
             && let Err(r) = self.gw.conns.admit_address(&mut permit, info.client)
         {
             drop(permit);
-            refuse(stream, info.client, r, self.tls.is_some(), &self.refusing);
+            let m = &self.gw.metrics;
+            refuse(
+                stream,
+                info.client,
+                r,
+                self.tls.is_some(),
+                &self.refusing,
+                m,
+            );
             return;
         }
         let io = Guarded::new(stream, permit);
@@ -278,10 +291,17 @@ const MAX_REFUSING: usize = 256;
 /// Answers a connection refused by the counts: for plain HTTP a 503 or 429 (with `Retry-After`)
 /// written at once without reading the request; over TLS the socket is closed before any
 /// handshake work.
-fn refuse(stream: TcpStream, client: IpAddr, r: Refusal, tls: bool, refusing: &Arc<Semaphore>) {
+fn refuse(
+    stream: TcpStream,
+    client: IpAddr,
+    r: Refusal,
+    tls: bool,
+    refusing: &Arc<Semaphore>,
+    metrics: &crate::metrics::Metrics,
+) {
     let rejection = Rejection::from(r);
     tracing::info!(%client, reason = rejection.code(), "connection refused: {rejection}");
-    crate::metrics::rejected();
+    metrics.refused(rejection.code());
     if tls {
         return;
     }

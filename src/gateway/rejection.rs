@@ -18,6 +18,12 @@ pub enum Rejection {
     /// Authentication failed (JWT, API key or ticket).
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// `/metrics` or the dashboard without the admin key (`missing`: no key at all).
+    #[error("{}", admin_message(*.missing))]
+    Admin {
+        /// No key was presented.
+        missing: bool,
+    },
     /// The auth hook (`auth_service`) did not authenticate the upgrade.
     #[error(transparent)]
     Hook(#[from] super::auth_hook::HookError),
@@ -75,6 +81,16 @@ pub enum Rejection {
     Events(#[from] crate::lifecycle::LifecycleError),
 }
 
+/// What [`Rejection::Admin`] says.
+fn admin_message(missing: bool) -> &'static str {
+    if missing {
+        "this route needs the admin key (admin_key, or the API key when it is unset): send \
+         `Authorization: Bearer <key>`, or open /dashboard?key=<key> once in a browser"
+    } else {
+        "the admin key is not valid"
+    }
+}
+
 impl Rejection {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
@@ -85,6 +101,7 @@ impl Rejection {
             Rejection::Hook(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
+            Rejection::Admin { .. } => StatusCode::UNAUTHORIZED,
             Rejection::Draining
             | Rejection::Unavailable(_)
             | Rejection::Events(_)
@@ -107,6 +124,8 @@ impl Rejection {
         match self {
             Rejection::Auth(e) => e.code(),
             Rejection::Hook(e) => e.code(),
+            Rejection::Admin { missing: true } => "missing_authorization",
+            Rejection::Admin { missing: false } => "invalid_admin_key",
             Rejection::Draining => "draining",
             Rejection::NotWebSocket(_) => "not_websocket",
             Rejection::OriginNotAllowed(_) => "origin_not_allowed",
@@ -176,7 +195,6 @@ impl From<Refusal> for Rejection {
 
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
-        crate::metrics::rejected();
         let mut r = (self.status(), axum::Json(self.body())).into_response();
         if matches!(self, Rejection::NotWebSocket(_)) {
             r.headers_mut().insert(
@@ -187,6 +205,12 @@ impl IntoResponse for Rejection {
         if let Some(s) = self.retry_after() {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if matches!(self, Rejection::Admin { .. }) {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"herald admin\""),
+            );
         }
         r
     }

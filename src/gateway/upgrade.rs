@@ -62,7 +62,10 @@ fn serve(
 
 /// `GET /ws`: the multiplexed endpoint.
 pub async fn ws(State(gw): State<Arc<Gateway>>, req: Request) -> Result<Response, Rejection> {
-    upgrade(gw, req, None).await
+    let metrics = gw.metrics.clone();
+    upgrade(gw, req, None)
+        .await
+        .inspect_err(|r| metrics.refused(r.code()))
 }
 
 /// `GET /topics/{topic}`: a socket already subscribed to one topic.
@@ -71,7 +74,10 @@ pub async fn topic(
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Response, Rejection> {
-    upgrade(gw, req, Some(name)).await
+    let metrics = gw.metrics.clone();
+    upgrade(gw, req, Some(name))
+        .await
+        .inspect_err(|r| metrics.refused(r.code()))
 }
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -174,6 +180,7 @@ async fn upgrade(
     mut req: Request,
     topic: Option<String>,
 ) -> Result<Response, Rejection> {
+    let started = std::time::Instant::now();
     if gw.draining.load(Ordering::Relaxed) {
         return Err(Rejection::Draining);
     }
@@ -251,6 +258,7 @@ async fn upgrade(
             Ok(u) => u,
             Err(e) => {
                 tracing::debug!("upgrade did not complete: {e}");
+                task_gw.metrics.disconnected(close::ABNORMAL);
                 if let Some(recording) =
                     task_gw
                         .events
@@ -279,11 +287,13 @@ async fn upgrade(
                 CloseCode::Internal.code()
             }
         };
+        gw.metrics.disconnected(code);
         if let Some(recording) = gw.events.disconnected(&conn_key, &user, code) {
             recording.await;
         }
         let _ = gw.bus.close_conn(&user, &conn_key).await;
     });
+    gw.metrics.handshake.record(started.elapsed().as_secs_f64());
     Ok(switching(&key, chosen.map(Codec::subprotocol)))
 }
 

@@ -6,6 +6,9 @@
 //! round lasts its [`SLICES`] ticks however few connections it holds: each connection is
 //! visited once per interval, never once per tick.
 //!
+//! The visit also samples the connection's outbox for the `herald_outbox_bytes` histogram: one
+//! observation per connection per interval, at no cost to the paths that queue and write.
+//!
 //! The same timer ends sessions: on every tick it closes with 4001 the connections whose
 //! identity's deadline has passed ([`super::expiry`]; a look at the first entry of an index when
 //! none is due), so an expiry takes effect within a tick or a second of its deadline.
@@ -76,6 +79,9 @@ pub async fn run(hub: Arc<Hub>, interval: Duration, stop: CancellationToken) {
         hub.expire_due(unix_now());
         let now = hub.now_secs();
         for s in round.tick(&hub) {
+            hub.metrics()
+                .outbox_bytes
+                .record(s.outbox.pending_bytes() as f64);
             let seen = s.last_seen.load(std::sync::atomic::Ordering::Relaxed);
             if now.saturating_sub(seen) > grace {
                 s.outbox.close(CloseCode::HeartbeatTimeout);

@@ -9,6 +9,7 @@
 pub(crate) mod expiry;
 pub mod heartbeat;
 pub mod outbox;
+pub mod probe;
 pub mod topic;
 
 use std::sync::Arc;
@@ -22,8 +23,10 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
 pub use outbox::{Outbox, Subscriber, Take};
+pub use probe::Probe;
 pub use topic::TopicSubs;
 
+use crate::metrics::Metrics;
 use crate::protocol::{CloseCode, Codec, Message, Position, Topic};
 
 /// What [`Hub::subscribe`] did.
@@ -47,11 +50,22 @@ pub struct Hub {
     expiries: expiry::Expiries,
     outbox_limit: usize,
     started: Instant,
+    /// The node's metrics: counted per fan-out, never per delivery.
+    metrics: Arc<Metrics>,
+    /// Times a sample of fan-outs, publish to write ([`probe`]).
+    probe: Probe,
 }
 
 impl Hub {
-    /// A hub whose connections each get an outbox of `outbox_limit` bytes.
+    /// A hub whose connections each get an outbox of `outbox_limit` bytes, with metrics of its
+    /// own (tests and benches; a node's hub counts into the node's, [`Hub::with_metrics`]).
     pub fn new(outbox_limit: usize) -> Hub {
+        let metrics = Metrics::new().expect("the metrics catalog's buckets are valid");
+        Hub::with_metrics(outbox_limit, metrics)
+    }
+
+    /// A hub whose connections each get an outbox of `outbox_limit` bytes, counting into `metrics`.
+    pub fn with_metrics(outbox_limit: usize, metrics: Arc<Metrics>) -> Hub {
         Hub {
             topics: DashMap::new(),
             conns: DashMap::new(),
@@ -59,7 +73,19 @@ impl Hub {
             expiries: expiry::Expiries::default(),
             outbox_limit,
             started: Instant::now(),
+            probe: Probe::new(metrics.clone()),
+            metrics,
         }
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The publish-to-write probe, which connections' writers report to.
+    pub fn probe(&self) -> &Probe {
+        &self.probe
     }
 
     /// Seconds since the hub started: the heartbeat clock.
@@ -77,7 +103,7 @@ impl Hub {
             expires: AtomicU64::new(expiry::NEVER),
         });
         self.conns.insert(id, sub.clone());
-        crate::metrics::connections(self.conns.len());
+        self.metrics.connections.set(self.conns.len() as f64);
         sub
     }
 
@@ -122,7 +148,7 @@ impl Hub {
                 n += 1;
             }
         }
-        crate::metrics::deliveries(n);
+        self.metrics.deliveries.increment(n as u64);
         n
     }
 
@@ -149,7 +175,7 @@ impl Hub {
         if let Some((_, s)) = self.conns.remove(&id) {
             self.expiries.remove(&s);
         }
-        crate::metrics::connections(self.conns.len());
+        self.metrics.connections.set(self.conns.len() as f64);
     }
 
     /// Sets when `sub` must close with 4001 (session expired): a deadline in unix seconds
@@ -180,10 +206,17 @@ impl Hub {
 
     /// Subscribes `sub` to `topic` in catch-up mode; finish with [`Hub::go_live`].
     pub fn subscribe(&self, topic: &Topic, sub: &Arc<Subscriber>) -> Subscribed {
-        let entry = self.topics.entry(topic.as_arc().clone()).or_default();
+        let entry = match self.topics.entry(topic.as_arc().clone()) {
+            Entry::Occupied(e) => e.into_ref(),
+            Entry::Vacant(e) => {
+                self.metrics.topics.increment(1.0);
+                e.insert(Arc::default())
+            }
+        };
         if !entry.add(sub) {
             return Subscribed::Already;
         }
+        self.metrics.subscriptions.increment(1.0);
         Subscribed::Added
     }
 
@@ -202,20 +235,28 @@ impl Hub {
                 if !e.get().remove(id) {
                     return false;
                 }
+                self.metrics.subscriptions.decrement(1.0);
                 if e.get().is_empty() {
                     e.remove();
+                    self.metrics.topics.decrement(1.0);
                 }
                 true
             }
         }
     }
 
-    /// Fans a message out to this node's subscribers of its topic.
+    /// Fans a message out to this node's subscribers of its topic (a sample of fan-outs is
+    /// timed until written, [`probe`]).
     pub fn deliver(&self, m: &Message) {
+        self.metrics.bus_messages.increment(1);
         let t = self.topics.get(m.topic.as_arc()).map(|r| r.clone());
         if let Some(t) = t {
-            let n = t.deliver(m);
-            crate::metrics::deliveries(n);
+            let timed = self.probe.arm();
+            let n = t.deliver(m, timed.map(|a| (&self.probe, a)));
+            if let Some(a) = timed {
+                self.probe.fanned_out(a, n);
+            }
+            self.metrics.deliveries.increment(n as u64);
         }
     }
 
@@ -224,7 +265,7 @@ impl Hub {
         let t = self.topics.get(topic.as_arc()).map(|r| r.clone());
         if let Some(t) = t {
             let n = t.broadcast(|c| c.presence_event(join, topic.as_str(), user, conn));
-            crate::metrics::deliveries(n);
+            self.metrics.deliveries.increment(n as u64);
         }
     }
 

@@ -15,6 +15,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use super::probe::{Mark, Probe};
 use crate::protocol::{CloseCode, Codec};
 
 /// The hub's handle to one connection.
@@ -57,8 +58,10 @@ struct Inner {
 /// What the writer got from [`Outbox::poll_take`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Take {
-    /// Frames were appended to the buffer; report their size with [`Outbox::written`] once written.
-    Frames(usize),
+    /// Frames were appended to the buffer; report their size with [`Outbox::written`] once
+    /// written, and the mark (when the batch holds the probe's timed frame) to
+    /// [`Probe::written`].
+    Frames(usize, Option<Mark>),
     /// The connection must close with this code.
     Close(CloseCode),
 }
@@ -98,7 +101,6 @@ impl Outbox {
                 if let Some(w) = close_waker {
                     w.wake();
                 }
-                crate::metrics::slow_consumer();
                 if let Some(w) = waker {
                     w.wake();
                 }
@@ -168,7 +170,15 @@ impl Outbox {
 
     /// Moves queued frames into `buf` (up to about `max` bytes); once the queue is empty and the
     /// connection is closing, reports the close reason; parks the task when there is nothing.
-    pub fn poll_take(&self, cx: &mut Context<'_>, buf: &mut Vec<u8>, max: usize) -> Poll<Take> {
+    /// While `probe` times a fan-out (one relaxed load per batch), the frames taken are
+    /// compared with its timed frame.
+    pub fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut Vec<u8>,
+        max: usize,
+        probe: &Probe,
+    ) -> Poll<Take> {
         let mut g = self.inner.lock();
         if g.queue.is_empty() {
             if let Some(code) = g.close {
@@ -180,10 +190,21 @@ impl Outbox {
             }
             return Poll::Pending;
         }
+        // Read under the queue's lock: a timed frame queued here was noted before it was pushed.
+        let armed = probe.armed();
+        let timed = if armed != 0 {
+            probe.timed_frames()
+        } else {
+            [0; 2]
+        };
+        let mut mark = None;
         let mut taken = 0;
         while let Some(f) = g.queue.front() {
             if taken > 0 && taken + f.len() > max {
                 break;
+            }
+            if armed != 0 && mark.is_none() && timed.contains(&(f.as_ptr() as usize)) {
+                mark = Some(Probe::mark(armed));
             }
             taken += f.len();
             buf.extend_from_slice(f);
@@ -193,7 +214,7 @@ impl Outbox {
             // A burst is over: give back its memory so an idle connection stays small.
             g.queue = VecDeque::new();
         }
-        Poll::Ready(Take::Frames(taken))
+        Poll::Ready(Take::Frames(taken, mark))
     }
 
     /// Reports that `n` bytes taken earlier reached the kernel.
@@ -234,14 +255,18 @@ mod tests {
     use super::*;
     use std::future::poll_fn;
 
+    fn probe() -> Probe {
+        Probe::new(crate::metrics::Metrics::new().unwrap())
+    }
+
     #[tokio::test]
     async fn frames_are_coalesced_into_one_buffer() {
         let o = Outbox::new(1024);
         assert!(o.push(Bytes::from_static(b"ab")));
         assert!(o.push(Bytes::from_static(b"cd")));
         let mut buf = Vec::new();
-        let t = poll_fn(|cx| o.poll_take(cx, &mut buf, 1 << 16)).await;
-        assert_eq!(t, Take::Frames(4));
+        let t = poll_fn(|cx| o.poll_take(cx, &mut buf, 1 << 16, &probe())).await;
+        assert_eq!(t, Take::Frames(4, None));
         assert_eq!(buf, b"abcd");
     }
 
@@ -251,9 +276,9 @@ mod tests {
         assert!(o.push(Bytes::from_static(b"123456")));
         let mut buf = Vec::new();
         // Taken but not yet written still counts against the bound.
-        poll_fn(|cx| o.poll_take(cx, &mut buf, 1 << 16)).await;
+        poll_fn(|cx| o.poll_take(cx, &mut buf, 1 << 16, &probe())).await;
         assert!(!o.push(Bytes::from_static(b"123456")));
-        let t = poll_fn(|cx| o.poll_take(cx, &mut buf, 1 << 16)).await;
+        let t = poll_fn(|cx| o.poll_take(cx, &mut buf, 1 << 16, &probe())).await;
         assert_eq!(t, Take::Close(CloseCode::SlowConsumer));
         assert!(!o.push(Bytes::from_static(b"1")));
     }
@@ -263,7 +288,7 @@ mod tests {
         let o = Outbox::new(10);
         assert!(o.push(Bytes::from_static(b"123456")));
         let mut buf = Vec::new();
-        poll_fn(|cx| o.poll_take(cx, &mut buf, 1 << 16)).await;
+        poll_fn(|cx| o.poll_take(cx, &mut buf, 1 << 16, &probe())).await;
         o.written(6);
         assert!(o.push(Bytes::from_static(b"123456")));
     }

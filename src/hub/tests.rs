@@ -25,8 +25,10 @@ async fn frames(s: &Subscriber) -> Vec<serde_json::Value> {
     if s.outbox.is_closing() {
         return vec![];
     }
-    let pending =
-        poll_fn(|cx| std::task::Poll::Ready(s.outbox.poll_take(cx, &mut buf, usize::MAX))).await;
+    let probe = super::Probe::new(crate::metrics::Metrics::new().unwrap());
+    let mut take =
+        |cx: &mut std::task::Context<'_>| s.outbox.poll_take(cx, &mut buf, usize::MAX, &probe);
+    let pending = poll_fn(|cx| std::task::Poll::Ready(take(cx))).await;
     if pending.is_pending() {
         return vec![];
     }
@@ -207,12 +209,88 @@ async fn close_user_closes_the_users_connections_that_are_selected_and_keeps_the
     assert!(!b.outbox.is_closing() && !c.outbox.is_closing());
     // What was queued before the order is still taken for writing, then the close.
     let mut buf = Vec::new();
-    let first = poll_fn(|cx| a.outbox.poll_take(cx, &mut buf, usize::MAX)).await;
-    assert!(matches!(first, Take::Frames(n) if n > 0), "{first:?}");
-    let then = poll_fn(|cx| a.outbox.poll_take(cx, &mut buf, usize::MAX)).await;
+    let probe = hub.probe();
+    let first = poll_fn(|cx| a.outbox.poll_take(cx, &mut buf, usize::MAX, probe)).await;
+    assert!(matches!(first, Take::Frames(n, _) if n > 0), "{first:?}");
+    let then = poll_fn(|cx| a.outbox.poll_take(cx, &mut buf, usize::MAX, probe)).await;
     assert_eq!(then, Take::Close(code));
     // Every connection of bob; a user with none here answers `None`.
     assert_eq!(hub.close_user("bob", code, |_| true), Some(2));
     assert!(b.outbox.is_closing() && !c.outbox.is_closing());
     assert_eq!(hub.close_user("carol", code, |_| true), None);
+}
+
+/// `name{labels}` in the hub's rendered metrics (0 when absent).
+fn metric(hub: &Hub, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let s = crate::metrics::exposition::parse(&hub.metrics().render(false)).unwrap();
+    crate::metrics::exposition::value(&s, name, labels).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_timed_fan_out_is_recorded_when_its_first_and_last_subscribers_write_it() {
+    let hub = Hub::new(1 << 20);
+    let topic = Topic::parse("t").unwrap();
+    let subs = [hub.connect(Codec::Json), hub.connect(Codec::MsgPack)];
+    for s in &subs {
+        hub.subscribe(&topic, s);
+        hub.go_live(&topic, s.id, None);
+    }
+    hub.deliver(&msg(1, "e"));
+    // Taken by the writers (each its own encoding), then written one after the other.
+    let mut marks = Vec::new();
+    for s in &subs {
+        let mut buf = Vec::new();
+        let t = poll_fn(|cx| s.outbox.poll_take(cx, &mut buf, usize::MAX, hub.probe())).await;
+        let Take::Frames(_, Some(mark)) = t else {
+            panic!("the batch holds the timed frame: {t:?}")
+        };
+        marks.push(mark);
+    }
+    let count = |which| {
+        metric(
+            &hub,
+            "herald_publish_to_write_seconds_count",
+            &[("which", which)],
+        )
+    };
+    hub.probe().written(marks[0]);
+    assert_eq!((count("first"), count("last")), (1.0, 0.0));
+    hub.probe().written(marks[1]);
+    assert_eq!((count("first"), count("last")), (1.0, 1.0));
+    assert_eq!(metric(&hub, "herald_deliveries_total", &[]), 2.0);
+    assert_eq!(metric(&hub, "herald_bus_messages_total", &[]), 1.0);
+    // The next fan-out within the interval is not timed: its frames carry no mark.
+    hub.deliver(&msg(2, "e"));
+    let mut buf = Vec::new();
+    let t = poll_fn(|cx| {
+        subs[0]
+            .outbox
+            .poll_take(cx, &mut buf, usize::MAX, hub.probe())
+    })
+    .await;
+    assert!(matches!(t, Take::Frames(_, None)), "{t:?}");
+}
+
+#[test]
+fn subscriptions_and_topics_are_counted_as_they_come_and_go() {
+    let hub = Hub::new(1 << 20);
+    let (a, b) = (hub.connect(Codec::Json), hub.connect(Codec::Json));
+    let (t1, t2) = (Topic::parse("t1").unwrap(), Topic::parse("t2").unwrap());
+    hub.subscribe(&t1, &a);
+    hub.subscribe(&t1, &b);
+    hub.subscribe(&t2, &a);
+    assert_eq!(hub.subscribe(&t2, &a), Subscribed::Already);
+    let now = |name| metric(&hub, name, &[]);
+    assert_eq!(
+        (now("herald_subscriptions"), now("herald_topics")),
+        (3.0, 2.0)
+    );
+    assert_eq!(now("herald_connections"), 2.0);
+    hub.unsubscribe(&t1, a.id);
+    hub.unsubscribe(&t2, a.id);
+    assert!(!hub.unsubscribe(&t2, a.id));
+    assert_eq!(
+        (now("herald_subscriptions"), now("herald_topics")),
+        (1.0, 1.0)
+    );
 }

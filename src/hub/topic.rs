@@ -13,6 +13,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::outbox::Subscriber;
+use super::probe::{Armed, Probe};
 use crate::protocol::{Codec, Message, Position};
 
 /// The subscribers of one topic on this node.
@@ -148,7 +149,15 @@ impl TopicSubs {
     }
 
     /// Fans `m` out to every subscriber: encoded once per codec in use. Returns deliveries queued.
-    pub fn deliver(&self, m: &Message) -> usize {
+    /// When the fan-out is `timed`, the probe learns each encoding before it is queued anywhere.
+    pub fn deliver(&self, m: &Message, timed: Option<(&Probe, Armed)>) -> usize {
+        let encode = |codec: Codec| {
+            let frame = codec.msg(m);
+            if let Some((probe, armed)) = timed {
+                probe.frame(armed, codec, &frame);
+            }
+            frame
+        };
         let mut json: Option<Bytes> = None;
         let mut msgpack: Option<Bytes> = None;
         let mut n = 0;
@@ -164,8 +173,8 @@ impl TopicSubs {
                         *floor = None;
                     }
                     let frame = match e.sub.codec {
-                        Codec::Json => json.get_or_insert_with(|| Codec::Json.msg(m)),
-                        Codec::MsgPack => msgpack.get_or_insert_with(|| Codec::MsgPack.msg(m)),
+                        Codec::Json => json.get_or_insert_with(|| encode(Codec::Json)),
+                        Codec::MsgPack => msgpack.get_or_insert_with(|| encode(Codec::MsgPack)),
                     };
                     if e.sub.push(frame.clone()) {
                         n += 1;

@@ -65,6 +65,10 @@ pub trait EventLog: Send + Sync + 'static {
     /// Records `event` durably (in Redis, or in the journal) before answering `Ok`. A disconnect
     /// is never refused: when it cannot be recorded now, the log keeps it and tries again.
     fn record(&self, event: Event) -> BoxFuture<'_, Result<(), LifecycleError>>;
+    /// Events recorded and not yet taken by their destination (for the metrics).
+    fn pending(&self) -> usize {
+        0
+    }
 }
 
 /// What the gateway holds: the enabled kinds and the log (none when events are off).
@@ -103,6 +107,11 @@ impl Lifecycle {
             code,
         };
         log.record(event).await
+    }
+
+    /// Events recorded and not yet taken by their destination (0 when events are off).
+    pub fn pending(&self) -> usize {
+        self.inner.as_ref().map_or(0, |(_, log)| log.pending())
     }
 
     /// Records a connect; the upgrade is refused when this fails.

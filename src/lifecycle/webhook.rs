@@ -167,4 +167,8 @@ impl EventLog for WebhookEvents {
         }
         Box::pin(std::future::ready(r))
     }
+
+    fn pending(&self) -> usize {
+        self.unsent()
+    }
 }

@@ -21,6 +21,8 @@ pub(crate) const SUSPECT_FOR: Duration = Duration::from_secs(5);
 pub(crate) struct Endpoint {
     /// Its base URL.
     pub base: String,
+    /// Its base URL without credentials: its `endpoint` label in the metrics.
+    pub label: String,
     /// The active check's verdict (true without a check).
     healthy: AtomicBool,
     /// Milliseconds (since `epoch`) until which a passive failure keeps it out.
@@ -37,6 +39,7 @@ impl Endpoint {
     /// A healthy endpoint at `base`.
     pub(crate) fn new(base: String) -> Endpoint {
         Endpoint {
+            label: crate::config::redact_url(&base),
             base,
             healthy: AtomicBool::new(true),
             suspect_until: AtomicU64::new(0),

@@ -6,7 +6,10 @@
 //! in [`health`]. Failure policy: a connection refused or reset before the request was sent
 //! marks the endpoint suspect and is retried once on another; a request that may have reached a
 //! backend is retried only for an `idempotent` service. Over `max_concurrency`, `overloaded` at
-//! once (no queue). Every error knows its `error` code.
+//! once (no queue). Every error knows its `error` code. Every attempt is counted by configured
+//! service, endpoint and outcome, with its time (`herald_proxy_*`); a request no endpoint was
+//! tried for counts with endpoint `none`, and one to a service nobody configured with service
+//! `unknown` (its name is the client's, not a bounded label value).
 
 pub(crate) mod balance;
 pub(crate) mod health;
@@ -25,6 +28,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::services::ServiceConfig;
+use crate::metrics::Metrics;
 use crate::protocol::ErrorCode;
 use health::Endpoint;
 
@@ -136,6 +140,7 @@ pub struct Proxy {
     /// Every header name some service forwards, captured at the upgrade.
     forwarded: Vec<String>,
     max_reply: usize,
+    metrics: Arc<Metrics>,
 }
 
 /// A connector trusting `ca` (a PEM file), or the public web roots.
@@ -183,6 +188,7 @@ impl Proxy {
         configs: &[ServiceConfig],
         max_reply: usize,
         stop: &CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Result<Proxy, ProxyError> {
         let mut services = HashMap::new();
         for c in configs {
@@ -226,6 +232,7 @@ impl Proxy {
             services,
             forwarded,
             max_reply,
+            metrics,
         })
     }
 
@@ -290,15 +297,18 @@ impl Proxy {
     }
 
     async fn forward(&self, name: &str, call: Call<'_>) -> Result<Bytes, ProxyError> {
-        let s = self
-            .services
-            .get(name)
-            .ok_or_else(|| ProxyError::UnknownService(name.to_owned()))?;
-        let _permit = s
-            .permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ProxyError::Overloaded(name.to_owned()))?;
+        let Some(s) = self.services.get(name) else {
+            let e = ProxyError::UnknownService(name.to_owned());
+            self.metrics
+                .proxy_request("unknown", "none", e.code().as_str(), None);
+            return Err(e);
+        };
+        let _permit = s.permits.clone().try_acquire_owned().map_err(|_| {
+            let e = ProxyError::Overloaded(name.to_owned());
+            self.metrics
+                .proxy_request(name, "none", e.code().as_str(), None);
+            e
+        })?;
         let mut failed: Option<usize> = None;
         loop {
             let views: Vec<balance::View<'_>> = s
@@ -312,12 +322,22 @@ impl Proxy {
                 .collect();
             let turn = s.turn.fetch_add(1, Ordering::Relaxed);
             let Some(i) = balance::pick(s.config.balance, &views, turn, call.key, failed) else {
-                return Err(ProxyError::Unavailable(name.to_owned()));
+                let e = ProxyError::Unavailable(name.to_owned());
+                self.metrics
+                    .proxy_request(name, "none", e.code().as_str(), None);
+                return Err(e);
             };
             let e = &s.endpoints[i];
             e.in_flight.fetch_add(1, Ordering::Relaxed);
+            let started = std::time::Instant::now();
             let r = self.attempt(s, e, &call).await;
             e.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let outcome = match &r {
+                Attempt::Done(Ok(_)) => "ok",
+                Attempt::Done(Err(err)) | Attempt::Retry(err) => err.code().as_str(),
+            };
+            self.metrics
+                .proxy_request(name, &e.label, outcome, Some(started.elapsed()));
             match r {
                 Attempt::Done(r) => return r,
                 Attempt::Retry(err) => {

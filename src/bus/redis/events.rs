@@ -311,4 +311,8 @@ impl EventLog for RedisEvents {
     fn record(&self, event: Event) -> BoxFuture<'_, Result<(), LifecycleError>> {
         Box::pin(self.record_event(event))
     }
+
+    fn pending(&self) -> usize {
+        self.pending.lock().len()
+    }
 }

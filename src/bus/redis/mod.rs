@@ -33,6 +33,9 @@
 //!   to every watched channel, reloads the library if Redis lost it, and for every watched topic
 //!   reads what it missed from the stream and delivers it before the held messages: every message
 //!   Redis accepted reaches the hub once, in order.
+//! - Metrics (`herald_redis_*`): whether the node is ready (connected), pub/sub rebuilds, the
+//!   liveness probe's round trip (timed from its PUBLISH to its push back), and topics filled or
+//!   given up after a fault.
 //! - A gap that cannot be filled is never skipped: when the history no longer reaches back, the
 //!   topic's epoch changed with its new history incomplete, the held messages pass
 //!   `deliveries::HOLD_BYTES` (a constant, 16 MiB for all topics of the node together), or the node has
@@ -64,6 +67,7 @@ mod users;
 use super::{
     BoxFuture, BusError, ConnCounts, Interest, Messages, Presence, REPLAY_PAGE, Replay, Sinks,
 };
+use crate::metrics::{Metrics, RedisMetrics};
 use crate::protocol::{Message, Position, Topic};
 pub(crate) use commands::{Commands, fcall};
 use deliveries::DeliveryState;
@@ -117,6 +121,8 @@ pub(crate) struct Settings<'a> {
     pub history_ttl: Duration,
     /// How long a killed node's connections keep counting towards the per-user limit.
     pub node_ttl: Duration,
+    /// The node's metrics, where the bus registers its own.
+    pub metrics: &'a Metrics,
 }
 
 /// The bus over Redis.
@@ -157,6 +163,10 @@ pub(crate) struct RedisBus {
     probe_channel: String,
     probe_sent: AtomicU64,
     probe_seen: AtomicU64,
+    /// When the last probe was sent, nanoseconds since `epoch`.
+    probe_sent_at: AtomicU64,
+    epoch: std::time::Instant,
+    metrics: RedisMetrics,
     /// This node's open connections per user: refreshed in Redis every third of `node_ttl`, so
     /// that they keep counting towards the per-user limit while this node lives. Plain mutex,
     /// never held across `.await` (the refresh copies it out).
@@ -197,7 +207,15 @@ impl RedisBus {
             history_size,
             history_ttl,
             node_ttl,
+            metrics,
         } = settings;
+        let metrics = metrics.redis();
+        let mut sinks = sinks;
+        let (lost, gaps_lost) = (sinks.lost.clone(), metrics.gaps_lost.clone());
+        sinks.lost = Arc::new(move |t: &Topic| {
+            gaps_lost.increment(1);
+            lost(t)
+        });
         let shown = crate::config::redact_url(url);
         let with_resp3 = if url.contains("protocol=") {
             url.to_owned()
@@ -244,13 +262,16 @@ impl RedisBus {
             probe_channel: format!("{prefix}{{node:{}}}:probe", node_probe_id()?),
             probe_sent: AtomicU64::new(0),
             probe_seen: AtomicU64::new(0),
+            probe_sent_at: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+            metrics,
             user_conns: Default::default(),
             presence_members: Default::default(),
             node_ttl,
         });
         bus.ensure_library().await.map_err(err)?;
         bus.open_pubsub().await.map_err(err)?;
-        bus.ready.store(true, Ordering::Relaxed);
+        bus.set_ready(true);
         tokio::spawn(refresh_conns(bus.clone(), stop.clone()));
         tokio::spawn(monitor(bus.clone(), stop));
         Ok(bus)

@@ -75,11 +75,12 @@ pub(super) async fn monitor(bus: Arc<RedisBus>, stop: CancellationToken) {
             if recover(&bus, since).await {
                 down_since = None;
                 outstanding.clear();
-                bus.ready.store(true, Ordering::Relaxed);
+                bus.set_ready(true);
             }
             continue;
         }
         let n = bus.probe_sent.fetch_add(1, Ordering::Relaxed) + 1;
+        bus.probe_sent_at.store(bus.now_ns(), Ordering::Relaxed);
         outstanding.push_back((n, Instant::now()));
         let mut c = bus.cmd.get();
         let sent = tokio::time::timeout(COMMAND_DEADLINE, async {
@@ -125,11 +126,12 @@ async fn recover(bus: &Arc<RedisBus>, since: Instant) -> bool {
     if since.elapsed() >= SUBSCRIBERS_WAIT {
         bus.give_up_waiting();
     }
-    if bus.pubsub_broken.load(Ordering::Acquire)
-        && let Err(e) = bus.open_pubsub().await
-    {
-        tracing::debug!("Redis pub/sub: reconnecting failed: {e}");
-        return false;
+    if bus.pubsub_broken.load(Ordering::Acquire) {
+        if let Err(e) = bus.open_pubsub().await {
+            tracing::debug!("Redis pub/sub: reconnecting failed: {e}");
+            return false;
+        }
+        bus.metrics.reconnects.increment(1);
     }
     let library = tokio::time::timeout(Duration::from_secs(2), bus.ensure_library()).await;
     match library {
@@ -146,6 +148,7 @@ async fn recover(bus: &Arc<RedisBus>, since: Instant) -> bool {
     match tokio::time::timeout(FILL_DEADLINE, bus.fill_gaps()).await {
         Ok(Ok(n)) => {
             tracing::info!("Redis is back; gaps of {n} topics filled");
+            bus.metrics.gaps_filled.increment(n as u64);
             true
         }
         Ok(Err(e)) => {
@@ -217,6 +220,17 @@ pub(super) fn node_probe_id() -> Result<String, getrandom::Error> {
 }
 
 impl RedisBus {
+    /// Turns the node ready (or not), and its `herald_redis_connected` with it.
+    pub(super) fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+        self.metrics.connected.set(if ready { 1.0 } else { 0.0 });
+    }
+
+    /// Nanoseconds since the bus started: the probe's clock.
+    pub(super) fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
     /// The replay for `since` (its first [`REPLAY_PAGE`]), read atomically with the topic's
     /// epoch and latest offset.
     pub(super) async fn replay_unchecked(

@@ -45,6 +45,12 @@ impl RedisBus {
                     && ch == bus.probe_channel.as_bytes()
                     && let Some(n) = std::str::from_utf8(n).ok().and_then(|n| n.parse().ok())
                 {
+                    // The round trip of the latest probe (an older one's send time is gone).
+                    if n == bus.probe_sent.load(Ordering::Relaxed) {
+                        let sent = bus.probe_sent_at.load(Ordering::Relaxed);
+                        let rtt = bus.now_ns().saturating_sub(sent);
+                        bus.metrics.probe_rtt.record(rtt as f64 / 1e9);
+                    }
                     bus.probe_seen.fetch_max(n, Ordering::Relaxed);
                 }
             }
@@ -62,7 +68,7 @@ impl RedisBus {
         if !self.pubsub_broken.swap(true, Ordering::AcqRel) {
             tracing::warn!("{why}; reconnecting");
         }
-        self.ready.store(false, Ordering::Relaxed);
+        self.set_ready(false);
         self.state.lock().hold_all();
     }
 

@@ -49,7 +49,7 @@ impl Session {
                 }
                 match self.gw.bus.publish(&topic, data).await {
                     Ok(p) => {
-                        crate::metrics::published();
+                        self.gw.metrics.published_client.increment(1);
                         let f = OkFields {
                             offset: Some(p.offset),
                             epoch: Some(&p.epoch),

@@ -112,7 +112,7 @@ where
         endpoint,
     } = a;
     let sub = gw.hub.connect_as(codec, id);
-    crate::metrics::connection_opened();
+    gw.metrics.accepted.increment(1);
     let cfg = &gw.config;
     let mut s = Session {
         forwarded: forwarded.into(),
@@ -136,6 +136,7 @@ where
         wpos: 0,
         reading: true,
         close_seen: false,
+        timed: None,
     };
     // Captured as they are (no `let` rebinding them inside): each is stored in the future once.
     async move {
@@ -179,6 +180,7 @@ impl Session {
         let mut asm = Assembler::server(self.gw.config.max_message_bytes);
         let mut deadline: Option<tokio::time::Instant> = None;
         let sub = self.sub.clone();
+        let hub = self.gw.hub.clone();
         loop {
             if !pump.rbuf.is_empty() && pump.reading {
                 // Boxed: requests are rare next to deliveries, and an unboxed request future
@@ -213,7 +215,7 @@ impl Session {
             if deadline.is_none() && sub.outbox.is_closing() {
                 deadline = Some(tokio::time::Instant::now() + CLOSE_GRACE);
             }
-            let io = poll_fn(|cx| pump.poll_io(cx, &sub));
+            let io = poll_fn(|cx| pump.poll_io(cx, &sub, &hub));
             let io = match deadline {
                 None => io.await,
                 Some(d) => match tokio::time::timeout_at(d, io).await {
@@ -272,7 +274,7 @@ impl Session {
             Incoming::Text(p) => (p, false),
             Incoming::Binary(p) => (p, true),
         };
-        crate::metrics::frame_in();
+        self.gw.metrics.frames_in.increment(1);
         // Over the rate, a frame is not even decoded: the error has no id.
         if !self.limiter.allow() {
             return self.limited();

@@ -1,6 +1,8 @@
 //! The socket side of one connection: one poll function over any `AsyncRead + AsyncWrite`
 //! (plain TCP or TLS) that reads into a stack buffer, gathers what the outbox holds into one
-//! write per batch, and reports a close that is due even while a write is pending.
+//! write per batch, and reports a close that is due even while a write is pending. It counts
+//! per read and per write batch (never per frame), and reports a written batch that held the
+//! hub's timed frame to its probe ([`crate::hub::probe`]).
 
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -9,7 +11,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::{MAX_BATCH, READ_CHUNK};
-use crate::hub::{Subscriber, Take};
+use crate::hub::probe::Mark;
+use crate::hub::{Hub, Subscriber, Take};
 use crate::protocol::CloseCode;
 use crate::protocol::websocket::close_frame;
 
@@ -27,6 +30,8 @@ pub(super) struct Pump<S> {
     /// True once a close asked for while a write was pending has been reported
     /// ([`Io::Closing`]), so that it is reported once.
     pub(super) close_seen: bool,
+    /// The batch being written holds the probe's timed frame: reported once it is written.
+    pub(super) timed: Option<Mark>,
 }
 
 /// What [`Pump::poll_io`] reports.
@@ -45,7 +50,12 @@ pub(super) enum Io {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
-    pub(super) fn poll_io(&mut self, cx: &mut Context<'_>, sub: &Subscriber) -> Poll<Io> {
+    pub(super) fn poll_io(
+        &mut self,
+        cx: &mut Context<'_>,
+        sub: &Subscriber,
+        hub: &Hub,
+    ) -> Poll<Io> {
         // Write side: finish the batch in hand, or take the next one.
         loop {
             if self.wpos < self.wbuf.len() {
@@ -66,7 +76,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
                 match Pin::new(&mut self.stream).poll_flush(cx) {
                     Poll::Ready(Ok(())) => {
                         sub.outbox.written(self.wbuf.len());
-                        crate::metrics::write(self.wbuf.len());
+                        let m = hub.metrics();
+                        m.writes.increment(1);
+                        m.bytes_out.increment(self.wbuf.len() as u64);
+                        if let Some(mark) = self.timed.take() {
+                            hub.probe().written(mark);
+                        }
                         self.wbuf = Vec::new();
                         self.wpos = 0;
                         return Poll::Ready(Io::Wrote);
@@ -81,8 +96,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
                     }
                 }
             } else {
-                match sub.outbox.poll_take(cx, &mut self.wbuf, MAX_BATCH) {
-                    Poll::Ready(Take::Frames(_)) => {}
+                match sub
+                    .outbox
+                    .poll_take(cx, &mut self.wbuf, MAX_BATCH, hub.probe())
+                {
+                    Poll::Ready(Take::Frames(_, timed)) => self.timed = timed,
                     Poll::Ready(Take::Close(code)) => return Poll::Ready(Io::Close(code)),
                     Poll::Pending => break,
                 }
@@ -96,6 +114,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
             match Pin::new(&mut self.stream).poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Io::Gone),
                 Poll::Ready(Ok(())) => {
+                    hub.metrics().bytes_in.increment(rb.filled().len() as u64);
                     self.rbuf.extend_from_slice(rb.filled());
                     return Poll::Ready(Io::Input);
                 }

@@ -5,6 +5,7 @@
 
 use super::Session;
 use crate::hub::Subscribed;
+use crate::metrics::Recovery;
 use crate::protocol::codec::OkFields;
 use crate::protocol::{CloseCode, ErrorCode, Message, Position, Topic};
 
@@ -18,6 +19,8 @@ pub(super) struct Replaying {
     /// The topic's latest offset when the replay started: pages are read until `floor` is
     /// there (live messages from then on are held by the hub).
     until: u64,
+    /// It answers a `since` (a recovery, counted by its outcome when it ends).
+    recovering: bool,
 }
 
 impl Session {
@@ -51,7 +54,7 @@ impl Session {
                 let topic = r.topic.clone();
                 match self.gw.bus.replay_more(&topic, &after).await {
                     Ok(Some(page)) if !page.is_empty() => {
-                        crate::metrics::replay_page();
+                        self.gw.metrics.replay_pages.increment(1);
                         if let Some(r) = self.replays.first_mut() {
                             r.rest = page.into();
                         }
@@ -59,13 +62,19 @@ impl Session {
                     }
                     Ok(_) | Err(_) => {
                         tracing::debug!("{topic:?}: the replay's next page cannot be read");
-                        self.replays.clear();
+                        let failed = self.replays.drain(..).filter(|r| r.recovering).count();
+                        for _ in 0..failed {
+                            self.gw.metrics.recovery(Recovery::Failed);
+                        }
                         self.sub.outbox.close(CloseCode::Restarting);
                         return;
                     }
                 }
             }
             let r = self.replays.remove(0);
+            if r.recovering {
+                self.gw.metrics.recovery(Recovery::Exact);
+            }
             self.gw.hub.go_live(&r.topic, self.sub.id, r.floor);
         }
     }
@@ -138,20 +147,29 @@ impl Session {
                     };
                     self.reply(self.codec.ok(id, ok));
                 }
+                // A recovery is exact once its whole replay is queued (counted then), or not.
+                let recovering = since.is_some();
                 match r.messages {
                     Some(m) if !m.is_empty() => {
-                        crate::metrics::replay_page();
+                        self.gw.metrics.replay_pages.increment(1);
                         self.replays.push(Replaying {
                             topic: topic.clone(),
                             rest: m.into(),
                             floor: since,
                             until: r.latest.offset,
+                            recovering,
                         })
                     }
                     Some(_) => {
+                        if recovering {
+                            self.gw.metrics.recovery(Recovery::Exact);
+                        }
                         self.gw.hub.go_live(&topic, self.sub.id, since);
                     }
                     None => {
+                        if recovering {
+                            self.gw.metrics.recovery(Recovery::NotRecovered);
+                        }
                         let start = Some(r.latest);
                         self.gw.hub.go_live(&topic, self.sub.id, start);
                     }
@@ -169,6 +187,9 @@ impl Session {
                 self.feed_replays().await;
             }
             Err(e) => {
+                if since.is_some() {
+                    self.gw.metrics.recovery(Recovery::Failed);
+                }
                 if self.gw.hub.unsubscribe(&topic, self.sub.id) {
                     self.gw.unwatch(&topic).await;
                 }

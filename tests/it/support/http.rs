@@ -22,11 +22,18 @@ pub(crate) struct Http {
 pub(crate) struct Response {
     /// The status code.
     pub status: u16,
+    /// The headers.
+    pub headers: hyper::HeaderMap,
     /// The body as text.
     pub text: String,
 }
 
 impl Response {
+    /// The value of header `name` (text), when present.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
     /// The body as JSON (`Null` when empty, a JSON string of the text when it is not JSON).
     pub(crate) fn json(&self) -> Value {
         if self.text.is_empty() {
@@ -65,6 +72,7 @@ impl Http {
         let fut = async {
             let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
             let bytes = resp
                 .into_body()
                 .collect()
@@ -73,6 +81,7 @@ impl Http {
                 .to_bytes();
             Ok(Response {
                 status,
+                headers,
                 text: String::from_utf8_lossy(&bytes).into_owned(),
             })
         };
