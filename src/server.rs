@@ -18,6 +18,7 @@ use crate::auth::keys::VerifyKey;
 use crate::auth::{Jwks, JwtVerifier, MemoryTicketStore, TicketStore, Tickets};
 use crate::bus::local::LocalBus;
 use crate::bus::redis::{RedisBus, Settings as RedisSettingsForBus};
+use crate::bus::summaries::{LocalSummaries, Summaries};
 use crate::bus::{
     Bus, Direct, DirectSink, Disconnect, DisconnectSink, Interest, LostSink, PresenceEvent,
     PresenceSink, Sink, Sinks,
@@ -74,6 +75,8 @@ struct Buses {
     bus: Arc<dyn Bus>,
     /// What this node listens for, on a bus shared with other nodes only.
     interest: Option<Arc<dyn Interest>>,
+    /// Where nodes share their dashboard summaries.
+    summaries: Arc<dyn Summaries>,
     tickets: Arc<dyn TicketStore>,
     /// The in-process bus, for its sweeper.
     local: Option<Arc<LocalBus>>,
@@ -168,6 +171,7 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
     let Buses {
         bus,
         interest,
+        summaries,
         tickets,
         local,
     } = match &config.redis {
@@ -181,6 +185,7 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
             Buses {
                 bus: local.clone(),
                 interest: None,
+                summaries: Arc::new(LocalSummaries::default()),
                 tickets: Arc::new(
                     hooks
                         .ticket_clock
@@ -204,7 +209,8 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
             redis = Some(bus.clone());
             Buses {
                 bus: bus.clone(),
-                interest: Some(bus),
+                interest: Some(bus.clone()),
+                summaries: bus,
                 tickets: Arc::new(store),
                 local: None,
             }
@@ -266,6 +272,8 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
         next_conn_key: std::sync::atomic::AtomicU64::new(random_u32()? << 32),
         tracker: TaskTracker::new(),
         metrics,
+        summaries,
+        dashboard: Default::default(),
     });
     tokio::spawn(hub::heartbeat::run(
         hub.clone(),
@@ -275,6 +283,8 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
     if let Some(local) = local {
         tokio::spawn(sweep(local, stop.clone()));
     }
+    // Once a second: the dashboard's point of this node, shared with the cluster.
+    tokio::spawn(gateway::dashboard::run(gw.clone(), stop.clone()));
     let done = tokio::spawn(drive(gw.clone(), listener, tls, stop.clone(), webhook));
     Ok(Running {
         addr,

@@ -3,10 +3,12 @@
 //! the in-process bus (the embedded default) and Redis (a cluster of nodes). `server.rs` hands
 //! the bus its sinks, which feed the hub, so the two never import each other. Besides messages,
 //! the bus carries what goes to one user wherever connected ([`Directs`]): directed messages and
-//! disconnect orders (why those share the user's channel in Redis: `redis/users.rs`).
+//! disconnect orders (why those share the user's channel in Redis: `redis/users.rs`). The
+//! nodes' dashboard summaries have their narrow trait too ([`summaries::Summaries`]).
 
 pub(crate) mod local;
 pub(crate) mod redis;
+pub(crate) mod summaries;
 
 use std::sync::Arc;
 

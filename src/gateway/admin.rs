@@ -1,6 +1,6 @@
 //! The operator's key: `/metrics` and the dashboard take the admin key (`admin_key`, or the API
 //! key when it is unset) as `Authorization: Bearer <key>`; the dashboard also takes the cookie it
-//! sets once it was opened with the key (the dashboard's routes). `/metrics` answers anyone when
+//! sets once it was opened with the key ([`super::dashboard`]). `/metrics` answers anyone when
 //! `metrics_public` is set. A refusal is a 401 [`Rejection::Admin`]. Keys are compared in
 //! constant time, through their digests.
 

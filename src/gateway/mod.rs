@@ -1,6 +1,7 @@
 //! The gateway: the only module with sockets. It accepts TCP connections, serves HTTP/1.1 with
 //! hyper (the API routes and the upgrade checks), and runs one task per WebSocket connection.
-//! It also serves the operator's route `/metrics` ([`admin`]).
+//! It also serves the operator's routes: `/metrics` ([`admin`]) and the dashboard
+//! ([`dashboard`]).
 
 pub mod admin;
 pub mod auth_hook;
@@ -8,6 +9,7 @@ pub mod client;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod connection;
+pub mod dashboard;
 pub mod guarded;
 pub mod http;
 pub mod limits;
@@ -76,6 +78,10 @@ pub struct Gateway {
     pub tracker: TaskTracker,
     /// The node's metrics (the hub counts into the same).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The nodes' summaries for the dashboard: through Redis, or this node's alone.
+    pub summaries: Arc<dyn crate::bus::summaries::Summaries>,
+    /// The dashboard's recent points and the cluster's last read.
+    pub dashboard: dashboard::Dashboard,
 }
 
 impl Gateway {
@@ -140,6 +146,9 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(admin::metrics))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/data", get(dashboard::data))
         .fallback(http::not_found)
         .with_state(gw)
 }

@@ -10,6 +10,7 @@ mod cli;
 mod close_codes;
 mod cluster;
 mod cluster_faults;
+mod dashboard;
 mod direct;
 mod disconnect;
 mod events;

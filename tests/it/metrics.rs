@@ -210,6 +210,8 @@ async fn metrics_take_the_admin_key_or_the_api_key_when_none_is_set_or_none_when
     let r = get_metrics(&public, None).await;
     assert_eq!(r.status, 200, "{}", r.text);
     parse(&r.text);
+    // The dashboard still needs the key.
+    assert_eq!(public.http.get("/dashboard").await.status, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

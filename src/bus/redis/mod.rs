@@ -61,6 +61,7 @@ mod events;
 mod monitor;
 pub(crate) mod parse;
 mod pubsub;
+mod summaries;
 mod tickets;
 mod users;
 
