@@ -13,11 +13,17 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 # The cluster tests start their own redis-server (and use redis-cli as a backend would).
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v redis-cli >/dev/null || need_apt+=(redis-tools)
+# The dashboard's browser test drives Debian's chromium with playwright-core (npm, no browser
+# download).
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}";
     else sudo apt-get update -qq && sudo apt-get install -y -qq "${need_apt[@]}"; fi
 fi
 python3 -c 'import jsonschema' 2>/dev/null || python3 -m pip install -q jsonschema
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "== format and lints"
 cargo fmt --all -- --check
@@ -35,8 +41,11 @@ fuzz/run.sh 20
 echo "== unit, property and integration tests (benches are compiled by clippy above)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --locked 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
+status=0
+cargo test --locked 2>&1 | tee "$log" || status=$?
+
+echo "== the dashboard in a real browser: two nodes, Redis, a small load, chromium (tests/browser)"
+cargo test --locked --test it browser -- --ignored 2>&1 | tee -a "$log" || status=$?
 # One closing line for the whole run: the sum of every test binary's summary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"

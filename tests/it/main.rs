@@ -6,6 +6,7 @@ mod support;
 
 mod auth_hook;
 mod bad_input;
+mod browser;
 mod cli;
 mod close_codes;
 mod cluster;

@@ -81,10 +81,14 @@ function draw(canvas, series, opts) {
     g.beginPath(); g.moveTo(left, yy); g.lineTo(w - right, yy); g.stroke();
     g.fillText(fmt(v, max < 10 ? 1 : 0), 4, yy + 4);
   }
+  g.textAlign = "center";
   for (let m = 0; m <= 5; m++) {
     const t = now - m * 60000, xx = Math.round(x(t)) + 0.5;
-    g.fillText(m === 0 ? "now" : `-${m}m`, xx - 10, h - 4);
+    if (m === 0) g.textAlign = "right";
+    g.fillText(m === 0 ? "now" : `-${m}m`, m === 0 ? w - right : xx, h - 4);
+    g.textAlign = "center";
   }
+  g.textAlign = "left";
   let drawn = 0, lx = left;
   for (const s of series) {
     g.strokeStyle = s.color; g.lineWidth = 1.8; g.beginPath();

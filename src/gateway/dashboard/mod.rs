@@ -44,7 +44,7 @@ const SCRIPT: &str = include_str!("app.js");
 
 /// What the page may load and do: itself, its script, and its figures; nothing else.
 const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; \
-                   style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; \
+                   style-src 'unsafe-inline'; img-src data:; base-uri 'none'; \
                    form-action 'none'; frame-ancestors 'none'";
 
 /// The dashboard's state: this node's recent points, and the cluster's last read.

@@ -1,0 +1,113 @@
+//! The dashboard in a real browser: two `herald serve` processes on one real redis-server, a
+//! small bounded load on both (subscribers reading, a publisher), and `tests/browser/dashboard.mjs`
+//! driving Debian's chromium with playwright-core against the first node: the charts draw, their
+//! numbers move, the cluster view lists both nodes.
+//!
+//! Ignored by a plain `cargo test`: it needs chromium and the browser test's `node_modules`.
+//! `./test.sh` installs both and runs it (`cargo test --test it browser -- --ignored`).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::proc::serve;
+use crate::support::redis::RedisServer;
+use crate::support::{Codec, Node};
+
+const ADMIN_KEY: &str = "browser-admin-key-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and tests/browser/node_modules: ./test.sh installs them and runs it"]
+async fn the_dashboard_draws_moves_and_lists_the_cluster_in_a_real_browser() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir(),
+        "run `npm ci` in {} first (./test.sh does)",
+        dir.display()
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing (./test.sh installs it)"
+    );
+
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let env = |id: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("HERALD_REDIS_URL", url.clone()),
+            ("HERALD_NODE_ID", String::from(id)),
+            ("HERALD_ADMIN_KEY", ADMIN_KEY.into()),
+            ("HERALD_CONNECTION_RATE_PER_IP", "100000".into()),
+            ("HERALD_TICKET_RATE_PER_IP", "100000".into()),
+            ("HERALD_TICKET_RATE_PER_USER", "100000".into()),
+        ]
+    };
+    let (env_a, env_b) = (env("browser-a"), env("browser-b"));
+    let a_pairs: Vec<(&str, &str)> = env_a.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let b_pairs: Vec<(&str, &str)> = env_b.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (_a_proc, a) = serve(&[], &a_pairs).await;
+    let (_b_proc, b) = serve(&[], &b_pairs).await;
+
+    // The load: two subscribers on each node reading everything, and a publisher, until the
+    // browser is done (bounded).
+    let mut readers = Vec::new();
+    for node in [&a, &b] {
+        for _ in 0..2 {
+            let mut c = node.client(Codec::Json).await;
+            c.sub(1, "load").await;
+            readers.push(tokio::spawn(async move {
+                while c.next_or_gone().await.is_some() {}
+            }));
+        }
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (done, addr) = (done.clone(), a.addr);
+        tokio::spawn(async move {
+            let node = Node::external(addr);
+            for i in 0..6000u32 {
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                node.publish("load", json!({"i": i})).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    let run = tokio::process::Command::new("node")
+        .arg("dashboard.mjs")
+        .current_dir(&dir)
+        .env("HERALD_URL", format!("http://{}", a.addr))
+        .env("HERALD_KEY", ADMIN_KEY)
+        .env("HERALD_NODES", "browser-a,browser-b")
+        .env("CHROMIUM", &chromium)
+        .env("SCREENSHOTS", &screenshots)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the browser test finishes within 120 s")
+        .expect("node runs (./test.sh installs it)");
+    done.store(true, Ordering::Relaxed);
+    let _ = publisher.await;
+    for r in readers {
+        r.abort();
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "the browser test failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}
