@@ -33,7 +33,9 @@
 //!
 //! Where each technique lives: encode once per codec ([`hub::topic`]), the byte-bounded outbox and
 //! its slow-consumer policy ([`hub::outbox`]), coalesced writes ([`gateway::connection`]),
-//! gapless catch-up on subscribe ([`hub`]), the shared heartbeat timer ([`hub::heartbeat`]).
+//! gapless catch-up on subscribe ([`hub`]), the shared heartbeat timer ([`hub::heartbeat`]), the
+//! sampled publish-to-write probe ([`hub::probe`]). Each node owns its [`metrics`] (no process
+//! globals): the hub counts per fan-out, the connections per write batch.
 
 // Public: what the binary, the integration tests, the fuzz targets and the codec bench use.
 // Everything else is `pub(crate)`, and `unreachable_pub` (workspace lints) keeps it so.
