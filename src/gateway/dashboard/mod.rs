@@ -89,16 +89,18 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Once a second until `stop`: a point of this node, kept and shared with the cluster. (The
-/// render it reads also keeps the histograms' buffers to a second of observations.)
+/// Once a second: a point of this node, kept and shared with the cluster. (The render it reads
+/// also keeps the histograms' buffers to a second of observations.) It goes on while the node
+/// drains, so that the dashboard shows the connections leaving, and ends once `stop` was
+/// cancelled and every connection has ended.
 pub(crate) async fn run(gw: Arc<Gateway>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sampler = Sampler::default();
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+        tick.tick().await;
+        if stop.is_cancelled() && gw.tracker.is_closed() && gw.tracker.is_empty() {
+            return;
         }
         let text = admin::render(&gw, false);
         let samples = match crate::metrics::exposition::parse(&text) {
