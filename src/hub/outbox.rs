@@ -204,7 +204,7 @@ impl Outbox {
                 break;
             }
             if armed != 0 && mark.is_none() && timed.contains(&(f.as_ptr() as usize)) {
-                mark = Some(Probe::mark(armed));
+                mark = Probe::mark(armed);
             }
             taken += f.len();
             buf.extend_from_slice(f);

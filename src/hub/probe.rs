@@ -39,9 +39,10 @@ pub struct Armed {
 }
 
 /// What a writer keeps from a batch that holds the timed frame, until the batch is written.
+/// Non-zero (generations start at 1), so that `Option<Mark>` takes 4 bytes of the writer's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mark {
-    generation: u32,
+    generation: std::num::NonZeroU32,
 }
 
 /// The probe of one hub.
@@ -188,15 +189,16 @@ impl Probe {
         ]
     }
 
-    /// A writer took the timed frame of generation `armed` into its batch.
-    pub(crate) fn mark(armed: u32) -> Mark {
-        Mark { generation: armed }
+    /// A writer took the timed frame of generation `armed` into its batch (`None` for 0: no
+    /// fan-out is timed).
+    pub(crate) fn mark(armed: u32) -> Option<Mark> {
+        std::num::NonZeroU32::new(armed).map(|generation| Mark { generation })
     }
 
     /// A batch holding the timed frame was written: the first report records `first`, the one
     /// that completes the count records `last`. A report of an older fan-out changes nothing.
     pub fn written(&self, mark: Mark) {
-        let generation = u64::from(mark.generation);
+        let generation = u64::from(mark.generation.get());
         let mut w = self.writes.load(Ordering::Acquire);
         let count = loop {
             if w >> 32 != generation {
@@ -219,7 +221,7 @@ impl Probe {
             self.metrics.publish_to_first.record(took);
         }
         if self.queued.load(Ordering::SeqCst) == generation << 32 | count
-            && self.disarm(mark.generation)
+            && self.disarm(mark.generation.get())
         {
             self.metrics.publish_to_last.record(took);
         }
@@ -261,7 +263,7 @@ mod tests {
         let frame = Bytes::from(vec![1u8; 8]);
         p.frame(armed, Codec::Json, &frame);
         assert_eq!(p.timed_frames()[0], frame.as_ptr() as usize);
-        let mark = Probe::mark(p.armed());
+        let mark = Probe::mark(p.armed()).unwrap();
         p.written(mark);
         p.fanned_out(armed, 3);
         assert_eq!(
@@ -286,7 +288,7 @@ mod tests {
         let m = Metrics::new().unwrap();
         let p = Probe::new(m.clone());
         let armed = p.arm().unwrap();
-        let mark = Probe::mark(p.armed());
+        let mark = Probe::mark(p.armed()).unwrap();
         p.written(mark);
         p.written(mark);
         p.fanned_out(armed, 2);
@@ -295,6 +297,12 @@ mod tests {
             (observations(&m, "first"), observations(&m, "last")),
             (1.0, 1.0)
         );
+    }
+
+    #[test]
+    fn a_writers_mark_takes_no_more_room_than_its_generation() {
+        assert_eq!(std::mem::size_of::<Option<Mark>>(), 4);
+        assert_eq!(Probe::mark(0), None);
     }
 
     #[test]

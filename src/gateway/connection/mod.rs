@@ -180,7 +180,6 @@ impl Session {
         let mut asm = Assembler::server(self.gw.config.max_message_bytes);
         let mut deadline: Option<tokio::time::Instant> = None;
         let sub = self.sub.clone();
-        let hub = self.gw.hub.clone();
         loop {
             if !pump.rbuf.is_empty() && pump.reading {
                 // Boxed: requests are rare next to deliveries, and an unboxed request future
@@ -215,7 +214,8 @@ impl Session {
             if deadline.is_none() && sub.outbox.is_closing() {
                 deadline = Some(tokio::time::Instant::now() + CLOSE_GRACE);
             }
-            let io = poll_fn(|cx| pump.poll_io(cx, &sub, &hub));
+            let hub = &self.gw.hub;
+            let io = poll_fn(|cx| pump.poll_io(cx, &sub, hub));
             let io = match deadline {
                 None => io.await,
                 Some(d) => match tokio::time::timeout_at(d, io).await {
