@@ -59,8 +59,11 @@ pub struct Gateway {
     pub proxy: Arc<crate::proxy::Proxy>,
     /// Records lifecycle events (a no-op when they are off).
     pub events: crate::lifecycle::Lifecycle,
-    /// Set when shutdown starts: upgrades get 503 and `/readyz` turns 503.
+    /// Set when shutdown starts: `/readyz` turns 503 (the node still serves everything).
     pub draining: AtomicBool,
+    /// Set when the drain starts closing connections (after `drain_delay_secs`): upgrades,
+    /// tickets and publishes get 503 `draining` from then on.
+    pub closing: AtomicBool,
     /// Every TCP connection, counted on the node and per client address.
     pub conns: Arc<ConnLimits>,
     /// `POST /v1/tickets` per client address.

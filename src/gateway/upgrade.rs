@@ -174,7 +174,7 @@ async fn upgrade(
     mut req: Request,
     topic: Option<String>,
 ) -> Result<Response, Rejection> {
-    if gw.draining.load(Ordering::Relaxed) {
+    if gw.closing.load(Ordering::Relaxed) {
         return Err(Rejection::Draining);
     }
     let key = handshake_key(&req)?;

@@ -111,6 +111,11 @@ where
     } = a;
     let sub = gw.hub.connect_as(codec, id);
     crate::metrics::connection_opened();
+    // Upgraded just before the drain began closing, registered just after it listed the
+    // connections: closed at once, as the drain would have.
+    if gw.closing.load(std::sync::atomic::Ordering::SeqCst) {
+        sub.outbox.close(CloseCode::Restarting);
+    }
     let cfg = &gw.config;
     let mut s = Session {
         forwarded: forwarded.into(),
