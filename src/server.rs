@@ -274,6 +274,7 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
         // Random upper half: keys stay unique across processes even if two nodes share an id.
         next_conn_key: std::sync::atomic::AtomicU64::new(random_u32()? << 32),
         tracker: TaskTracker::new(),
+        refusals: Default::default(),
     });
     tokio::spawn(hub::heartbeat::run(
         hub.clone(),

@@ -286,6 +286,8 @@ pub struct Config {
     /// The drain on SIGTERM: how long the node keeps serving, how long it spreads its closes
     /// over, and the deadline of the whole.
     pub drain: operations::Drain,
+    /// How log lines are written (`main` sets up the subscriber with it).
+    pub log_format: operations::LogFormat,
     /// TLS files, when serving TLS.
     pub tls: Option<TlsFiles>,
     /// Development mode: generated secrets, loopback origins, loopback listen only.
@@ -338,7 +340,7 @@ impl Config {
     /// Validates a raw configuration and applies the defaults.
     pub fn from_raw(mut raw: RawConfig) -> Result<Config, ConfigError> {
         let limits = limits::validate(&mut raw)?;
-        let drain = operations::validate(&mut raw)?;
+        let (log_format, drain) = operations::validate(&mut raw)?;
         let jwt_keys = identity::validate(&mut raw)?;
         let explicit_dev = raw.dev;
         let any_jwt_key = raw.jwt_secret.is_some() || jwt_keys.any();
@@ -508,6 +510,7 @@ impl Config {
             )?,
             rate_burst: per_sec(RATE_BURST, raw.rate_burst, 200, "a number of frames")?,
             drain,
+            log_format,
             tls,
             dev_mode,
             redis,

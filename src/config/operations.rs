@@ -1,12 +1,25 @@
-//! How the node is operated, validated: the timing of its drain on SIGTERM (how long it keeps serving, how long it spreads its closes over, and the deadline
+//! How the node is operated, validated: the format of its log lines, and the timing of its drain
+//! on SIGTERM (how long it keeps serving, how long it spreads its closes over, and the deadline
 //! of the whole). The drain's parts must fit under its deadline: `drain_delay_secs +
 //! drain_window_secs < shutdown_timeout_secs`, or the configuration is refused, naming the key
 //! that was set (the deadline, when it was).
 
 use std::time::Duration;
 
-use super::raw::{DRAIN_DELAY_SECS, DRAIN_WINDOW_SECS, RawConfig, SHUTDOWN_TIMEOUT_SECS};
+use super::raw::{
+    DRAIN_DELAY_SECS, DRAIN_WINDOW_SECS, LOG_FORMAT, RawConfig, SHUTDOWN_TIMEOUT_SECS,
+};
 use super::{ConfigError, invalid, secs};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One human-readable line per event (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, with the fields of the event and of its span.
+    Json,
+}
 
 /// The drain on SIGTERM, validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +39,17 @@ pub struct Drain {
 const DEFAULT_TIMEOUT: u64 = 25;
 
 /// Validates the keys of this module in `raw` (which it takes from).
-pub(super) fn validate(raw: &mut RawConfig) -> Result<Drain, ConfigError> {
+pub(super) fn validate(raw: &mut RawConfig) -> Result<(LogFormat, Drain), ConfigError> {
+    let log_format = match raw.log_format.take().as_deref().map(str::trim) {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            return Err(invalid(
+                LOG_FORMAT,
+                format!("expected \"text\" or \"json\", got {other:?}"),
+            ));
+        }
+    };
     let set = (
         raw.shutdown_timeout_secs.is_some(),
         raw.drain_window_secs.is_some(),
@@ -62,5 +85,5 @@ pub(super) fn validate(raw: &mut RawConfig) -> Result<Drain, ConfigError> {
             ),
         ));
     }
-    Ok(drain)
+    Ok((log_format, drain))
 }

@@ -209,6 +209,8 @@ raw_config! {
     drain_delay_secs: u64 => DRAIN_DELAY_SECS = "HERALD_DRAIN_DELAY_SECS";
     /// How long the drain spreads its 1012 closes over.
     drain_window_secs: u64 => DRAIN_WINDOW_SECS = "HERALD_DRAIN_WINDOW_SECS";
+    /// `text` or `json`: how log lines are written (to stderr).
+    log_format: String => LOG_FORMAT = "HERALD_LOG_FORMAT";
     /// PEM certificate chain for TLS.
     tls_cert: PathBuf => TLS_CERT = "HERALD_TLS_CERT";
     /// PEM private key for TLS.
@@ -433,7 +435,7 @@ mod tests {
                 format!("{ENV_PREFIX}{}", key.name.to_ascii_uppercase())
             );
         }
-        assert_eq!(KEYS.len(), 46);
+        assert_eq!(KEYS.len(), 47);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Config tests: every key's bad value is named; development mode; origins.
 use super::*;
-use operations::Drain;
+use operations::{Drain, LogFormat};
 use raw::{
-    ALLOWED_ORIGINS, CONNECTION_RATE_PER_IP, DEV, DRAIN_DELAY_SECS, DRAIN_WINDOW_SECS,
+    ALLOWED_ORIGINS, CONNECTION_RATE_PER_IP, DEV, DRAIN_DELAY_SECS, DRAIN_WINDOW_SECS, LOG_FORMAT,
     MAX_CONNECTIONS_PER_IP, PROXY_PROTOCOL, SHUTDOWN_TIMEOUT_SECS, TICKET_RATE_PER_IP,
     TICKET_RATE_PER_USER, TRUSTED_PROXIES, WRITE_TIMEOUT_SECS,
 };
@@ -97,6 +97,7 @@ fn no_configuration_means_development_mode_with_defaults() {
         timeout: Duration::from_secs(25),
     };
     assert_eq!(c.drain, drain);
+    assert_eq!(c.log_format, LogFormat::Text);
     assert_eq!(c.tls, None);
 }
 
@@ -161,6 +162,7 @@ fn every_bad_value_is_an_error_naming_its_key() {
         (DRAIN_DELAY_SECS, "20"),
         (DRAIN_WINDOW_SECS, "3601"),
         (DRAIN_WINDOW_SECS, "20"),
+        (LOG_FORMAT, "yaml"),
         (TLS_CERT, "/nonexistent/herald/cert.pem"),
         (DEV, "maybe"),
         (raw::REDIS_URL, "rediss://127.0.0.1:6380"),
@@ -530,12 +532,14 @@ fn the_drain_fits_under_its_deadline_or_the_key_that_was_set_is_named() {
     let c = Config::load(
         None,
         &prod(&[
+            ("HERALD_LOG_FORMAT", "json"),
             ("HERALD_DRAIN_DELAY_SECS", "0"),
             ("HERALD_DRAIN_WINDOW_SECS", "0"),
             ("HERALD_SHUTDOWN_TIMEOUT_SECS", "1"),
         ]),
     )
     .unwrap();
+    assert_eq!(c.log_format, LogFormat::Json);
     assert_eq!(
         (c.drain.delay, c.drain.window, c.drain.timeout),
         (Duration::ZERO, Duration::ZERO, Duration::from_secs(1))

@@ -159,6 +159,12 @@ where
             Box::pin(s.subscribe(None, topic, since)).await;
         }
         let code = s.serve(&mut pump).await;
+        if sub.outbox.close_code() == Some(CloseCode::SlowConsumer.code()) {
+            tracing::info!(
+                limit = gw.config.outbox_bytes,
+                "slow consumer: its outbox went over its bound; closed with 4008"
+            );
+        }
         s.close_all(user_watched.is_ok()).await;
         code
     }

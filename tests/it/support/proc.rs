@@ -124,6 +124,22 @@ impl<R: tokio::io::AsyncRead + Unpin + Send + 'static> Output<R> {
         }
     }
 
+    /// Reads the rest of the output, until the child closes it (it exits); fails the test when
+    /// that takes longer than `bound`. Returns every line read, these and the earlier ones.
+    pub(crate) async fn rest(mut self, bound: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("output still open after {bound:?}"))
+                .expect("reading the child's output");
+            match line {
+                Some(l) => self.seen.push(l),
+                None => return self.seen,
+            }
+        }
+    }
+
     /// Keeps reading in the background so the child never blocks on a full pipe.
     pub(crate) fn drain(mut self) {
         tokio::spawn(async move { while let Ok(Some(_)) = self.lines.next_line().await {} });
