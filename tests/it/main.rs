@@ -26,6 +26,7 @@ mod proxy;
 mod recovery;
 mod redis_keys;
 mod redis_recovery;
+mod rolling;
 mod shutdown;
 mod slow_consumer;
 mod tickets;
