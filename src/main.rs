@@ -1,6 +1,9 @@
 //! The `herald` command: `serve` a node, mint a development `token`, `publish` over the HTTP API,
-//! `subscribe` over WebSocket. Loads the config, maps errors to exit codes (64 for a bad config,
-//! 1 for anything else). The only place that uses `anyhow` or exits the process.
+//! `subscribe` over WebSocket. Loads the config, sets up the logs (to stderr, `RUST_LOG`
+//! filtering, default `herald=info`; as text, or as JSON lines when the config says
+//! `log_format = "json"`: `serve` loads its config before anything is logged), maps errors to
+//! exit codes (64 for a bad config, 1 for anything else). The only place that uses `anyhow` or
+//! exits the process.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +13,7 @@ use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use herald::auth::{RawGrants, Signer, mint_token};
 use herald::config::Config;
+use herald::config::operations::LogFormat;
 use herald::protocol::Codec;
 use herald::protocol::frame::ServerFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -108,27 +112,59 @@ enum Cmd {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "herald=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let done = match cli.cmd {
+        // `serve` reads its config first: the log format is in it.
+        Cmd::Serve { config } => {
+            let config = load(config).unwrap_or_else(|e| exit_with(&e));
+            init_logs(config.log_format);
+            runtime().block_on(serve(config))
+        }
+        other => {
+            init_logs(LogFormat::Text);
+            runtime().block_on(dispatch(other))
+        }
+    };
+    if let Err(e) = done {
+        exit_with(&e);
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("tokio runtime");
-    if let Err(e) = rt.block_on(dispatch(cli.cmd)) {
-        eprintln!("herald: {e:#}");
-        let code = if e.downcast_ref::<herald::config::ConfigError>().is_some() {
-            64
-        } else {
-            1
-        };
-        std::process::exit(code);
+        .expect("tokio runtime")
+}
+
+/// Logs to stderr in `format`, filtered by `RUST_LOG` (default `herald=info`).
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "herald=info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        // One object a line: the event's fields under `fields`, the current span's (a
+        // connection's id, user and node) under `span`; not every span up to the root.
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
     }
+}
+
+/// Prints the error and exits: 64 for a bad config, 1 for anything else.
+fn exit_with(e: &anyhow::Error) -> ! {
+    eprintln!("herald: {e:#}");
+    let code = if e.downcast_ref::<herald::config::ConfigError>().is_some() {
+        64
+    } else {
+        1
+    };
+    std::process::exit(code);
 }
 
 fn load(config: Option<PathBuf>) -> anyhow::Result<Config> {
@@ -136,16 +172,18 @@ fn load(config: Option<PathBuf>) -> anyhow::Result<Config> {
     Ok(Config::load(config.as_deref(), &env)?)
 }
 
+/// `herald serve` with its loaded config.
+async fn serve(config: Config) -> anyhow::Result<()> {
+    if config.dev_mode {
+        print_dev_banner(&config)?;
+    }
+    herald::server::run(config).await?;
+    Ok(())
+}
+
 async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
-        Cmd::Serve { config } => {
-            let config = load(config)?;
-            if config.dev_mode {
-                print_dev_banner(&config)?;
-            }
-            herald::server::run(config).await?;
-            Ok(())
-        }
+        Cmd::Serve { config } => serve(load(config)?).await,
         Cmd::Token {
             config,
             key_file,

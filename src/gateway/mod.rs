@@ -59,8 +59,11 @@ pub struct Gateway {
     pub proxy: Arc<crate::proxy::Proxy>,
     /// Records lifecycle events (a no-op when they are off).
     pub events: crate::lifecycle::Lifecycle,
-    /// Set when shutdown starts: upgrades get 503 and `/readyz` turns 503.
+    /// Set when shutdown starts: `/readyz` turns 503 (the node still serves everything).
     pub draining: AtomicBool,
+    /// Set when the drain starts closing connections (after `drain_delay_secs`): upgrades,
+    /// tickets and publishes get 503 `draining` from then on.
+    pub closing: AtomicBool,
     /// Every TCP connection, counted on the node and per client address.
     pub conns: Arc<ConnLimits>,
     /// `POST /v1/tickets` per client address.
@@ -72,6 +75,8 @@ pub struct Gateway {
     pub next_conn_key: std::sync::atomic::AtomicU64,
     /// Every connection task, so shutdown can wait for them to finish closing.
     pub tracker: TaskTracker,
+    /// The log of refused upgrades and connections, a few lines a second at most.
+    pub(crate) refusals: rejection::RefusalLog,
 }
 
 impl Gateway {
@@ -170,7 +175,7 @@ pub async fn serve(
         let permit = match gw.conns.admit() {
             Ok(p) => p,
             Err(r) => {
-                refuse(stream, peer, r, tls.is_some(), &refusing);
+                refuse(stream, peer, r, tls.is_some(), &refusing, &gw.refusals);
                 continue;
             }
         };
@@ -225,7 +230,15 @@ impl NewConnection {
             && let Err(r) = self.gw.conns.admit_address(&mut permit, info.client)
         {
             drop(permit);
-            refuse(stream, info.client, r, self.tls.is_some(), &self.refusing);
+            let log = &self.gw.refusals;
+            refuse(
+                stream,
+                info.client,
+                r,
+                self.tls.is_some(),
+                &self.refusing,
+                log,
+            );
             return;
         }
         let io = Guarded::new(stream, permit);
@@ -278,9 +291,16 @@ const MAX_REFUSING: usize = 256;
 /// Answers a connection refused by the counts: for plain HTTP a 503 or 429 (with `Retry-After`)
 /// written at once without reading the request; over TLS the socket is closed before any
 /// handshake work.
-fn refuse(stream: TcpStream, client: IpAddr, r: Refusal, tls: bool, refusing: &Arc<Semaphore>) {
+fn refuse(
+    stream: TcpStream,
+    client: IpAddr,
+    r: Refusal,
+    tls: bool,
+    refusing: &Arc<Semaphore>,
+    log: &rejection::RefusalLog,
+) {
     let rejection = Rejection::from(r);
-    tracing::info!(%client, reason = rejection.code(), "connection refused: {rejection}");
+    log.refused("connection", client, &rejection);
     crate::metrics::rejected();
     if tls {
         return;

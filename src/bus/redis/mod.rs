@@ -251,6 +251,7 @@ impl RedisBus {
         bus.ensure_library().await.map_err(err)?;
         bus.open_pubsub().await.map_err(err)?;
         bus.ready.store(true, Ordering::Relaxed);
+        tracing::info!(redis = "ready", url = %shown, "connected to Redis");
         tokio::spawn(refresh_conns(bus.clone(), stop.clone()));
         tokio::spawn(monitor(bus.clone(), stop));
         Ok(bus)
@@ -320,8 +321,13 @@ impl RedisBus {
 
     /// Turns a command's error into a bus error, noting when Redis could not be reached.
     fn failed(&self, e: redis::RedisError) -> BusError {
-        if connection_failed(&e) {
-            self.reachable.store(false, Ordering::Relaxed);
+        if connection_failed(&e) && self.reachable.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                redis = "unreachable",
+                error = %e,
+                "Redis commands fail: unreachable; commands answer `unavailable` at once until it \
+                 answers a PING again"
+            );
         }
         unavailable(e)
     }

@@ -108,11 +108,15 @@ async fn check_commands(bus: &RedisBus) {
     };
     if ping(bus.cmd.get()).await {
         bus.reachable.store(true, Ordering::Relaxed);
+        tracing::info!(redis = "reachable", "Redis answers commands again");
         return;
     }
     match bus.cmd.rebuild().await {
         Ok(()) if ping(bus.cmd.get()).await => {
-            tracing::info!("Redis command connection rebuilt");
+            tracing::info!(
+                redis = "reachable",
+                "Redis command connection rebuilt; it answers commands again"
+            );
             bus.reachable.store(true, Ordering::Relaxed);
         }
         Ok(()) => {}
@@ -145,7 +149,10 @@ async fn recover(bus: &Arc<RedisBus>, since: Instant) -> bool {
     // cut short leaves the topics it did not reach held for the next).
     match tokio::time::timeout(FILL_DEADLINE, bus.fill_gaps()).await {
         Ok(Ok(n)) => {
-            tracing::info!("Redis is back; gaps of {n} topics filled");
+            tracing::info!(
+                redis = "ready",
+                "Redis is back: pub/sub live again, gaps of {n} topics filled"
+            );
             true
         }
         Ok(Err(e)) => {
@@ -281,6 +288,7 @@ impl RedisBus {
             .collect();
         if !waiting.is_empty() {
             tracing::warn!(
+                redis = "given_up",
                 "Redis has not delivered for {SUBSCRIBERS_WAIT:?}: giving up {} topics",
                 waiting.len()
             );

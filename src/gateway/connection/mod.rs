@@ -113,6 +113,11 @@ where
     } = a;
     let sub = gw.hub.connect_as(codec, id);
     crate::metrics::connection_opened();
+    // Upgraded just before the drain began closing, registered just after it listed the
+    // connections: closed at once, as the drain would have.
+    if gw.closing.load(std::sync::atomic::Ordering::SeqCst) {
+        sub.outbox.close(CloseCode::Restarting);
+    }
     let cfg = &gw.config;
     let mut s = Session {
         forwarded: forwarded.into(),
@@ -159,6 +164,12 @@ where
             Box::pin(s.subscribe(None, topic, since)).await;
         }
         let code = s.serve(&mut pump).await;
+        if sub.outbox.close_code() == Some(CloseCode::SlowConsumer.code()) {
+            tracing::info!(
+                limit = gw.config.outbox_bytes,
+                "slow consumer: its outbox went over its bound; closed with 4008"
+            );
+        }
         s.close_all(user_watched.is_ok()).await;
         code
     }
