@@ -312,6 +312,10 @@ export class Client {
     const buffered = s.buffer;
     s.buffer = [];
     s.readyResolve();
+    const info = { topic: s.topic, offset: ok.offset, epoch: ok.epoch };
+    if (since) Object.assign(info, { recovered: ok.recovered === true, since: { ...since } });
+    this._emit("subscribed", info);
+    if (s.state !== "live") return; // a listener unsubscribed
     for (const m of buffered) {
       if (s.state !== "live") break;
       this._deliver(s, m);
@@ -585,7 +589,9 @@ export class Client {
       } catch (e) {
         if (gen !== this._gen) return;
         this._emit("error", new ConnectionError("ticket_failed", `getTicket failed: ${e?.message ?? e}`, { cause: e, retryable: true, url }));
-        this._scheduleRetry(gen, { advance: false });
+        // The ticket may have been asked of that node (a ticket works on any node): the next
+        // attempt goes to the next URL.
+        this._scheduleRetry(gen, { advance: true });
         return;
       }
     }
