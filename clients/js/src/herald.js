@@ -619,9 +619,8 @@ export class Client {
     }
     const welcomeTimer = (conn.welcomeTimer = setTimeout(() => {
       if (gen === this._gen && !conn.welcomed) {
-        conn.timedOut = true;
-        safeClose(ws, 4000, "no welcome");
         this._onSocketClose(conn, { code: 1006, reason: "no welcome in time" });
+        dropSocket(ws, 4000, "no welcome");
       }
     }, this._opts.connectTimeout));
     ws.onmessage = (ev) => {
@@ -651,7 +650,13 @@ export class Client {
       clearTimeout(welcomeTimer);
       this._onSocketClose(conn, ev);
     };
-    ws.onerror = () => {}; // a close event follows every error
+    ws.onerror = () => {
+      // Before the welcome an error ends the attempt (some WebSocket implementations fire no
+      // close event for a refused upgrade); after it, the close event follows.
+      if (gen !== this._gen || conn.welcomed) return;
+      this._onSocketClose(conn, { code: 1006, reason: "connection failed" });
+      dropSocket(ws, 4000, "failed");
+    };
   }
 
   async _pickUrl(reason) {
@@ -713,8 +718,8 @@ export class Client {
   _forceReconnect(why) {
     const conn = this._conn;
     if (!conn || conn.gen !== this._gen || this._state === "closed") return;
-    safeClose(conn.ws, 4000, "client reconnects");
     this._onSocketClose(conn, { code: 1006, reason: why });
+    dropSocket(conn.ws, 4000, "client reconnects");
   }
 
   _onSocketClose(conn, ev) {
@@ -844,7 +849,8 @@ export class Client {
           res();
         };
       });
-      ws.onmessage = null;
+      ws.onmessage = noop;
+      ws.onerror = noop;
       safeClose(ws, 1000, "client closed");
     } else {
       this._closedPromise = Promise.resolve();
@@ -921,6 +927,13 @@ function addQuery(url, key, value) {
   const hash = url.indexOf("#");
   const base = hash >= 0 ? url.slice(0, hash) : url;
   return base + (base.includes("?") ? "&" : "?") + key + "=" + encodeURIComponent(value);
+}
+
+/** Closes a socket this client is done with: its handlers first, so nothing of it comes back. */
+function dropSocket(ws, code, reason) {
+  // No-ops rather than null: Node's `ws` throws an 'error' event that has no listener.
+  ws.onmessage = ws.onerror = ws.onclose = noop;
+  safeClose(ws, code, reason);
 }
 
 function safeClose(ws, code, reason) {
