@@ -694,7 +694,9 @@ export class Client {
         this._onReply(f);
         break;
       case "error":
-        if (typeof f.id === "number" && this._pending.has(f.id)) this._onReply(f);
+        // With an id: a reply (one that timed out already is dropped). Without: a
+        // connection-level problem (bad_frame, rate_limited, ...).
+        if (typeof f.id === "number") this._onReply(f);
         else this._emit("error", new ServerError(f, { connectionLevel: true }));
         break;
       case "direct":

@@ -35,7 +35,7 @@ async function openAndSub(fake, i, topic, ok) {
   return [ws, sub];
 }
 
-test("a new ticket for every attempt, in the query string", async () => {
+test("a new ticket for every attempt (4001 included), in the query string", async () => {
   const { fake, client, tickets } = setup();
   const ws0 = await fake.socketAt(0);
   assert.equal(ws0.url, "ws://127.0.0.1:1/ws?ticket=t1");
@@ -46,6 +46,11 @@ test("a new ticket for every attempt, in the query string", async () => {
   assert.equal(ws1.url, "ws://127.0.0.1:1/ws?ticket=t2");
   assert.equal(tickets.length, 2);
   assert.equal(tickets[1].lastClose.code, 1006);
+  ws1.accept();
+  ws1.serverClose(4001); // session expired: a new ticket
+  const ws2 = await fake.socketAt(2);
+  assert.equal(ws2.url, "ws://127.0.0.1:1/ws?ticket=t3");
+  assert.equal(tickets[2].lastClose.code, 4001);
   await client.close();
 });
 
