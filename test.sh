@@ -13,6 +13,9 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 # The cluster tests start their own redis-server (and use redis-cli as a backend would).
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v redis-cli >/dev/null || need_apt+=(redis-tools)
+# The JavaScript client's tests run on Node's test runner (Node 20+; Debian's nodejs when missing).
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}";
     else sudo apt-get update -qq && sudo apt-get install -y -qq "${need_apt[@]}"; fi
@@ -31,6 +34,12 @@ tests/conformance/autobahn.sh
 
 echo "== fuzzing smoke: each cargo-fuzz target for 20 s, seeded from proto/golden (fuzz/run.sh)"
 fuzz/run.sh 20
+
+echo "== JavaScript client (clients/js): node --test against real herald and redis-server processes"
+cargo build --locked --bin herald
+target_dir="${CARGO_TARGET_DIR:-target}"
+case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
+(cd clients/js && npm ci --no-audit --no-fund && HERALD_BIN="$target_dir/debug/herald" npm test)
 
 echo "== unit, property and integration tests (benches are compiled by clippy above)"
 log=$(mktemp)
