@@ -163,6 +163,9 @@ export class Node {
       HERALD_TICKET_RATE_PER_USER: "10000",
       HERALD_CONNECTION_RATE_PER_IP: "10000",
       HERALD_SHUTDOWN_TIMEOUT_SECS: "3",
+      // SIGTERM closes every client with 1012 at once: what these tests restart nodes for.
+      HERALD_DRAIN_DELAY_SECS: "0",
+      HERALD_DRAIN_WINDOW_SECS: "0",
       RUST_LOG: "herald=info",
       ...this.env,
     };
