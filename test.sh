@@ -26,6 +26,18 @@ echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
+echo "== deployment files: docker-compose.yml (docker-compose config), deploy/haproxy.cfg (haproxy -c)"
+# No container engine is needed to validate them; both tools come from Debian's packages.
+need_apt=()
+command -v docker-compose >/dev/null || need_apt+=(docker-compose)
+command -v haproxy >/dev/null || need_apt+=(haproxy)
+if ((${#need_apt[@]})); then
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}";
+    else sudo apt-get update -qq && sudo apt-get install -y -qq "${need_apt[@]}"; fi
+fi
+HERALD_JWT_SECRET=validate HERALD_API_KEY=validate docker-compose -f docker-compose.yml config -q
+haproxy -c -q -f deploy/haproxy.cfg
+
 echo "== protocol goldens against their schemas"
 python3 proto/check_goldens.py
 

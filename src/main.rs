@@ -85,6 +85,16 @@ enum Cmd {
         #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
         api_key: String,
     },
+    /// Check a node's health (GET /healthz): exit 0 when it answers 200 within 3 s, 1
+    /// otherwise. For container health checks, where no curl is installed.
+    Health {
+        /// The node's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The path to check (`/readyz` for readiness).
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+    },
     /// Subscribe to topics over WebSocket and print each message as a JSON line.
     Subscribe {
         /// Topics.
@@ -141,8 +151,11 @@ fn runtime() -> tokio::runtime::Runtime {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "herald=info".into());
+    // Colours only on a terminal: a log file or a collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => logs.init(),
@@ -250,6 +263,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             println!("{out}");
             Ok(())
         }
+        Cmd::Health { url, path } => health(&format!("{url}{path}")).await,
         Cmd::Subscribe {
             topics,
             url,
@@ -304,6 +318,25 @@ fn print_dev_banner(config: &Config) -> anyhow::Result<()> {
         "=================================================================".into(),
     ];
     eprintln!("{}", lines.join("\n"));
+    Ok(())
+}
+
+/// GETs `url`: Ok when it answers 200 within 3 s.
+async fn health(url: &str) -> anyhow::Result<()> {
+    use http_body_util::Empty;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let uri: hyper::Uri = url
+        .parse()
+        .with_context(|| format!("{url:?} is not a URL"))?;
+    let resp = tokio::time::timeout(Duration::from_secs(3), client.get(uri))
+        .await
+        .with_context(|| format!("GET {url}: no answer within 3 s"))?
+        .with_context(|| format!("GET {url}"))?;
+    if resp.status() != 200 {
+        bail!("GET {url}: {}", resp.status());
+    }
     Ok(())
 }
 

@@ -15,9 +15,10 @@ use super::ConfigError;
 /// Prefix of every environment variable Herald reads.
 pub const ENV_PREFIX: &str = "HERALD_";
 
-/// `HERALD_*` variables that belong to the command-line clients (`herald subscribe`), not to a
-/// node's configuration; a node ignores them.
-pub const CLIENT_ENV: &[&str] = &["HERALD_TOKEN"];
+/// `HERALD_*` variables that belong to the command-line clients (`herald subscribe`) or to
+/// Herald's scripts (`HERALD_BIN`: which binary `deploy/local-cluster.sh`, the benches and the
+/// JavaScript client's tests run), not to a node's configuration; a node ignores them.
+pub const CLIENT_ENV: &[&str] = &["HERALD_TOKEN", "HERALD_BIN"];
 
 /// A configuration key: its TOML name and its environment variable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -287,3 +287,32 @@ async fn token_with_a_key_file_signs_with_rsa_ec_and_ed25519_keys_the_node_accep
     assert!(err.contains("rsa.pem"), "{err}");
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[tokio::test]
+async fn health_exits_0_for_a_live_node_and_1_when_none_answers() {
+    let node = Node::start().await;
+    let url = format!("http://{}", node.addr);
+    let (status, _, err) = run(&["health", "--url", &url], &[]).await;
+    assert_eq!(status.code(), Some(0), "{err}");
+    let (status, _, err) = run(&["health", "--url", &url, "--path", "/readyz"], &[]).await;
+    assert_eq!(status.code(), Some(0), "{err}");
+    let nobody = format!("http://{}", free_addr());
+    let (status, _, err) = run(&["health", "--url", &nobody], &[]).await;
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("/healthz"), "{err}");
+}
+
+#[test]
+fn the_compose_files_node_config_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/herald.toml");
+    let env: Vec<(String, String)> = [
+        ("HERALD_API_KEY", API_KEY),
+        ("HERALD_JWT_SECRET", JWT_SECRET),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let c = herald::config::Config::load(Some(&path), &env).expect("deploy/herald.toml is valid");
+    assert_eq!(c.auth_service.as_deref(), Some("app"));
+    assert!(c.limits.proxy_protocol);
+}

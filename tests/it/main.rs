@@ -20,6 +20,7 @@ mod heartbeat;
 mod hostile;
 mod http_api;
 mod jwt_keys;
+mod local_cluster;
 mod logs;
 mod presence;
 mod proxy;

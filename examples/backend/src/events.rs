@@ -41,7 +41,8 @@ pub(crate) async fn read(
         .set_response_timeout(Some(Duration::from_millis(BLOCK_MS as u64 + 2000)));
     loop {
         let run = async {
-            let mut conn = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
+            let mut conn =
+                ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
             let created: redis::RedisResult<()> = redis::cmd("XGROUP")
                 .arg("CREATE")
                 .arg(&stream)
@@ -60,25 +61,21 @@ pub(crate) async fn read(
                 .count(COUNT)
                 .block(BLOCK_MS);
             loop {
-                let reply: StreamReadReply = redis::AsyncCommands::xread_options(
-                    &mut conn,
-                    &[&stream],
-                    &[">"],
-                    &opts,
-                )
-                .await?;
+                let reply: StreamReadReply =
+                    redis::AsyncCommands::xread_options(&mut conn, &[&stream], &[">"], &opts)
+                        .await?;
                 for key in reply.keys {
                     let mut ids = Vec::with_capacity(key.ids.len());
                     for entry in key.ids {
-                        let kind: Option<String> = entry.get("kind");
+                        let kind: Option<String> = entry.get("event");
                         let kind = kind.unwrap_or_else(|| "unknown".into());
                         tracing::debug!(id = %entry.id, %kind, "lifecycle event");
                         *counts.by_kind.lock().entry(kind).or_default() += 1;
                         ids.push(entry.id);
                     }
                     if !ids.is_empty() {
-                        let _: u64 = redis::AsyncCommands::xack(&mut conn, &stream, &group, &ids)
-                            .await?;
+                        let _: u64 =
+                            redis::AsyncCommands::xack(&mut conn, &stream, &group, &ids).await?;
                     }
                 }
             }

@@ -172,7 +172,8 @@ async fn ticker(
         let at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        if let Err(e) = herald_publish(&mut redis, "demo.ticker", &json!({"n": n, "at": at})).await {
+        if let Err(e) = herald_publish(&mut redis, "demo.ticker", &json!({"n": n, "at": at})).await
+        {
             tracing::warn!(error = %e, "ticker: publish failed");
         }
     }
@@ -230,7 +231,9 @@ async fn publish(State(app): State<Arc<App>>, body: String) -> Response {
     };
     let mut redis = app.redis.clone();
     match herald_publish(&mut redis, &b.topic, &b.data).await {
-        Ok((offset, epoch)) => axum::Json(json!({"offset": offset, "epoch": epoch})).into_response(),
+        Ok((offset, epoch)) => {
+            axum::Json(json!({"offset": offset, "epoch": epoch})).into_response()
+        }
         Err(e) => (StatusCode::BAD_GATEWAY, format!("publish failed: {e}")).into_response(),
     }
 }

@@ -57,7 +57,9 @@ impl Sessions {
         let cookie = URL_SAFE_NO_PAD.encode(raw);
         let mut g = self.inner.lock();
         while g.by_cookie.len() >= MAX_SESSIONS {
-            let Some((_, oldest)) = g.order.pop_first() else { break };
+            let Some((_, oldest)) = g.order.pop_first() else {
+                break;
+            };
             g.by_cookie.remove(&oldest);
         }
         g.next += 1;

@@ -24,6 +24,8 @@ pub(crate) struct Response {
     pub status: u16,
     /// The body as text.
     pub text: String,
+    /// The headers.
+    pub headers: hyper::HeaderMap,
 }
 
 impl Response {
@@ -65,6 +67,7 @@ impl Http {
         let fut = async {
             let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
             let bytes = resp
                 .into_body()
                 .collect()
@@ -74,6 +77,7 @@ impl Http {
             Ok(Response {
                 status,
                 text: String::from_utf8_lossy(&bytes).into_owned(),
+                headers,
             })
         };
         tokio::time::timeout(WAIT, fut)
