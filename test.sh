@@ -53,6 +53,15 @@ target_dir="${CARGO_TARGET_DIR:-target}"
 case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
 (cd clients/js && npm ci --no-audit --no-fund && HERALD_BIN="$target_dir/debug/herald" npm test)
 
+echo "== the browser demo (examples/backend) in headless Chromium, against deploy/local-cluster.sh"
+command -v chromium >/dev/null || {
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium;
+    else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi
+}
+cargo build --locked --bin herald-example-backend
+(cd examples/backend/browser && npm ci --no-audit --no-fund \
+    && HERALD_BIN="$target_dir/debug/herald" BACKEND_BIN="$target_dir/debug/herald-example-backend" npm test)
+
 echo "== unit, property and integration tests (benches are compiled by clippy above)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -103,6 +103,7 @@ up() {
 
     # The example backend (the nodes' auth hook and `send` service).
     REDIS_URL="redis://127.0.0.1:$REDIS_PORT" BACKEND_LISTEN="127.0.0.1:$BACKEND_PORT" \
+        BACKEND_HERALD_WS="ws://127.0.0.1:$LB_PORT/ws" \
         nohup "$BACKEND_BIN" >"$DIR/backend.log" 2>&1 &
     echo $! >"$DIR/backend.pid"
 

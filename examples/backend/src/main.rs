@@ -6,6 +6,7 @@
 //!   through Redis that it did (`FCALL herald_publish_user`).
 //! - `POST /publish` publishes to a topic through Redis (`FCALL herald_publish`), and a ticker
 //!   publishes to `demo.ticker` every `--tick-ms`.
+//! - `GET /` is the browser demo (it loads the JavaScript client from `/herald.js`).
 //! - A consumer group reads the lifecycle events stream (`XREADGROUP`); `GET /stats` counts them.
 //!
 //! Every piece is bounded: sessions (at most `MAX_SESSIONS`, oldest dropped), request bodies
@@ -23,7 +24,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use clap::Parser;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -48,6 +49,9 @@ struct Args {
     /// How long a demo session lasts, in seconds (its WebSocket closes with 4001 then).
     #[arg(long, env = "BACKEND_SESSION_SECS", default_value_t = 3600)]
     session_secs: u64,
+    /// The Herald WebSocket URL the demo page connects to (default: the page's host, port 8080).
+    #[arg(long, env = "BACKEND_HERALD_WS", default_value = "")]
+    herald_ws: String,
     /// The consumer group reading the lifecycle events (none: `--events-group ""`).
     #[arg(long, env = "BACKEND_EVENTS_GROUP", default_value = "example")]
     events_group: String,
@@ -61,6 +65,8 @@ struct App {
     events: Arc<events::Counts>,
     /// `send`s answered.
     sends: AtomicU64,
+    /// What the demo page is told (`GET /config.json`).
+    page_config: Value,
     session_ttl: Duration,
 }
 
@@ -85,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
         sessions: sessions::Sessions::default(),
         events: Arc::default(),
         sends: AtomicU64::new(0),
+        page_config: json!({"ws": args.herald_ws}),
         session_ttl: Duration::from_secs(args.session_secs),
     });
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -107,6 +114,9 @@ async fn main() -> anyhow::Result<()> {
         )));
     }
     let router = Router::new()
+        .route("/", get(demo))
+        .route("/herald.js", get(client_js))
+        .route("/config.json", get(page_config))
         .route("/healthz", get(|| async { "ok" }))
         .route("/login", post(sessions::login))
         .route("/logout", post(sessions::logout))
@@ -245,4 +255,23 @@ async fn stats(State(app): State<Arc<App>>) -> axum::Json<Value> {
         "sends": app.sends.load(Ordering::Relaxed),
         "events": app.events.snapshot(),
     }))
+}
+
+/// `GET /`: the browser demo.
+async fn demo() -> Html<&'static str> {
+    Html(include_str!("demo.html"))
+}
+
+/// `GET /herald.js`: the JavaScript client, as `clients/js` ships it.
+async fn client_js() -> Response {
+    (
+        [("content-type", "text/javascript; charset=utf-8")],
+        include_str!("../../../clients/js/src/herald.js"),
+    )
+        .into_response()
+}
+
+/// `GET /config.json`: where the demo page finds Herald.
+async fn page_config(State(app): State<Arc<App>>) -> axum::Json<Value> {
+    axum::Json(app.page_config.clone())
 }
