@@ -134,6 +134,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
 /// [`start`] with the parts `hooks` replaces (tests).
 pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerError> {
     let config = Arc::new(config);
+    let files = crate::fdlimit::raise();
+    if files.after != files.before {
+        tracing::debug!(before = ?files.before, after = ?files.after, "raised the open-files limit");
+    }
+    if let Some(line) = crate::fdlimit::shortfall(config.max_connections, files.after) {
+        tracing::warn!("{line}");
+    }
     let hub = Arc::new(Hub::new(config.outbox_bytes));
     let to_hub = hub.clone();
     let sink: Sink = Arc::new(move |m| to_hub.deliver(m));

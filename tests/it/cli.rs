@@ -316,3 +316,36 @@ fn the_compose_files_node_config_is_valid() {
     assert_eq!(c.auth_service.as_deref(), Some("app"));
     assert!(c.limits.proxy_protocol);
 }
+
+#[tokio::test]
+async fn serve_raises_its_open_files_limit_and_says_when_max_connections_cannot_fit() {
+    // Started under a soft limit of 1024 and a hard limit of 4096 (util-linux's prlimit).
+    let addr = free_addr();
+    let listen = addr.to_string();
+    let mut child = tokio::process::Command::new("prlimit")
+        .args(["--nofile=1024:4096", env!("CARGO_BIN_EXE_herald"), "serve"])
+        .env_clear()
+        .envs([
+            ("HERALD_LISTEN", listen.as_str()),
+            ("HERALD_API_KEY", API_KEY),
+            ("HERALD_JWT_SECRET", JWT_SECRET),
+            ("HERALD_MAX_CONNECTIONS", "10000"),
+            ("RUST_LOG", "herald=info"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prlimit runs (util-linux)");
+    let mut err = stderr(&mut child);
+    let line = err
+        .until(STARTUP, |l| l.contains("max_connections is"))
+        .await;
+    // Raised to the hard limit (4096, not 1024), with the fix in the same line.
+    assert!(line.contains("only 4096 files"), "{line}");
+    assert!(line.contains("LimitNOFILE=10256"), "{line}");
+    assert!(line.contains("ulimit -n 10256"), "{line}");
+    err.drain();
+    wait_healthy(&Node::external(addr), STARTUP).await;
+}
