@@ -13,9 +13,9 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 # The cluster tests start their own redis-server (and use redis-cli as a backend would).
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v redis-cli >/dev/null || need_apt+=(redis-tools)
-# The dashboard's browser test drives Debian's chromium with playwright-core (npm, no browser
-# download).
+# The browser tests (the dashboard's, the demo's) drive Debian's chromium with playwright-core.
 command -v chromium >/dev/null || need_apt+=(chromium)
+# The JavaScript client's tests run on Node's test runner (Node 20+; Debian's nodejs when missing).
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
 if ((${#need_apt[@]})); then
@@ -29,6 +29,18 @@ echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
+echo "== deployment files: docker-compose.yml (docker-compose config), deploy/haproxy.cfg (haproxy -c)"
+# No container engine is needed to validate them; both tools come from Debian's packages.
+need_apt=()
+command -v docker-compose >/dev/null || need_apt+=(docker-compose)
+command -v haproxy >/dev/null || need_apt+=(haproxy)
+if ((${#need_apt[@]})); then
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}";
+    else sudo apt-get update -qq && sudo apt-get install -y -qq "${need_apt[@]}"; fi
+fi
+HERALD_JWT_SECRET=validate HERALD_API_KEY=validate docker-compose -f docker-compose.yml config -q
+haproxy -c -q -f deploy/haproxy.cfg
+
 echo "== protocol goldens against their schemas"
 python3 proto/check_goldens.py
 
@@ -37,6 +49,21 @@ tests/conformance/autobahn.sh
 
 echo "== fuzzing smoke: each cargo-fuzz target for 20 s, seeded from proto/golden (fuzz/run.sh)"
 fuzz/run.sh 20
+
+echo "== JavaScript client (clients/js): node --test against real herald and redis-server processes"
+cargo build --locked --bin herald
+target_dir="${CARGO_TARGET_DIR:-target}"
+case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
+(cd clients/js && npm ci --no-audit --no-fund && HERALD_BIN="$target_dir/debug/herald" npm test)
+
+echo "== the browser demo (examples/backend) in headless Chromium, against deploy/local-cluster.sh"
+command -v chromium >/dev/null || {
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium;
+    else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi
+}
+cargo build --locked --bin herald-example-backend
+(cd examples/backend/browser && npm ci --no-audit --no-fund \
+    && HERALD_BIN="$target_dir/debug/herald" BACKEND_BIN="$target_dir/debug/herald-example-backend" npm test)
 
 echo "== unit, property and integration tests (benches are compiled by clippy above)"
 log=$(mktemp)

@@ -637,6 +637,9 @@ class Cluster:
                 "HERALD_CONNECTION_RATE_PER_IP": "1000000",
                 "HERALD_TICKET_RATE_PER_IP": "1000000",
                 "HERALD_TICKET_RATE_PER_USER": "1000000",
+                # A short drain: the faults wait 15 to 20 s for a SIGTERMed node to exit.
+                "HERALD_DRAIN_DELAY_SECS": "1",
+                "HERALD_DRAIN_WINDOW_SECS": "3",
             }
             if history is not None:
                 env["HERALD_HISTORY_SIZE"] = str(history)

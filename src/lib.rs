@@ -25,7 +25,7 @@
 //! | [`proxy`] | backend services: balancing, health checks, forwarding `send` | `config` |
 //! | [`config`] | raw (file, env) to validated [`config::Config`]; the only reader of files and env | none |
 //! | [`protocol`] | frames, codecs (JSON, MessagePack), RFC 6455 framing, close codes; pure | nothing |
-//! | [`metrics`], [`shutdown`] | leaves: anyone may import them (and `protocol`) | nothing |
+//! | [`metrics`], [`shutdown`], [`fdlimit`] | leaves: anyone may import them (and `protocol`) | nothing |
 //!
 //! Nothing imports `server`, and only `server` imports `gateway` (besides [`fuzz`], the fuzz
 //! targets' entry points). No module reaches into another's
@@ -42,6 +42,7 @@
 pub mod auth;
 pub(crate) mod bus;
 pub mod config;
+pub(crate) mod fdlimit;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod gateway;

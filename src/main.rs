@@ -1,6 +1,9 @@
 //! The `herald` command: `serve` a node, mint a development `token`, `publish` over the HTTP API,
-//! `subscribe` over WebSocket. Loads the config, maps errors to exit codes (64 for a bad config,
-//! 1 for anything else). The only place that uses `anyhow` or exits the process.
+//! `subscribe` over WebSocket. Loads the config, sets up the logs (to stderr, `RUST_LOG`
+//! filtering, default `herald=info`; as text, or as JSON lines when the config says
+//! `log_format = "json"`: `serve` loads its config before anything is logged), maps errors to
+//! exit codes (64 for a bad config, 1 for anything else). The only place that uses `anyhow` or
+//! exits the process.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +13,7 @@ use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use herald::auth::{RawGrants, Signer, mint_token};
 use herald::config::Config;
+use herald::config::operations::LogFormat;
 use herald::protocol::Codec;
 use herald::protocol::frame::ServerFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -81,6 +85,16 @@ enum Cmd {
         #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
         api_key: String,
     },
+    /// Check a node's health (GET /healthz): exit 0 when it answers 200 within 3 s, 1
+    /// otherwise. For container health checks, where no curl is installed.
+    Health {
+        /// The node's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The path to check (`/readyz` for readiness).
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+    },
     /// Subscribe to topics over WebSocket and print each message as a JSON line.
     Subscribe {
         /// Topics.
@@ -108,27 +122,62 @@ enum Cmd {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "herald=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let done = match cli.cmd {
+        // `serve` reads its config first: the log format is in it.
+        Cmd::Serve { config } => {
+            let config = load(config).unwrap_or_else(|e| exit_with(&e));
+            init_logs(config.log_format);
+            runtime().block_on(serve(config))
+        }
+        other => {
+            init_logs(LogFormat::Text);
+            runtime().block_on(dispatch(other))
+        }
+    };
+    if let Err(e) = done {
+        exit_with(&e);
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("tokio runtime");
-    if let Err(e) = rt.block_on(dispatch(cli.cmd)) {
-        eprintln!("herald: {e:#}");
-        let code = if e.downcast_ref::<herald::config::ConfigError>().is_some() {
-            64
-        } else {
-            1
-        };
-        std::process::exit(code);
+        .expect("tokio runtime")
+}
+
+/// Logs to stderr in `format`, filtered by `RUST_LOG` (default `herald=info`).
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "herald=info".into());
+    // Colours only on a terminal: a log file or a collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        // One object a line: the event's fields under `fields`, the current span's (a
+        // connection's id, user and node) under `span`; not every span up to the root.
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
     }
+}
+
+/// Prints the error and exits: 64 for a bad config, 1 for anything else.
+fn exit_with(e: &anyhow::Error) -> ! {
+    eprintln!("herald: {e:#}");
+    let code = if e.downcast_ref::<herald::config::ConfigError>().is_some() {
+        64
+    } else {
+        1
+    };
+    std::process::exit(code);
 }
 
 fn load(config: Option<PathBuf>) -> anyhow::Result<Config> {
@@ -136,16 +185,18 @@ fn load(config: Option<PathBuf>) -> anyhow::Result<Config> {
     Ok(Config::load(config.as_deref(), &env)?)
 }
 
+/// `herald serve` with its loaded config.
+async fn serve(config: Config) -> anyhow::Result<()> {
+    if config.dev_mode {
+        print_dev_banner(&config)?;
+    }
+    herald::server::run(config).await?;
+    Ok(())
+}
+
 async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
-        Cmd::Serve { config } => {
-            let config = load(config)?;
-            if config.dev_mode {
-                print_dev_banner(&config)?;
-            }
-            herald::server::run(config).await?;
-            Ok(())
-        }
+        Cmd::Serve { config } => serve(load(config)?).await,
         Cmd::Token {
             config,
             key_file,
@@ -212,6 +263,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             println!("{out}");
             Ok(())
         }
+        Cmd::Health { url, path } => health(&format!("{url}{path}")).await,
         Cmd::Subscribe {
             topics,
             url,
@@ -266,6 +318,25 @@ fn print_dev_banner(config: &Config) -> anyhow::Result<()> {
         "=================================================================".into(),
     ];
     eprintln!("{}", lines.join("\n"));
+    Ok(())
+}
+
+/// GETs `url`: Ok when it answers 200 within 3 s.
+async fn health(url: &str) -> anyhow::Result<()> {
+    use http_body_util::Empty;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let uri: hyper::Uri = url
+        .parse()
+        .with_context(|| format!("{url:?} is not a URL"))?;
+    let resp = tokio::time::timeout(Duration::from_secs(3), client.get(uri))
+        .await
+        .with_context(|| format!("GET {url}: no answer within 3 s"))?
+        .with_context(|| format!("GET {url}"))?;
+    if resp.status() != 200 {
+        bail!("GET {url}: {}", resp.status());
+    }
     Ok(())
 }
 

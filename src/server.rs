@@ -1,8 +1,12 @@
 //! The composition root: builds the hub, the bus, auth and the gateway from a [`Config`], wires
 //! the bus's messages into the hub (and its lost topics into closing their subscribers), and owns
-//! the order of shutdown: turn `/readyz` to 503 and refuse new clients, close every client with
-//! 1012, wait for them up to the deadline, then stop accepting. It also wires SIGHUP to reloading
-//! the TLS certificate ([`crate::gateway::tls`]).
+//! the order of shutdown: on SIGTERM, `/readyz` 503 at once, then the drain ([`drain`]: keep
+//! serving for a delay, then close every client with 1012 spread over a window, then wait for
+//! them up to the deadline; a second signal cuts it short), then stop accepting, and only then
+//! stop the background tasks (the bus keeps delivering to the clients still open meanwhile). It
+//! also wires SIGHUP to reloading the TLS certificate ([`crate::gateway::tls`]).
+
+mod drain;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,17 +92,31 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Shared state, for tests and the CLI.
     pub gateway: Arc<Gateway>,
-    /// Cancelled to start shutdown.
-    stop: CancellationToken,
+    /// Cancelled to start the drain.
+    drain: CancellationToken,
+    /// Cancelled to cut the drain short.
+    hurry: drain::Hurry,
     /// The accept loop and drain; finishes when shutdown is complete.
     done: JoinHandle<()>,
 }
 
 impl Running {
-    /// Starts draining: `/readyz` 503 and refusing upgrades at once, then the rest in the background.
+    /// Starts draining: `/readyz` 503 at once, then the rest in the background (keep serving for
+    /// `drain_delay_secs`, then close every connection with 1012 over `drain_window_secs`).
     pub fn shutdown(&self) {
-        self.gateway.draining.store(true, Ordering::Relaxed);
-        self.stop.cancel();
+        self.gateway.draining.store(true, Ordering::SeqCst);
+        if self.gateway.config.drain.delay.is_zero() {
+            // No delay: new work is refused from now on, not from when the drain task runs.
+            self.gateway.closing.store(true, Ordering::SeqCst);
+        }
+        self.drain.cancel();
+    }
+
+    /// Cuts the drain short (starting it if need be): every connection left is closed with 1012
+    /// at once, and the node stops soon after.
+    pub fn hurry(&self) {
+        self.shutdown();
+        self.hurry.cancel();
     }
 
     /// Waits until shutdown has completed (all connections closed, or the deadline passed).
@@ -122,6 +140,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
 /// [`start`] with the parts `hooks` replaces (tests).
 pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerError> {
     let config = Arc::new(config);
+    let files = crate::fdlimit::raise();
+    if files.after != files.before {
+        tracing::debug!(before = ?files.before, after = ?files.after, "raised the open-files limit");
+    }
+    if let Some(line) = crate::fdlimit::shortfall(config.max_connections, files.after) {
+        tracing::warn!("{line}");
+    }
     // The node's own metrics: several nodes in one process each count theirs.
     let metrics = crate::metrics::Metrics::new()?;
     if config.admin.metrics_public {
@@ -259,6 +284,7 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
         bus,
         interest,
         draining: AtomicBool::new(false),
+        closing: AtomicBool::new(false),
         conns: gateway::limits::ConnLimits::new(config.max_connections, &config.limits),
         tickets_by_ip: gateway::limits::Buckets::new(
             config.limits.ticket_rate_per_ip,
@@ -271,6 +297,7 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
         // Random upper half: keys stay unique across processes even if two nodes share an id.
         next_conn_key: std::sync::atomic::AtomicU64::new(random_u32()? << 32),
         tracker: TaskTracker::new(),
+        refusals: Default::default(),
         metrics,
         summaries,
         dashboard: Default::default(),
@@ -285,11 +312,18 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
     }
     // Once a second: the dashboard's point of this node, shared with the cluster.
     tokio::spawn(gateway::dashboard::run(gw.clone(), stop.clone()));
-    let done = tokio::spawn(drive(gw.clone(), listener, tls, stop.clone(), webhook));
+    let (drain, hurry) = (CancellationToken::new(), CancellationToken::new());
+    let phases = Phases {
+        drain: drain.clone(),
+        hurry: hurry.clone(),
+        stop,
+    };
+    let done = tokio::spawn(drive(gw.clone(), listener, tls, phases, webhook));
     Ok(Running {
         addr,
         gateway: gw,
-        stop,
+        drain,
+        hurry,
         done,
     })
 }
@@ -323,41 +357,41 @@ fn jwt_verifier(config: &Config, stop: &CancellationToken) -> Result<JwtVerifier
 /// Most addresses, and most users, whose ticket rate is tracked at once.
 const TICKET_RATE_KEYS: usize = 100_000;
 
-/// Serves until stopped, then drains.
+/// The tokens of a node's end, in order.
+struct Phases {
+    /// Cancelled to start the drain.
+    drain: CancellationToken,
+    /// Cancelled to cut the drain short.
+    hurry: drain::Hurry,
+    /// Cancelled once the drain is over: every background task (the bus, heartbeats, health
+    /// checks, reloads) watches it.
+    stop: CancellationToken,
+}
+
+/// Serves until the drain starts, drains, then stops the rest.
 async fn drive(
     gw: Arc<Gateway>,
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    stop: CancellationToken,
+    phases: Phases,
     webhook: Option<Arc<WebhookEvents>>,
 ) {
-    let started = tokio::time::Instant::now();
-    // The listener outlives the drain: meanwhile `/readyz` answers 503 and new clients are
-    // refused with 503 `draining`, so a load balancer sees the node not ready, not gone.
+    // The listener outlives the drain: meanwhile `/readyz` answers 503 and (after the delay) new
+    // clients are refused with 503 `draining`, so a load balancer sees the node not ready, not gone.
     let accepting = CancellationToken::new();
     let listening = tokio::spawn(gateway::serve(gw.clone(), listener, tls, accepting.clone()));
-    stop.cancelled().await;
-    gw.draining.store(true, Ordering::Relaxed);
-    let open = gw.hub.connections();
-    tracing::info!("draining: closing {open} connections with 1012");
-    gw.hub.close_all(CloseCode::Restarting);
-    gw.tracker.close();
-    if tokio::time::timeout(gw.config.shutdown_timeout, gw.tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "shutdown deadline ({:?}) passed with connections still closing",
-            gw.config.shutdown_timeout
-        );
-    }
+    phases.drain.cancelled().await;
+    let began = tokio::time::Instant::now();
+    gw.draining.store(true, Ordering::SeqCst);
+    drain::run(&gw, &phases.hurry, began).await;
     accepting.cancel();
     let _ = listening.await;
     // The drain's disconnects go out too, within what is left of the deadline (or a second).
     if let Some(w) = webhook {
-        let left = gw.config.shutdown_timeout.saturating_sub(started.elapsed());
+        let left = gw.config.drain.timeout.saturating_sub(began.elapsed());
         w.flush(left.max(Duration::from_secs(1))).await;
     }
+    phases.stop.cancel();
 }
 
 /// The lifecycle event log the config asks for: the Redis stream in a cluster, the journal and
@@ -412,13 +446,22 @@ async fn sweep(bus: Arc<LocalBus>, stop: CancellationToken) {
     }
 }
 
-/// Runs a node until SIGTERM or SIGINT, then drains. SIGHUP meanwhile reloads the TLS
-/// certificate.
+/// Runs a node until SIGTERM or SIGINT, then drains; a second one cuts the drain short. SIGHUP
+/// meanwhile reloads the TLS certificate.
 pub async fn run(config: Config) -> Result<(), ServerError> {
+    let mut signals = crate::shutdown::Signals::new();
     let running = start(config).await?;
-    tracing::info!("listening on {}", running.addr);
-    crate::shutdown::signal(CancellationToken::new()).await;
+    tracing::info!(node = %running.gateway.config.node_id, "listening on {}", running.addr);
+    let first = signals.next().await;
+    tracing::info!("{first}: draining");
     running.shutdown();
+    let hurry = running.hurry.clone();
+    tokio::spawn(async move {
+        let second = signals.next().await;
+        tracing::warn!("{second} while draining: closing every connection left at once");
+        hurry.cancel();
+    });
     running.wait().await;
+    tracing::info!("stopped");
     Ok(())
 }

@@ -12,6 +12,7 @@ mod checks;
 pub mod events;
 pub mod identity;
 pub mod limits;
+pub mod operations;
 mod origins;
 pub mod raw;
 pub mod services;
@@ -33,8 +34,8 @@ use raw::{
     API_KEY, HISTORY_BYTES, HISTORY_SIZE, HISTORY_TTL_SECS, JWT_AUDIENCE, JWT_ISSUER,
     JWT_LEEWAY_SECS, JWT_SECRET, LISTEN, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_USER,
     MAX_MESSAGE_BYTES, MAX_SUBSCRIPTIONS, NODE_ID, NODE_TTL_SECS, OUTBOX_BYTES, PING_INTERVAL_SECS,
-    PRESENCE_TOPICS, RATE_BURST, RATE_LIMIT, REDIS_PREFIX, REDIS_URL, SHUTDOWN_TIMEOUT_SECS,
-    TICKET_TTL_SECS, TLS_CERT, TLS_KEY,
+    PRESENCE_TOPICS, RATE_BURST, RATE_LIMIT, REDIS_PREFIX, REDIS_URL, TICKET_TTL_SECS, TLS_CERT,
+    TLS_KEY,
 };
 pub use raw::{KEYS, Key, RawConfig};
 
@@ -283,8 +284,11 @@ pub struct Config {
     pub rate_limit: u32,
     /// Frames allowed in a burst above the rate.
     pub rate_burst: u32,
-    /// How long shutdown waits for connections to drain.
-    pub shutdown_timeout: Duration,
+    /// The drain on SIGTERM: how long the node keeps serving, how long it spreads its closes
+    /// over, and the deadline of the whole.
+    pub drain: operations::Drain,
+    /// How log lines are written (`main` sets up the subscriber with it).
+    pub log_format: operations::LogFormat,
     /// TLS files, when serving TLS.
     pub tls: Option<TlsFiles>,
     /// Development mode: generated secrets, loopback origins, loopback listen only.
@@ -340,6 +344,7 @@ impl Config {
     pub fn from_raw(mut raw: RawConfig) -> Result<Config, ConfigError> {
         let limits = limits::validate(&mut raw)?;
         let admin = admin::validate(&mut raw)?;
+        let (log_format, drain) = operations::validate(&mut raw)?;
         let jwt_keys = identity::validate(&mut raw)?;
         let explicit_dev = raw.dev;
         let any_jwt_key = raw.jwt_secret.is_some() || jwt_keys.any();
@@ -508,7 +513,8 @@ impl Config {
                 "a number of frames per second",
             )?,
             rate_burst: per_sec(RATE_BURST, raw.rate_burst, 200, "a number of frames")?,
-            shutdown_timeout: secs(SHUTDOWN_TIMEOUT_SECS, raw.shutdown_timeout_secs, 10, 1, 600)?,
+            drain,
+            log_format,
             tls,
             dev_mode,
             redis,

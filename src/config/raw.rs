@@ -15,9 +15,10 @@ use super::ConfigError;
 /// Prefix of every environment variable Herald reads.
 pub const ENV_PREFIX: &str = "HERALD_";
 
-/// `HERALD_*` variables that belong to the command-line clients (`herald subscribe`), not to a
-/// node's configuration; a node ignores them.
-pub const CLIENT_ENV: &[&str] = &["HERALD_TOKEN"];
+/// `HERALD_*` variables that belong to the command-line clients (`herald subscribe`) or to
+/// Herald's scripts (`HERALD_BIN`: which binary `deploy/local-cluster.sh`, the benches and the
+/// JavaScript client's tests run), not to a node's configuration; a node ignores them.
+pub const CLIENT_ENV: &[&str] = &["HERALD_TOKEN", "HERALD_BIN"];
 
 /// A configuration key: its TOML name and its environment variable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -203,8 +204,14 @@ raw_config! {
     rate_limit: u64 => RATE_LIMIT = "HERALD_RATE_LIMIT";
     /// Burst of frames above the rate.
     rate_burst: u64 => RATE_BURST = "HERALD_RATE_BURST";
-    /// How long shutdown waits for connections to drain.
+    /// The most a drain may take, from the first SIGTERM to the exit.
     shutdown_timeout_secs: u64 => SHUTDOWN_TIMEOUT_SECS = "HERALD_SHUTDOWN_TIMEOUT_SECS";
+    /// After SIGTERM: how long the node keeps serving (`/readyz` 503) before closing clients.
+    drain_delay_secs: u64 => DRAIN_DELAY_SECS = "HERALD_DRAIN_DELAY_SECS";
+    /// How long the drain spreads its 1012 closes over.
+    drain_window_secs: u64 => DRAIN_WINDOW_SECS = "HERALD_DRAIN_WINDOW_SECS";
+    /// `text` or `json`: how log lines are written (to stderr).
+    log_format: String => LOG_FORMAT = "HERALD_LOG_FORMAT";
     /// PEM certificate chain for TLS.
     tls_cert: PathBuf => TLS_CERT = "HERALD_TLS_CERT";
     /// PEM private key for TLS.
@@ -433,7 +440,7 @@ mod tests {
                 format!("{ENV_PREFIX}{}", key.name.to_ascii_uppercase())
             );
         }
-        assert_eq!(KEYS.len(), 46);
+        assert_eq!(KEYS.len(), 49);
     }
 
     #[test]

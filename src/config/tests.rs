@@ -1,9 +1,10 @@
 //! Config tests: every key's bad value is named; development mode; origins.
 use super::*;
+use operations::{Drain, LogFormat};
 use raw::{
-    ADMIN_KEY, ALLOWED_ORIGINS, CONNECTION_RATE_PER_IP, DEV, MAX_CONNECTIONS_PER_IP,
-    METRICS_PUBLIC, PROXY_PROTOCOL, TICKET_RATE_PER_IP, TICKET_RATE_PER_USER, TRUSTED_PROXIES,
-    WRITE_TIMEOUT_SECS,
+    ADMIN_KEY, ALLOWED_ORIGINS, CONNECTION_RATE_PER_IP, DEV, DRAIN_DELAY_SECS, DRAIN_WINDOW_SECS,
+    LOG_FORMAT, MAX_CONNECTIONS_PER_IP, METRICS_PUBLIC, PROXY_PROTOCOL, SHUTDOWN_TIMEOUT_SECS,
+    TICKET_RATE_PER_IP, TICKET_RATE_PER_USER, TRUSTED_PROXIES, WRITE_TIMEOUT_SECS,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -90,7 +91,13 @@ fn no_configuration_means_development_mode_with_defaults() {
     assert_eq!(c.history_ttl, Duration::from_secs(300));
     assert_eq!(c.history_bytes, 256 << 20);
     assert_eq!((c.rate_limit, c.rate_burst), (100, 200));
-    assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+    let drain = Drain {
+        delay: Duration::from_secs(5),
+        window: Duration::from_secs(10),
+        timeout: Duration::from_secs(25),
+    };
+    assert_eq!(c.drain, drain);
+    assert_eq!(c.log_format, LogFormat::Text);
     assert_eq!(c.tls, None);
 }
 
@@ -149,7 +156,13 @@ fn every_bad_value_is_an_error_naming_its_key() {
         (RATE_LIMIT, "fast"),
         (RATE_BURST, "0"),
         (SHUTDOWN_TIMEOUT_SECS, "0"),
-        (SHUTDOWN_TIMEOUT_SECS, "601"),
+        (SHUTDOWN_TIMEOUT_SECS, "7201"),
+        (SHUTDOWN_TIMEOUT_SECS, "15"),
+        (DRAIN_DELAY_SECS, "601"),
+        (DRAIN_DELAY_SECS, "20"),
+        (DRAIN_WINDOW_SECS, "3601"),
+        (DRAIN_WINDOW_SECS, "20"),
+        (LOG_FORMAT, "yaml"),
         (TLS_CERT, "/nonexistent/herald/cert.pem"),
         (DEV, "maybe"),
         (raw::REDIS_URL, "rediss://127.0.0.1:6380"),
@@ -537,4 +550,47 @@ fn the_admin_key_is_the_api_key_unless_set_and_metrics_are_private_by_default() 
     let c = Config::load(None, &e).unwrap();
     assert_eq!(c.admin_key(), admin);
     assert!(c.admin.metrics_public);
+}
+
+#[test]
+fn the_drain_fits_under_its_deadline_or_the_key_that_was_set_is_named() {
+    let c = Config::load(
+        None,
+        &prod(&[
+            ("HERALD_LOG_FORMAT", "json"),
+            ("HERALD_DRAIN_DELAY_SECS", "0"),
+            ("HERALD_DRAIN_WINDOW_SECS", "0"),
+            ("HERALD_SHUTDOWN_TIMEOUT_SECS", "1"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(
+        (c.drain.delay, c.drain.window, c.drain.timeout),
+        (Duration::ZERO, Duration::ZERO, Duration::from_secs(1))
+    );
+    // delay + window must be less than the deadline; the deadline is named when it was set.
+    let e = prod(&[
+        ("HERALD_DRAIN_DELAY_SECS", "20"),
+        ("HERALD_DRAIN_WINDOW_SECS", "40"),
+        ("HERALD_SHUTDOWN_TIMEOUT_SECS", "60"),
+    ]);
+    let err = Config::load(None, &e).unwrap_err();
+    assert_eq!(err.key(), Some(SHUTDOWN_TIMEOUT_SECS), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("(20)") && msg.contains("(40)") && msg.contains("(60)"),
+        "{msg}"
+    );
+    let fits = prod(&[
+        ("HERALD_DRAIN_WINDOW_SECS", "54"),
+        ("HERALD_SHUTDOWN_TIMEOUT_SECS", "60"),
+    ]);
+    assert_eq!(
+        Config::load(None, &fits).unwrap().drain.window,
+        Duration::from_secs(54)
+    );
+    // A longer window against the default deadline names the window.
+    let err = Config::load(None, &prod(&[("HERALD_DRAIN_WINDOW_SECS", "30")])).unwrap_err();
+    assert_eq!(err.key(), Some(DRAIN_WINDOW_SECS), "{err}");
 }

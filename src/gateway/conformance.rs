@@ -17,7 +17,7 @@ use crate::protocol::websocket::{Assembler, Incoming, OpCode, Step, close_frame,
 
 /// The upgrade: checked as any other (draining, a valid handshake), then echoed.
 pub async fn echo(State(gw): State<Arc<Gateway>>, mut req: Request) -> Result<Response, Rejection> {
-    if gw.draining.load(std::sync::atomic::Ordering::Relaxed) {
+    if gw.closing.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(Rejection::Draining);
     }
     let key = handshake_key(&req)?;

@@ -124,9 +124,10 @@ fn client_address(gw: &Gateway, req: &Request) -> IpAddr {
         .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 }
 
-/// A draining node takes no new work: clients should go to another node.
+/// A draining node takes no new work once it has started closing its connections (during the
+/// drain's delay it still does): clients should go to another node.
 fn refuse_when_draining(gw: &Gateway) -> Result<(), Rejection> {
-    if gw.draining.load(Ordering::Relaxed) {
+    if gw.closing.load(Ordering::Relaxed) {
         return Err(Rejection::Draining);
     }
     Ok(())
@@ -287,7 +288,8 @@ pub async fn healthz() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
-/// `GET /readyz`: 200 while accepting clients and the bus works; 503 while draining or bus down.
+/// `GET /readyz`: 200 while accepting clients and the bus works; 503 from the start of a drain
+/// (its delay included, while the node still accepts them) or while the bus is down.
 pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     let draining = gw.draining.load(Ordering::Relaxed);
     let bus = gw.bus.is_ready();

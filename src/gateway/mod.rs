@@ -63,8 +63,11 @@ pub struct Gateway {
     pub proxy: Arc<crate::proxy::Proxy>,
     /// Records lifecycle events (a no-op when they are off).
     pub events: crate::lifecycle::Lifecycle,
-    /// Set when shutdown starts: upgrades get 503 and `/readyz` turns 503.
+    /// Set when shutdown starts: `/readyz` turns 503 (the node still serves everything).
     pub draining: AtomicBool,
+    /// Set when the drain starts closing connections (after `drain_delay_secs`): upgrades,
+    /// tickets and publishes get 503 `draining` from then on.
+    pub closing: AtomicBool,
     /// Every TCP connection, counted on the node and per client address.
     pub conns: Arc<ConnLimits>,
     /// `POST /v1/tickets` per client address.
@@ -76,6 +79,8 @@ pub struct Gateway {
     pub next_conn_key: std::sync::atomic::AtomicU64,
     /// Every connection task, so shutdown can wait for them to finish closing.
     pub tracker: TaskTracker,
+    /// The log of refused upgrades and connections, a few lines a second at most.
+    pub(crate) refusals: rejection::RefusalLog,
     /// The node's metrics (the hub counts into the same).
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The nodes' summaries for the dashboard: through Redis, or this node's alone.
@@ -183,7 +188,7 @@ pub async fn serve(
         let permit = match gw.conns.admit() {
             Ok(p) => p,
             Err(r) => {
-                refuse(stream, peer, r, tls.is_some(), &refusing, &gw.metrics);
+                refuse(stream, peer, r, tls.is_some(), &refusing, &gw);
                 continue;
             }
         };
@@ -239,14 +244,13 @@ impl NewConnection {
             && let Err(r) = self.gw.conns.admit_address(&mut permit, info.client)
         {
             drop(permit);
-            let m = &self.gw.metrics;
             refuse(
                 stream,
                 info.client,
                 r,
                 self.tls.is_some(),
                 &self.refusing,
-                m,
+                &self.gw,
             );
             return;
         }
@@ -306,11 +310,11 @@ fn refuse(
     r: Refusal,
     tls: bool,
     refusing: &Arc<Semaphore>,
-    metrics: &crate::metrics::Metrics,
+    gw: &Gateway,
 ) {
     let rejection = Rejection::from(r);
-    tracing::info!(%client, reason = rejection.code(), "connection refused: {rejection}");
-    metrics.refused(rejection.code());
+    gw.refusals.refused("connection", client, &rejection);
+    gw.metrics.refused(rejection.code());
     if tls {
         return;
     }

@@ -1,9 +1,19 @@
 //! Everything the HTTP side can refuse, in one enum, each with its status, stable `error` code and
 //! message: `{"error": "<code>", "message": "..."}`. Refusals of an upgrade happen here, before the
 //! 101, so a client sees an HTTP status rather than a socket that opens and closes.
+//!
+//! And the log of refusals ([`RefusalLog`]): one `info` line per refused upgrade or refused
+//! connection, with its `error` code and the client address, at most
+//! [`REFUSAL_LINES_PER_SEC`] lines a second so that a flood cannot fill the logs; the refusals
+//! past the cap are counted, and the next line logged says how many were left out. (Refused
+//! API requests, such as a bad JWT at `POST /v1/tickets`, are answered but not logged.)
+
+use std::net::IpAddr;
+use std::time::Instant;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
 
 use crate::auth::AuthError;
 use crate::bus::BusError;
@@ -213,5 +223,92 @@ impl IntoResponse for Rejection {
             );
         }
         r
+    }
+}
+
+/// Most refusal lines logged in one second, all kinds together.
+pub(crate) const REFUSAL_LINES_PER_SEC: u32 = 20;
+
+/// The rate-limited log of refused upgrades and connections (see the module's comment).
+pub(crate) struct RefusalLog {
+    started: Instant,
+    /// A few integers, locked for a few instructions per refusal, never across `.await`.
+    state: Mutex<LogState>,
+}
+
+#[derive(Default)]
+struct LogState {
+    /// The second (since `started`) the lines are being counted in.
+    second: u64,
+    /// Lines logged in that second.
+    lines: u32,
+    /// Refusals not logged since the last line.
+    left_out: u64,
+}
+
+impl Default for RefusalLog {
+    fn default() -> Self {
+        RefusalLog {
+            started: Instant::now(),
+            state: Mutex::new(LogState::default()),
+        }
+    }
+}
+
+impl RefusalLog {
+    /// Logs that `what` ("upgrade", "connection") from `client` was refused with `r`, unless
+    /// this second's lines are used up (then it is only counted).
+    pub(crate) fn refused(&self, what: &'static str, client: IpAddr, r: &Rejection) {
+        let Some(left_out) = self.admit(self.started.elapsed().as_secs()) else {
+            return;
+        };
+        let (status, error) = (r.status().as_u16(), r.code());
+        if left_out == 0 {
+            tracing::info!(%client, status, error, "{what} refused: {r}");
+        } else {
+            tracing::info!(
+                %client,
+                status,
+                error,
+                left_out,
+                "{what} refused: {r} ({left_out} refusals before this one were not logged: \
+                 over {REFUSAL_LINES_PER_SEC} lines a second)"
+            );
+        }
+    }
+
+    /// Counts one refusal in second `now`: `Some(refusals left out before it)` when it may be
+    /// logged, `None` when it may not.
+    fn admit(&self, now: u64) -> Option<u64> {
+        let mut st = self.state.lock();
+        if st.second != now {
+            st.second = now;
+            st.lines = 0;
+        }
+        if st.lines >= REFUSAL_LINES_PER_SEC {
+            st.left_out += 1;
+            return None;
+        }
+        st.lines += 1;
+        Some(std::mem::take(&mut st.left_out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_takes_a_few_lines_a_second_and_counts_the_rest() {
+        let log = RefusalLog::default();
+        for _ in 0..REFUSAL_LINES_PER_SEC {
+            assert_eq!(log.admit(7), Some(0));
+        }
+        for _ in 0..5 {
+            assert_eq!(log.admit(7), None);
+        }
+        // The next second: the first line tells how many were left out, then none again.
+        assert_eq!(log.admit(8), Some(5));
+        assert_eq!(log.admit(8), Some(0));
     }
 }

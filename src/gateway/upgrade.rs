@@ -2,7 +2,10 @@
 //! here, before the 101 (draining, a valid upgrade, Origin, subprotocol, topic and query, the
 //! connection limit, the ticket, the grants), then the raw TCP stream is taken back from hyper and
 //! handed to [`super::connection`]. (The connection limits per node and per address are counted
-//! when the TCP connection is accepted, [`super::limits`].)
+//! when the TCP connection is accepted, [`super::limits`].) A refused upgrade is logged here,
+//! where both the refusal and the client address are known ([`super::rejection::RefusalLog`]);
+//! an accepted one's task runs in its span, `conn` (connection id, user, node), so that every
+//! line logged for the connection carries them.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,6 +20,7 @@ use axum::response::Response;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
+use tracing::Instrument;
 
 use super::Gateway;
 use super::auth_hook;
@@ -62,10 +66,7 @@ fn serve(
 
 /// `GET /ws`: the multiplexed endpoint.
 pub async fn ws(State(gw): State<Arc<Gateway>>, req: Request) -> Result<Response, Rejection> {
-    let metrics = gw.metrics.clone();
-    upgrade(gw, req, None)
-        .await
-        .inspect_err(|r| metrics.refused(r.code()))
+    logged(gw, req, None).await
 }
 
 /// `GET /topics/{topic}`: a socket already subscribed to one topic.
@@ -74,10 +75,31 @@ pub async fn topic(
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Response, Rejection> {
-    let metrics = gw.metrics.clone();
-    upgrade(gw, req, Some(name))
-        .await
-        .inspect_err(|r| metrics.refused(r.code()))
+    logged(gw, req, Some(name)).await
+}
+
+/// [`upgrade`], its refusal logged with the client address and counted by its code.
+async fn logged(
+    gw: Arc<Gateway>,
+    req: Request,
+    topic: Option<String>,
+) -> Result<Response, Rejection> {
+    let client = client_of(&gw, &req);
+    let r = upgrade(gw.clone(), req, topic).await;
+    if let Err(e) = &r {
+        gw.refusals.refused("upgrade", client, e);
+        gw.metrics.refused(e.code());
+    }
+    r
+}
+
+/// The request's client address ([`ConnInfo`]; loopback for a request that did not come
+/// through the accept loop, which only tests of the router make).
+fn client_of(gw: &Gateway, req: &Request) -> std::net::IpAddr {
+    match req.extensions().get::<ConnInfo>() {
+        Some(info) => info.client_of(req.headers(), &gw.config.limits),
+        None => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    }
 }
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -181,7 +203,7 @@ async fn upgrade(
     topic: Option<String>,
 ) -> Result<Response, Rejection> {
     let started = std::time::Instant::now();
-    if gw.draining.load(Ordering::Relaxed) {
+    if gw.closing.load(Ordering::Relaxed) {
         return Err(Rejection::Draining);
     }
     let key = handshake_key(&req)?;
@@ -252,7 +274,14 @@ async fn upgrade(
     let codec = chosen.unwrap_or(Codec::Json);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_gw = gw.clone();
-    gw.tracker.spawn(async move {
+    // Small: three short strings, kept by the subscriber for as long as the connection lives.
+    let span = tracing::info_span!(
+        "conn",
+        conn = &*conn_key,
+        user = &*user,
+        node = gw.config.node_id.as_str()
+    );
+    let task = async move {
         let _address_permit = address_permit;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -280,6 +309,7 @@ async fn upgrade(
             codec,
             endpoint,
         };
+        tracing::debug!(?codec, "connection open");
         let code = match serve(upgraded, accepted) {
             Some(connection) => connection.await,
             None => {
@@ -287,12 +317,14 @@ async fn upgrade(
                 CloseCode::Internal.code()
             }
         };
+        tracing::debug!(code, "connection closed");
         gw.metrics.disconnected(code);
         if let Some(recording) = gw.events.disconnected(&conn_key, &user, code) {
             recording.await;
         }
         let _ = gw.bus.close_conn(&user, &conn_key).await;
-    });
+    };
+    gw.tracker.spawn(task.instrument(span));
     gw.metrics.handshake.record(started.elapsed().as_secs_f64());
     Ok(switching(&key, chosen.map(Codec::subprotocol)))
 }
@@ -307,10 +339,7 @@ struct Asker {
 
 impl Asker {
     fn of(gw: &Gateway, req: &Request) -> Asker {
-        let address = match req.extensions().get::<ConnInfo>() {
-            Some(info) => info.client_of(req.headers(), &gw.config.limits),
-            None => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        };
+        let address = client_of(gw, req);
         let origin = req.headers().get(header::ORIGIN);
         Asker {
             address,

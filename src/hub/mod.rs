@@ -283,6 +283,26 @@ impl Hub {
         }
     }
 
+    /// The ids of the open connections, in the map's order (a hash order: no relation to when
+    /// or by whom they were opened). A drain closes them in batches ([`Hub::close_ids`]).
+    pub fn ids(&self) -> Vec<u64> {
+        self.conns.iter().map(|r| *r.key()).collect()
+    }
+
+    /// Asks the connections among `ids` that are still open to close with `code`; returns how
+    /// many were asked.
+    pub fn close_ids(&self, ids: &[u64], code: CloseCode) -> usize {
+        let mut n = 0;
+        for id in ids {
+            let s = self.conns.get(id).map(|r| r.value().clone());
+            if let Some(s) = s {
+                s.outbox.close(code);
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// The open connections, cloned out of the map so no shard lock is held while using them.
     pub fn snapshot(&self) -> Vec<Arc<Subscriber>> {
         self.conns.iter().map(|r| r.value().clone()).collect()

@@ -294,3 +294,23 @@ fn subscriptions_and_topics_are_counted_as_they_come_and_go() {
         (1.0, 1.0)
     );
 }
+
+#[tokio::test]
+async fn close_ids_closes_the_named_connections_still_open_and_no_others() {
+    let hub = Hub::new(1 << 20);
+    let (a, b, c) = (
+        hub.connect(Codec::Json),
+        hub.connect(Codec::MsgPack),
+        hub.connect(Codec::Json),
+    );
+    let mut ids = hub.ids();
+    ids.sort_unstable();
+    let mut want = vec![a.id, b.id, c.id];
+    want.sort_unstable();
+    assert_eq!(ids, want, "every open connection, once");
+    // `c` went away meanwhile: it is not counted.
+    hub.disconnect(c.id);
+    assert_eq!(hub.close_ids(&[a.id, c.id], CloseCode::Restarting), 1);
+    assert_eq!(a.outbox.close_code(), Some(CloseCode::Restarting.code()));
+    assert!(!b.outbox.is_closing() && !c.outbox.is_closing());
+}

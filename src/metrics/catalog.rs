@@ -202,7 +202,7 @@ pub(crate) const CATALOG: &[Described] = &[
         SLOW_CONSUMERS,
         Counter,
         &[],
-        "Connections closed with 4008 (slow consumer: their outbox filled).",
+        "Connections closed with 4008 (slow consumer: their outbox filled), counted when the outbox overflows (the close itself may take the close grace).",
     ),
     metric(
         RECOVERIES,

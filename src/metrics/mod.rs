@@ -199,13 +199,10 @@ impl Metrics {
             .increment(1);
     }
 
-    /// Counts a WebSocket connection ended with close code `code` (and a slow consumer for 4008).
+    /// Counts a WebSocket connection ended with close code `code`.
     pub fn disconnected(&self, code: u16) {
         let labels = vec![Label::from_static_parts("code", close_label(code))];
         self.labelled_counter(DISCONNECTS, labels).increment(1);
-        if code == 4008 {
-            self.slow_consumers.increment(1);
-        }
     }
 
     /// Counts a subscription with `since` by its outcome.
@@ -314,6 +311,7 @@ mod tests {
         a.accepted.increment(2);
         a.refused("invalid_ticket");
         a.disconnected(4008);
+        a.slow_consumers.increment(1);
         a.disconnected(3999);
         a.publish_to_last.record(0.0003);
         b.accepted.increment(5);

@@ -287,3 +287,65 @@ async fn token_with_a_key_file_signs_with_rsa_ec_and_ed25519_keys_the_node_accep
     assert!(err.contains("rsa.pem"), "{err}");
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[tokio::test]
+async fn health_exits_0_for_a_live_node_and_1_when_none_answers() {
+    let node = Node::start().await;
+    let url = format!("http://{}", node.addr);
+    let (status, _, err) = run(&["health", "--url", &url], &[]).await;
+    assert_eq!(status.code(), Some(0), "{err}");
+    let (status, _, err) = run(&["health", "--url", &url, "--path", "/readyz"], &[]).await;
+    assert_eq!(status.code(), Some(0), "{err}");
+    let nobody = format!("http://{}", free_addr());
+    let (status, _, err) = run(&["health", "--url", &nobody], &[]).await;
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("/healthz"), "{err}");
+}
+
+#[test]
+fn the_compose_files_node_config_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/herald.toml");
+    let env: Vec<(String, String)> = [
+        ("HERALD_API_KEY", API_KEY),
+        ("HERALD_JWT_SECRET", JWT_SECRET),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let c = herald::config::Config::load(Some(&path), &env).expect("deploy/herald.toml is valid");
+    assert_eq!(c.auth_service.as_deref(), Some("app"));
+    assert!(c.limits.proxy_protocol);
+}
+
+#[tokio::test]
+async fn serve_raises_its_open_files_limit_and_says_when_max_connections_cannot_fit() {
+    // Started under a soft limit of 1024 and a hard limit of 4096 (util-linux's prlimit).
+    let addr = free_addr();
+    let listen = addr.to_string();
+    let mut child = tokio::process::Command::new("prlimit")
+        .args(["--nofile=1024:4096", env!("CARGO_BIN_EXE_herald"), "serve"])
+        .env_clear()
+        .envs([
+            ("HERALD_LISTEN", listen.as_str()),
+            ("HERALD_API_KEY", API_KEY),
+            ("HERALD_JWT_SECRET", JWT_SECRET),
+            ("HERALD_MAX_CONNECTIONS", "10000"),
+            ("RUST_LOG", "herald=info"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prlimit runs (util-linux)");
+    let mut err = stderr(&mut child);
+    let line = err
+        .until(STARTUP, |l| l.contains("max_connections is"))
+        .await;
+    // Raised to the hard limit (4096, not 1024), with the fix in the same line.
+    assert!(line.contains("only 4096 files"), "{line}");
+    assert!(line.contains("LimitNOFILE=10256"), "{line}");
+    assert!(line.contains("ulimit -n 10256"), "{line}");
+    err.drain();
+    wait_healthy(&Node::external(addr), STARTUP).await;
+}

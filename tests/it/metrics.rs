@@ -343,11 +343,11 @@ async fn a_slow_consumer_is_counted_with_its_close_code() {
             "no overflow after {published} messages of 30 KB"
         );
     }
-    let s = scrape_until(&node, WAIT, "the slow consumer is counted", |s| {
-        s.get("herald_slow_consumers_total", &[]) >= 1.0
+    let s = scrape_until(&node, WAIT, "the slow consumer's close is counted", |s| {
+        s.get("herald_disconnects_total", &[("code", "4008")]) >= 1.0
     })
     .await;
-    assert_eq!(s.get("herald_disconnects_total", &[("code", "4008")]), 1.0);
+    assert_eq!(s.get("herald_slow_consumers_total", &[]), 1.0);
     assert_eq!(s.get("herald_connections", &[]), 0.0);
 }
 

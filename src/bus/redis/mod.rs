@@ -211,12 +211,7 @@ impl RedisBus {
             metrics,
         } = settings;
         let metrics = metrics.redis();
-        let mut sinks = sinks;
-        let (lost, gaps_lost) = (sinks.lost.clone(), metrics.gaps_lost.clone());
-        sinks.lost = Arc::new(move |t: &Topic| {
-            gaps_lost.increment(1);
-            lost(t)
-        });
+        let sinks = monitor::counting_losses(sinks, &metrics);
         let shown = crate::config::redact_url(url);
         let with_resp3 = if url.contains("protocol=") {
             url.to_owned()
@@ -273,6 +268,7 @@ impl RedisBus {
         bus.ensure_library().await.map_err(err)?;
         bus.open_pubsub().await.map_err(err)?;
         bus.set_ready(true);
+        tracing::info!(redis = "ready", url = %shown, "connected to Redis");
         tokio::spawn(refresh_conns(bus.clone(), stop.clone()));
         tokio::spawn(monitor(bus.clone(), stop));
         Ok(bus)
@@ -342,8 +338,13 @@ impl RedisBus {
 
     /// Turns a command's error into a bus error, noting when Redis could not be reached.
     fn failed(&self, e: redis::RedisError) -> BusError {
-        if connection_failed(&e) {
-            self.reachable.store(false, Ordering::Relaxed);
+        if connection_failed(&e) && self.reachable.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                redis = "unreachable",
+                error = %e,
+                "Redis commands fail: unreachable; commands answer `unavailable` at once until it \
+                 answers a PING again"
+            );
         }
         unavailable(e)
     }

@@ -17,6 +17,7 @@ use redis::Value;
 use super::parse::{as_str, as_u64};
 use super::{NO_EPOCH, RedisBus};
 use crate::bus::{BusError, REPLAY_PAGE, Replay};
+use crate::metrics::RedisMetrics;
 use crate::protocol::{Message, Position, Topic};
 
 /// How often the monitor probes (and, while not ready, tries to recover).
@@ -109,11 +110,15 @@ async fn check_commands(bus: &RedisBus) {
     };
     if ping(bus.cmd.get()).await {
         bus.reachable.store(true, Ordering::Relaxed);
+        tracing::info!(redis = "reachable", "Redis answers commands again");
         return;
     }
     match bus.cmd.rebuild().await {
         Ok(()) if ping(bus.cmd.get()).await => {
-            tracing::info!("Redis command connection rebuilt");
+            tracing::info!(
+                redis = "reachable",
+                "Redis command connection rebuilt; it answers commands again"
+            );
             bus.reachable.store(true, Ordering::Relaxed);
         }
         Ok(()) => {}
@@ -147,7 +152,10 @@ async fn recover(bus: &Arc<RedisBus>, since: Instant) -> bool {
     // cut short leaves the topics it did not reach held for the next).
     match tokio::time::timeout(FILL_DEADLINE, bus.fill_gaps()).await {
         Ok(Ok(n)) => {
-            tracing::info!("Redis is back; gaps of {n} topics filled");
+            tracing::info!(
+                redis = "ready",
+                "Redis is back: pub/sub live again, gaps of {n} topics filled"
+            );
             bus.metrics.gaps_filled.increment(n as u64);
             true
         }
@@ -210,6 +218,19 @@ pub(super) async fn refresh_conns(bus: Arc<RedisBus>, stop: CancellationToken) {
             let _ = bus.failed(e);
         }
     }
+}
+
+/// `sinks` whose `lost` also counts each topic given up (`herald_redis_gap_fills_total`, lost).
+pub(super) fn counting_losses(
+    mut sinks: crate::bus::Sinks,
+    metrics: &RedisMetrics,
+) -> crate::bus::Sinks {
+    let (lost, gaps_lost) = (sinks.lost.clone(), metrics.gaps_lost.clone());
+    sinks.lost = Arc::new(move |t: &Topic| {
+        gaps_lost.increment(1);
+        lost(t)
+    });
+    sinks
 }
 
 /// A random id for this process's probe channel.
@@ -295,6 +316,7 @@ impl RedisBus {
             .collect();
         if !waiting.is_empty() {
             tracing::warn!(
+                redis = "given_up",
                 "Redis has not delivered for {SUBSCRIBERS_WAIT:?}: giving up {} topics",
                 waiting.len()
             );

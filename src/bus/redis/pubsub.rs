@@ -66,7 +66,10 @@ impl RedisBus {
     /// message must not overtake the missing ones), and have the monitor rebuild it.
     pub(super) fn broke(&self, why: &str) {
         if !self.pubsub_broken.swap(true, Ordering::AcqRel) {
-            tracing::warn!("{why}; reconnecting");
+            tracing::warn!(
+                redis = "not_ready",
+                "{why}; reconnecting (/readyz answers 503)"
+            );
         }
         self.set_ready(false);
         self.state.lock().hold_all();

@@ -113,6 +113,11 @@ where
     } = a;
     let sub = gw.hub.connect_as(codec, id);
     gw.metrics.accepted.increment(1);
+    // Upgraded just before the drain began closing, registered just after it listed the
+    // connections: closed at once, as the drain would have.
+    if gw.closing.load(std::sync::atomic::Ordering::SeqCst) {
+        sub.outbox.close(CloseCode::Restarting);
+    }
     let cfg = &gw.config;
     let mut s = Session {
         forwarded: forwarded.into(),
@@ -160,6 +165,12 @@ where
             Box::pin(s.subscribe(None, topic, since)).await;
         }
         let code = s.serve(&mut pump).await;
+        if sub.outbox.close_code() == Some(CloseCode::SlowConsumer.code()) {
+            tracing::info!(
+                limit = gw.config.outbox_bytes,
+                "slow consumer: its outbox went over its bound; closed with 4008"
+            );
+        }
         s.close_all(user_watched.is_ok()).await;
         code
     }
@@ -213,6 +224,7 @@ impl Session {
             }
             if deadline.is_none() && sub.outbox.is_closing() {
                 deadline = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                self.closing_noticed(sub.outbox.close_code());
             }
             let hub = &self.gw.hub;
             let io = poll_fn(|cx| pump.poll_io(cx, &sub, hub));
@@ -228,6 +240,9 @@ impl Session {
                 Io::Wrote | Io::Closing => {}
                 Io::Gone => return close::ABNORMAL,
                 Io::Close(code) => {
+                    if deadline.is_none() {
+                        self.closing_noticed(Some(code.code()));
+                    }
                     let close = pump.close(code.code(), code.reason());
                     let left = deadline.map_or(CLOSE_GRACE, |d| {
                         d.saturating_duration_since(tokio::time::Instant::now())
@@ -236,6 +251,14 @@ impl Session {
                     return code.code();
                 }
             }
+        }
+    }
+
+    /// The connection was asked to close with `code`: a slow consumer is counted now, as soon
+    /// as its outbox overflowed (its close may take the close grace, the peer not reading).
+    fn closing_noticed(&self, code: Option<u16>) {
+        if code == Some(CloseCode::SlowConsumer.code()) {
+            self.gw.metrics.slow_consumers.increment(1);
         }
     }
 

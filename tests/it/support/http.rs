@@ -22,10 +22,10 @@ pub(crate) struct Http {
 pub(crate) struct Response {
     /// The status code.
     pub status: u16,
-    /// The headers.
-    pub headers: hyper::HeaderMap,
     /// The body as text.
     pub text: String,
+    /// The headers.
+    pub headers: hyper::HeaderMap,
 }
 
 impl Response {
@@ -81,8 +81,8 @@ impl Http {
                 .to_bytes();
             Ok(Response {
                 status,
-                headers,
                 text: String::from_utf8_lossy(&bytes).into_owned(),
+                headers,
             })
         };
         tokio::time::timeout(WAIT, fut)

@@ -10,12 +10,20 @@ use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
 use super::Node;
 
-/// `herald` with an empty environment (so the developer's `HERALD_*` never leak in), `args` and
-/// `env`; output piped; killed if the test drops it.
+/// Test defaults of every `herald` process, which `env` may override: a drain without delay or
+/// window, so that SIGTERM ends a test's node at once (the drain's tests set their own).
+pub(crate) const PROC_DEFAULTS: &[(&str, &str)] = &[
+    ("HERALD_DRAIN_DELAY_SECS", "0"),
+    ("HERALD_DRAIN_WINDOW_SECS", "0"),
+];
+
+/// `herald` with an empty environment (so the developer's `HERALD_*` never leak in), the
+/// [`PROC_DEFAULTS`], `args` and `env`; output piped; killed if the test drops it.
 pub(crate) fn herald(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));
     c.args(args)
         .env_clear()
+        .envs(PROC_DEFAULTS.iter().copied())
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -33,7 +41,15 @@ pub(crate) fn free_addr() -> SocketAddr {
 /// A `herald serve` process (`args` after `serve`, e.g. `--config FILE`) on a free loopback
 /// port with the test secrets plus `env`, its output drained; returns once `/healthz` answers.
 pub(crate) async fn serve(args: &[&str], env: &[(&str, &str)]) -> (Child, Node) {
-    let addr = free_addr();
+    serve_on(free_addr(), args, env).await
+}
+
+/// [`serve`] on `addr` (e.g. the port of a node that was stopped, to start it again).
+pub(crate) async fn serve_on(
+    addr: SocketAddr,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Child, Node) {
     let listen = addr.to_string();
     let mut all = vec![
         ("HERALD_LISTEN", listen.as_str()),
@@ -104,6 +120,22 @@ impl<R: tokio::io::AsyncRead + Unpin + Send + 'static> Output<R> {
             self.seen.push(line.clone());
             if pred(&line) {
                 return line;
+            }
+        }
+    }
+
+    /// Reads the rest of the output, until the child closes it (it exits); fails the test when
+    /// that takes longer than `bound`. Returns every line read, these and the earlier ones.
+    pub(crate) async fn rest(mut self, bound: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("output still open after {bound:?}"))
+                .expect("reading the child's output");
+            match line {
+                Some(l) => self.seen.push(l),
+                None => return self.seen,
             }
         }
     }

@@ -174,6 +174,30 @@ impl Client {
         }
     }
 
+    /// The next data frame (`Ok`), or how the connection ended (`Err`): the server's close code,
+    /// or `None` when it broke or ended without one. Fails the test when neither happens within
+    /// `bound` (pings do not extend it).
+    pub(crate) async fn next_or_end_within(
+        &mut self,
+        bound: Duration,
+    ) -> Result<Value, Option<u16>> {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("nothing within {bound:?}"));
+            match m {
+                Some(Ok(Message::Close(f))) => return Err(f.map(|f| u16::from(f.code))),
+                Some(Err(_)) | None => return Err(None),
+                Some(Ok(m)) => {
+                    if let Some(v) = decode(&m) {
+                        return Ok(v);
+                    }
+                }
+            }
+        }
+    }
+
     /// Reads until the server's close frame and returns its code, skipping data frames. Fails the
     /// test when the connection ends without one or nothing arrives within [`WAIT`].
     pub(crate) async fn expect_close(&mut self) -> u16 {
