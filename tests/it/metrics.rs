@@ -415,3 +415,18 @@ async fn redis_state_reconnects_and_probe_round_trips_are_counted() {
     let local = scrape(&Node::start().await).await;
     assert!(!local.text.contains("herald_redis_"), "{}", local.text);
 }
+
+#[tokio::test]
+async fn the_heartbeat_samples_every_connections_outbox() {
+    let node = Node::with(&[("HERALD_PING_INTERVAL_SECS", "1")]).await;
+    let _c = node.client(Codec::Json).await;
+    let s = scrape_until(&node, WAIT, "an outbox sampled", |s| {
+        s.get("herald_outbox_bytes_count", &[]) >= 1.0
+    })
+    .await;
+    assert!(
+        s.text.contains("herald_outbox_bytes_bucket{le=\"0\"}"),
+        "{}",
+        s.text
+    );
+}
