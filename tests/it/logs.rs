@@ -216,6 +216,9 @@ async fn json_logs_carry_connection_spans_and_refusals_and_never_a_secret() {
         .collect();
     assert_eq!(slow.len(), 1, "one line per slow consumer: {slow:?}");
     assert_eq!(slow[0]["span"]["user"], "bob", "{}", slow[0]);
+    // The line names the connection itself too: at info level there is no connection span.
+    assert_eq!(slow[0]["fields"]["user"], "bob", "{}", slow[0]);
+    assert!(slow[0]["fields"]["conn"].is_string(), "{}", slow[0]);
 
     let redis_ready = parsed
         .iter()

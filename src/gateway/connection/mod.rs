@@ -166,7 +166,12 @@ where
         }
         let code = s.serve(&mut pump).await;
         if sub.outbox.close_code() == Some(CloseCode::SlowConsumer.code()) {
+            // The connection's span exists only at debug level (it costs memory per open
+            // connection): the line names the connection itself.
             tracing::info!(
+                conn = &*s.conn,
+                user = &*s.identity.user,
+                node = gw.config.node_id.as_str(),
                 limit = gw.config.outbox_bytes,
                 "slow consumer: its outbox went over its bound; closed with 4008"
             );
