@@ -33,7 +33,7 @@ pub async fn echo(State(gw): State<Arc<Gateway>>, mut req: Request) -> Result<Re
             None => {}
         }
     });
-    Ok(switching(&key, None))
+    Ok(switching(&key, None, None))
 }
 
 /// Echoes until the peer closes or breaks the protocol.
