@@ -304,6 +304,18 @@ pub fn deflate_frame(plain: &Bytes) -> Bytes {
 /// A final server frame of `opcode` carrying `payload` deflated (RSV1 set), or `None` when the
 /// compressed payload would not be smaller than `payload`.
 pub fn compressed_frame(opcode: OpCode, payload: &[u8]) -> Option<Bytes> {
+    compress(opcode, payload, true)
+}
+
+/// A final server frame of `opcode` carrying `payload` deflated (RSV1 set), even when that is
+/// larger than `payload` (the conformance echo compresses everything); plain only if the
+/// deflater failed.
+pub fn always_compressed_frame(opcode: OpCode, payload: &[u8]) -> Bytes {
+    compress(opcode, payload, false)
+        .unwrap_or_else(|| super::websocket::server_frame(opcode, payload))
+}
+
+fn compress(opcode: OpCode, payload: &[u8], only_smaller: bool) -> Option<Bytes> {
     DEFLATER.with(|cell| {
         let mut slot = cell.borrow_mut();
         let d = slot.get_or_insert_with(|| {
@@ -317,7 +329,7 @@ pub fn compressed_frame(opcode: OpCode, payload: &[u8]) -> Option<Bytes> {
         let deflated = deflate_into(&mut d.compress, payload, &mut d.scratch);
         let frame = deflated.then(|| {
             let body = &d.scratch[..d.scratch.len() - TAIL.len()];
-            (body.len() < payload.len()).then(|| {
+            (!only_smaller || body.len() < payload.len()).then(|| {
                 let mut h = [0u8; MAX_SERVER_HEADER];
                 let start = server_header(opcode, body.len(), &mut h);
                 h[start] |= 0x40;
