@@ -19,7 +19,6 @@ use std::sync::atomic::Ordering;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Instant;
 
-use bytes::Bytes;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
@@ -143,21 +142,18 @@ impl Hub {
         }
     }
 
-    /// Queues a `direct` frame (encoded once per codec) to every connection of `user` here.
+    /// Queues a `direct` frame (encoded once per codec, and compressed once per codec for the
+    /// connections that negotiated permessage-deflate) to every connection of `user` here.
     /// Returns the number of connections it was queued to.
     pub fn deliver_direct(&self, user: &str, from: Option<&str>, data: &[u8]) -> usize {
         let Some(conns) = self.users.get(user).map(|r| r.clone()) else {
             return 0;
         };
-        let mut json: Option<Bytes> = None;
-        let mut msgpack: Option<Bytes> = None;
+        let make = |c: Codec| c.direct(from, data);
+        let mut frames = frames::Frames::new(make, self.min_deflate, None);
         let mut n = 0;
         for s in &conns {
-            let frame = match s.codec {
-                Codec::Json => json.get_or_insert_with(|| Codec::Json.direct(from, data)),
-                Codec::MsgPack => msgpack.get_or_insert_with(|| Codec::MsgPack.direct(from, data)),
-            };
-            if s.push(frame.clone()) {
+            if s.push(frames.get(s).clone()) {
                 n += 1;
             }
         }

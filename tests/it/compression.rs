@@ -11,7 +11,7 @@ use herald::protocol::websocket::{OpCode, client_frame};
 use serde_json::{Value, json};
 
 use crate::support::raw::{MASK, RawWs, Upgrade};
-use crate::support::{Node, WAIT, upgrade};
+use crate::support::{API_KEY, Node, WAIT, upgrade};
 
 /// What browsers offer.
 const OFFER: &str = "permessage-deflate; client_max_window_bits";
@@ -153,6 +153,24 @@ async fn a_compressed_and_a_plain_subscriber_both_read_a_large_message() {
     assert_eq!(inflated(&z), p, "the same message");
     let m: Value = serde_json::from_slice(&p).unwrap();
     assert_eq!((m["op"].as_str(), &m["data"]), (Some("msg"), &data));
+}
+
+#[tokio::test]
+async fn a_large_direct_message_reaches_a_compressed_connection_compressed() {
+    let node = Node::start().await;
+    // Both connections are alice's (the ticket of `open`).
+    let mut zipped = subscribed(&node, Some(OFFER), "x").await;
+    let mut plain = subscribed(&node, None, "x").await;
+    let data = feed(3000);
+    let body = json!({"user": "alice", "data": data}).to_string();
+    let (status, out) = node.http.post("/v1/publish", Some(API_KEY), &body).await;
+    assert_eq!(status, 200, "{out}");
+    let (zb0, z) = zipped.next_wire_frame().await;
+    let (pb0, p) = plain.next_wire_frame().await;
+    assert_eq!((zb0, pb0), (0xC1, 0x81));
+    assert_eq!(inflated(&z), p);
+    let m: Value = serde_json::from_slice(&p).unwrap();
+    assert_eq!((m["op"].as_str(), &m["data"]), (Some("direct"), &data));
 }
 
 #[tokio::test]
