@@ -76,7 +76,9 @@ fn main() {
         let n = 10_000u64;
         let hub = Hub::new(1 << 30);
         let topic = m.topic.clone();
-        let subs: Vec<_> = (0..n).map(|i| hub.connect_as(Codec::Json, i + 1)).collect();
+        let subs: Vec<_> = (0..n)
+            .map(|i| hub.connect_as(Codec::Json, false, i + 1))
+            .collect();
         for s in &subs {
             hub.subscribe(&topic, s);
             hub.go_live(&topic, s.id, None);

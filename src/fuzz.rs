@@ -30,23 +30,27 @@ pub const REDIS_PREFIX: &str = "herald:";
 
 /// Client frames on the wire. The first byte chooses how the rest is cut into reads (1 to 256
 /// bytes each), as a socket may deliver them; the assembler must give the same answer whatever
-/// the cut, and every message it yields must respect its limits.
+/// the cut, and every message it yields must respect its limits (inflated ones too: the bytes
+/// are read both without and with permessage-deflate negotiated).
 pub fn websocket_frames(data: &[u8]) {
     let Some((&cut, wire)) = data.split_first() else {
         return;
     };
-    let whole = assemble(wire, wire.len().max(1));
-    let in_reads = assemble(wire, usize::from(cut) + 1);
-    assert_eq!(
-        whole, in_reads,
-        "the answer depends on how the bytes were cut"
-    );
+    for deflate in [false, true] {
+        let whole = assemble(wire, wire.len().max(1), deflate);
+        let in_reads = assemble(wire, usize::from(cut) + 1, deflate);
+        assert_eq!(
+            whole, in_reads,
+            "the answer depends on how the bytes were cut"
+        );
+    }
 }
 
 /// Feeds `wire` to a server-side assembler `chunk` bytes at a time, as the connection's read loop
-/// does: everything it yields, and the error that stopped it if any.
-fn assemble(wire: &[u8], chunk: usize) -> (Vec<Incoming>, Option<WsError>) {
-    let mut asm = Assembler::server(MAX_MESSAGE);
+/// does (on a connection that negotiated permessage-deflate when `deflate`): everything it
+/// yields, and the error that stopped it if any.
+fn assemble(wire: &[u8], chunk: usize, deflate: bool) -> (Vec<Incoming>, Option<WsError>) {
+    let mut asm = Assembler::server(MAX_MESSAGE).with_deflate(deflate);
     let mut buf: Vec<u8> = Vec::new();
     let mut out = Vec::new();
     let mut fed = 0;

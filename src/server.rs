@@ -152,7 +152,10 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
     if config.admin.metrics_public {
         tracing::warn!("metrics_public is set: GET /metrics answers anyone, without a key");
     }
-    let hub = Arc::new(Hub::with_metrics(config.outbox_bytes, metrics.clone()));
+    let hub = Arc::new(
+        Hub::with_metrics(config.outbox_bytes, metrics.clone())
+            .compressing_from(config.compression.min_bytes),
+    );
     let to_hub = hub.clone();
     let sink: Sink = Arc::new(move |m| to_hub.deliver(m));
     let to_hub = hub.clone();

@@ -28,6 +28,17 @@ impl Codec {
     }
 }
 
+/// What fills a message up to its size (`--payload`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Payload {
+    /// `"p":"xxx..."`: one string of `x` (compresses to almost nothing).
+    Pad,
+    /// `"p":[{"px":..,"qty":..,"side":..,"sym":..},...]`: market ticks that vary with the
+    /// message, as compressible as a real JSON feed (JSON only).
+    Feed,
+}
+
 /// What a fast scan found in a server frame.
 pub(crate) enum Scan {
     Msg {
@@ -65,16 +76,67 @@ pub(crate) fn sub_request(codec: Codec, id: u64, topic: &str) -> Vec<u8> {
     }
 }
 
-/// The `data` object in JSON: `{"t":..,"s":..,"p":"xxx"}` (no `p` when `pad` is 0).
-pub(crate) fn json_data(out: &mut Vec<u8>, t: u64, s: u64, pad: usize) {
+/// The `data` object in JSON: `{"t":..,"s":..,"p":"xxx"}` (no `p` when `pad` is 0), or with
+/// [`Payload::Feed`] `{"t":..,"s":..,"p":[ticks]}` with about `pad` bytes of ticks.
+pub(crate) fn json_data(out: &mut Vec<u8>, t: u64, s: u64, pad: usize, payload: Payload) {
     use std::io::Write as _;
     let _ = write!(out, r#"{{"t":{t},"s":{s}"#);
     if pad > 0 {
-        out.extend_from_slice(br#","p":""#);
-        out.resize(out.len() + pad, b'x');
-        out.push(b'"');
+        match payload {
+            Payload::Pad => {
+                out.extend_from_slice(br#","p":""#);
+                out.resize(out.len() + pad, b'x');
+                out.push(b'"');
+            }
+            Payload::Feed => {
+                out.extend_from_slice(br#","p":"#);
+                feed(out, s, pad);
+            }
+        }
     }
     out.push(b'}');
+}
+
+/// A JSON array of market ticks of about `budget` bytes (at least one tick), different for each
+/// `seq`: what a price feed sends, with its usual redundancy (keys, symbols, sides) and its
+/// usual entropy (prices, sizes).
+fn feed(out: &mut Vec<u8>, seq: u64, budget: usize) {
+    use std::io::Write as _;
+    const SYMS: [&str; 16] = [
+        "AAPL", "MSFT", "GOOG", "AMZN", "META", "NVDA", "TSLA", "NFLX", "ORCL", "INTC", "AMD",
+        "IBM", "SAP", "ADBE", "CRM", "QCOM",
+    ];
+    let start = out.len();
+    out.push(b'[');
+    let mut tick = Vec::with_capacity(64);
+    for i in 0u64.. {
+        // splitmix64 of (seq, i): the same message always, another one differs.
+        let mut x = seq
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(i.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        tick.clear();
+        let _ = write!(
+            tick,
+            r#"{{"px":{}.{:02},"qty":{},"side":"{}","sym":"{}"}}"#,
+            10 + x % 990,
+            (x >> 12) % 100,
+            1 + (x >> 20) % 5000,
+            if (x >> 40) & 1 == 0 { "buy" } else { "sell" },
+            SYMS[((x >> 44) % 16) as usize]
+        );
+        let sep = usize::from(i > 0);
+        if i > 0 && out.len() - start + sep + tick.len() + 1 > budget {
+            break;
+        }
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&tick);
+    }
+    out.push(b']');
 }
 
 /// A `pub` request for the WebSocket publisher, appended to `out`.
@@ -85,13 +147,13 @@ pub(crate) fn pub_request(
     topic: &str,
     t: u64,
     s: u64,
-    pad: usize,
+    (pad, payload): (usize, Payload),
 ) {
     match codec {
         Codec::Json => {
             use std::io::Write as _;
             let _ = write!(out, r#"{{"op":"pub","id":{id},"topic":"{topic}","data":"#);
-            json_data(out, t, s, pad);
+            json_data(out, t, s, pad, payload);
             out.push(b'}');
         }
         Codec::Msgpack => {
@@ -111,7 +173,13 @@ pub(crate) fn pub_request(
 /// Padding length so that the `msg` frame a subscriber receives is about `size` bytes in total
 /// (WebSocket header included), given the topic and epoch as the server reported them. 0 means
 /// no `p` at all (the smallest frame).
-pub(crate) fn pad_for(codec: Codec, size: usize, topic: &str, epoch: &str) -> usize {
+pub(crate) fn pad_for(
+    codec: Codec,
+    payload: Payload,
+    size: usize,
+    topic: &str,
+    epoch: &str,
+) -> usize {
     // Representative values: t about 10^10 ns (11 digits), offset and seq of 5 digits.
     let (t, s, offset) = (10_000_000_000u64, 10_000u64, 10_000u64);
     let frame = |pad: usize| {
@@ -121,7 +189,7 @@ pub(crate) fn pad_for(codec: Codec, size: usize, topic: &str, epoch: &str) -> us
                 o.extend_from_slice(
                     format!(r#"{{"op":"msg","topic":"{topic}","offset":{offset},"epoch":"{epoch}","data":"#).as_bytes(),
                 );
-                json_data(&mut o, t, s, pad);
+                json_data(&mut o, t, s, pad, payload);
                 o.push(b'}');
             }
             Codec::Msgpack => {
@@ -151,6 +219,12 @@ pub(crate) fn pad_for(codec: Codec, size: usize, topic: &str, epoch: &str) -> us
     let mut pad = 1 + (size - with_one);
     while pad > 1 && frame(pad) > size {
         pad -= 1;
+    }
+    // A feed grows a tick at a time, and its first tick came with `frame(1)`: give it the room.
+    let mut more = 0;
+    while payload == Payload::Feed && more < 256 && frame(pad + 1) <= size {
+        pad += 1;
+        more += 1;
     }
     pad
 }
@@ -299,13 +373,21 @@ mod tests {
     #[test]
     fn msgpack_pub_request_decodes() {
         let mut o = Vec::new();
-        pub_request(Codec::Msgpack, &mut o, 9, "bench.3", 1 << 40, 5, 50);
+        pub_request(
+            Codec::Msgpack,
+            &mut o,
+            9,
+            "bench.3",
+            1 << 40,
+            5,
+            (50, Payload::Pad),
+        );
         let v: Value = rmp_serde::from_slice(&o).unwrap();
         assert_eq!(v["op"], "pub");
         assert_eq!(v["data"]["t"], 1u64 << 40);
         assert_eq!(v["data"]["p"].as_str().unwrap().len(), 50);
         let mut j = Vec::new();
-        pub_request(Codec::Json, &mut j, 9, "bench.3", 1, 5, 3);
+        pub_request(Codec::Json, &mut j, 9, "bench.3", 1, 5, (3, Payload::Pad));
         let v: Value = serde_json::from_slice(&j).unwrap();
         assert_eq!(v["data"]["p"], "xxx");
     }
@@ -313,9 +395,9 @@ mod tests {
     #[test]
     fn pad_hits_target_size() {
         let frame = |size: usize| {
-            let p = pad_for(Codec::Json, size, "bench.0", "abcdefgh");
+            let p = pad_for(Codec::Json, Payload::Pad, size, "bench.0", "abcdefgh");
             let mut d = Vec::new();
-            json_data(&mut d, 10_000_000_000, 10_000, p);
+            json_data(&mut d, 10_000_000_000, 10_000, p, Payload::Pad);
             let head = r#"{"op":"msg","topic":"bench.0","offset":10000,"epoch":"abcdefgh","data":"#;
             let n = head.len() + d.len() + 1;
             (p, n + if n < 126 { 2 } else { 4 })
@@ -324,6 +406,29 @@ mod tests {
         assert_eq!(frame(1000).1, 1000);
         // Too small for any padding: no `p` at all.
         assert_eq!(frame(90).0, 0);
-        assert!(pad_for(Codec::Msgpack, 1000, "bench.0", "e") > 900);
+        assert!(pad_for(Codec::Msgpack, Payload::Pad, 1000, "bench.0", "e") > 900);
+    }
+
+    #[test]
+    fn a_feed_is_json_of_about_its_size_that_the_scan_reads() {
+        let p = pad_for(Codec::Json, Payload::Feed, 1000, "bench.0", "abcdefgh");
+        let mut d = Vec::new();
+        json_data(&mut d, 12_345, 77, p, Payload::Feed);
+        let v: Value = serde_json::from_slice(&d).unwrap();
+        assert!(v["p"].as_array().unwrap().len() > 10, "{v}");
+        let frame = format!(
+            r#"{{"op":"msg","topic":"bench.0","offset":1,"epoch":"e","data":{}}}"#,
+            v
+        );
+        // Ticks are about 55 bytes each: the size is met to within one.
+        assert!((920..=1010).contains(&frame.len()), "{}", frame.len());
+        assert!(matches!(
+            scan(Codec::Json, frame.as_bytes()),
+            Scan::Msg { t: 12_345, s: 77 }
+        ));
+        // Another message, other ticks.
+        let mut e = Vec::new();
+        json_data(&mut e, 12_345, 78, p, Payload::Feed);
+        assert_ne!(d[20..], e[20..]);
     }
 }

@@ -14,6 +14,8 @@ pub(crate) struct Ws {
     pub reader: FrameReader,
     pub rng: MaskRng,
     pub codec: Codec,
+    /// The server agreed to permessage-deflate.
+    pub deflate: bool,
 }
 
 /// A shorter, stable category for an error (numbers that vary per connection are dropped).
@@ -29,7 +31,13 @@ fn wire_err(stage: &str, e: WireError) -> String {
     }
 }
 
-pub(crate) async fn open(target: &Target, tickets: &Tickets, codec: Codec) -> Result<Ws, String> {
+/// Opens a WebSocket, offering permessage-deflate when `deflate` (the server may decline it).
+pub(crate) async fn open(
+    target: &Target,
+    tickets: &Tickets,
+    codec: Codec,
+    deflate: bool,
+) -> Result<Ws, String> {
     let ticket = tickets.get().await?;
     let mut stream = target
         .connect()
@@ -39,14 +47,21 @@ pub(crate) async fn open(target: &Target, tickets: &Tickets, codec: Codec) -> Re
         .set_nodelay(true)
         .map_err(|e| format!("nodelay: {e}"))?;
     let path = format!("/ws?ticket={ticket}");
-    let leftover = wire::upgrade(&mut stream, &target.authority, &path, codec.subprotocol())
-        .await
-        .map_err(|e| wire_err("upgrade", e))?;
+    let (leftover, agreed) = wire::upgrade(
+        &mut stream,
+        &target.authority,
+        &path,
+        codec.subprotocol(),
+        deflate,
+    )
+    .await
+    .map_err(|e| wire_err("upgrade", e))?;
     let mut ws = Ws {
         stream,
-        reader: FrameReader::new(leftover),
+        reader: FrameReader::new(leftover, agreed),
         rng: MaskRng::new(),
         codec,
+        deflate: agreed,
     };
     let welcome = ws
         .next_message()

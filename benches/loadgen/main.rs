@@ -82,6 +82,14 @@ pub struct Args {
     /// Subprotocol of subscribers and WebSocket publishers (herald.v1.json / herald.v1.msgpack).
     #[arg(long, value_enum, default_value = "json")]
     pub codec: codec::Codec,
+    /// Subscribers offer permessage-deflate (as browsers do) and inflate what arrives compressed.
+    #[arg(long)]
+    pub deflate: bool,
+    /// What fills each message up to `--size`: `pad` (one string of `x`, which compresses to
+    /// almost nothing) or `feed` (an array of market ticks with varying symbols, prices and
+    /// sizes, compressible as a real JSON feed is; needs `--codec json`).
+    #[arg(long, value_enum, default_value = "pad")]
+    pub payload: codec::Payload,
     /// Publish with `pub` over WebSocket (pipelined), with `POST /v1/publish` (needs --api-key), or
     /// with `FCALL herald_publish` straight to Redis (needs --redis-url), as a backend would.
     #[arg(long, value_enum, default_value = "ws")]
@@ -192,6 +200,10 @@ impl Args {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
             "--topic-prefix may use letters, digits, '-', '_' and '.'"
+        );
+        anyhow::ensure!(
+            self.payload == codec::Payload::Pad || self.codec == codec::Codec::Json,
+            "--payload feed needs --codec json"
         );
         self.rate()?;
         // Exact duplicate/loss accounting keeps one bit per (subscriber, message of its topic).

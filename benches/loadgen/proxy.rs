@@ -82,7 +82,7 @@ pub(crate) async fn run(args: &Args, mode: Mode, jwt: Option<String>) -> anyhow:
                 let target = Target::parse(&args.url)?;
                 let tickets = Tickets::new(&target, jwt.as_deref().unwrap_or(""))?;
                 let service = args.service.clone().unwrap_or_else(|| "orders".into());
-                let mut ws = conn::open(&target, &tickets, Codec::Json)
+                let mut ws = conn::open(&target, &tickets, Codec::Json, false)
                     .await
                     .map_err(|e| anyhow::anyhow!("connect: {e}"))?;
                 tasks.push(tokio::spawn(async move {

@@ -33,6 +33,8 @@ pub(crate) struct Plan {
     pub pacing: Pacing,
     pub inflight: usize,
     pub pad: usize,
+    /// What the padding is made of.
+    pub payload: codec::Payload,
     pub codec: Codec,
     pub via: Via,
     pub deadline: Instant,
@@ -183,7 +185,7 @@ async fn ws_publisher(
 ) -> Result<(), String> {
     let ws = tokio::time::timeout_at(
         plan.deadline,
-        conn::open(&plan.target, &plan.tickets, plan.codec),
+        conn::open(&plan.target, &plan.tickets, plan.codec, false),
     )
     .await
     .map_err(|_| "timed out opening the publisher connection".to_string())??;
@@ -192,6 +194,7 @@ async fn ws_publisher(
         mut reader,
         mut rng,
         codec,
+        ..
     } = ws;
     let (mut rd, wr) = stream.into_split();
     let wr = Arc::new(tokio::sync::Mutex::new(wr));
@@ -290,7 +293,8 @@ async fn ws_publisher(
         let t = crate::now_ns();
         payload.clear();
         let (tp, seq) = ((i % topics.len() as u64) as usize, i / topics.len() as u64);
-        codec::pub_request(codec, &mut payload, i + 1, &topics[tp], t, seq, plan.pad);
+        let fill = (plan.pad, plan.payload);
+        codec::pub_request(codec, &mut payload, i + 1, &topics[tp], t, seq, fill);
         wire::push_frame(&mut batch, codec.opcode(), &payload, &mut rng);
         stats.stamp(t, i);
         sent += 1;
@@ -341,7 +345,7 @@ async fn http_publisher(
         let t = crate::now_ns();
         let mut body = Vec::with_capacity(plan.pad + 96);
         body.extend_from_slice(format!(r#"{{"topic":"{}","data":"#, topics[tp]).as_bytes());
-        codec::json_data(&mut body, t, seq, plan.pad);
+        codec::json_data(&mut body, t, seq, plan.pad, plan.payload);
         body.push(b'}');
         stats.stamp(t, i);
         match tokio::time::timeout_at(plan.deadline, p.publish(body)).await {
@@ -417,7 +421,7 @@ async fn redis_publisher(
         let (tp, seq) = ((i % topics.len() as u64) as usize, i / topics.len() as u64);
         let t = crate::now_ns();
         let mut data = Vec::with_capacity(plan.pad + 64);
-        codec::json_data(&mut data, t, seq, plan.pad);
+        codec::json_data(&mut data, t, seq, plan.pad, plan.payload);
         stats.stamp(t, i);
         pipe.cmd("FCALL")
             .arg("herald_publish")

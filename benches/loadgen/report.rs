@@ -57,7 +57,15 @@ pub(crate) struct Deliveries {
     pub first_server_error: Option<String>,
     pub elapsed_secs: f64,
     pub per_sec: f64,
+    /// Bytes read by the subscribers, as they crossed the wire (compressed, when they were),
+    /// over frames received.
     pub avg_frame_bytes: f64,
+    /// Bytes read by the subscribers in all, as they crossed the wire.
+    pub wire_bytes: u64,
+    /// Subscribers that negotiated permessage-deflate (`--deflate`).
+    pub deflate_conns: u64,
+    /// Frames that arrived compressed.
+    pub compressed_frames: u64,
     /// complete | duration-limit | stalled
     pub stop_reason: String,
 }
@@ -176,9 +184,16 @@ impl Report {
             }
             let _ = writeln!(
                 o,
-                "throughput       {:.0} deliveries/s over {:.3} s (avg frame {:.0} B)",
+                "throughput       {:.0} deliveries/s over {:.3} s (avg frame {:.0} B on the wire)",
                 d.per_sec, d.elapsed_secs, d.avg_frame_bytes
             );
+            if d.deflate_conns > 0 {
+                let _ = writeln!(
+                    o,
+                    "compression      {} subscribers negotiated permessage-deflate; {} frames arrived compressed; {} bytes read in all",
+                    d.deflate_conns, d.compressed_frames, d.wire_bytes
+                );
+            }
         }
         if let Some(l) = &self.latency_us {
             let _ = writeln!(

@@ -122,7 +122,7 @@ pub(crate) async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, b
         mode: if args.idle { "idle" } else { "publish" },
         config: serde_json::json!({
             "url": target.base, "conns": args.conns, "topics": args.topics, "publish_rate": args.publish_rate,
-            "messages": args.messages, "size": args.size, "codec": args.codec, "publish_via": args.publish_via, "pacing": args.pacing,
+            "messages": args.messages, "size": args.size, "codec": args.codec, "deflate": args.deflate, "payload": args.payload, "publish_via": args.publish_via, "pacing": args.pacing,
             "publishers": args.publishers, "inflight": args.inflight, "duration_limit": args.duration_limit, "max_backlog": args.max_backlog,
         }),
         ..Default::default()
@@ -167,6 +167,7 @@ pub(crate) async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, b
         let epoch = subs.epoch.clone().unwrap_or_default();
         let pad = codec::pad_for(
             args.codec,
+            args.payload,
             args.size,
             topics.last().map(String::as_str).unwrap_or(""),
             &epoch,
@@ -183,6 +184,7 @@ pub(crate) async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, b
             pacing: args.pacing,
             inflight: args.inflight,
             pad,
+            payload: args.payload,
             codec: args.codec,
             via: args.publish_via,
             deadline,
@@ -292,6 +294,7 @@ pub(crate) async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, b
             ..Default::default()
         };
         let (mut frames, mut bytes) = (0u64, 0u64);
+        let (mut compressed, mut deflate_conns) = (0u64, 0u64);
         for s in &stats {
             let exp = pstats.ok_per_topic[s.topic].load(Relaxed);
             d.expected += exp;
@@ -307,6 +310,8 @@ pub(crate) async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, b
             }
             frames += s.frames;
             bytes += s.bytes;
+            compressed += s.compressed;
+            deflate_conns += u64::from(s.deflate);
             if let Some(e) = &s.ended {
                 *rep.connections.ended_early.entry(e.clone()).or_default() += 1;
             }
@@ -322,6 +327,9 @@ pub(crate) async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, b
         } else {
             0.0
         };
+        d.wire_bytes = bytes;
+        d.compressed_frames = compressed;
+        d.deflate_conns = deflate_conns;
         clean &= d.lost == 0
             && d.duplicated == 0
             && d.out_of_order == 0
@@ -441,10 +449,11 @@ async fn connect_all(
         );
         let tp = c % args.topics;
         let codec = args.codec;
+        let deflate = args.deflate;
         pending += 1;
         out.handles.push(tokio::spawn(async move {
             let opened = tokio::time::timeout(STEP_TIMEOUT, async {
-                let mut ws = conn::open(&target, &tickets, codec).await?;
+                let mut ws = conn::open(&target, &tickets, codec, deflate).await?;
                 let epoch = ws.subscribe(&topics[tp]).await?;
                 Ok::<_, String>((ws, epoch))
             })

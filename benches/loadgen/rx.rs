@@ -2,7 +2,8 @@
 //! reads up to 64 KiB with `try_read` into a buffer shared by every connection on that thread
 //! (so 10,000 connections do not hold 10,000 big buffers), parses WebSocket frames straight out
 //! of the chunk, and pulls `t` and `s` out of each `msg` by scanning. Only a frame that straddles
-//! two reads is copied (into a small per-connection remainder).
+//! two reads is copied (into a small per-connection remainder). On a connection that negotiated
+//! permessage-deflate, compressed messages are inflated into a buffer per thread first.
 
 use crate::codec::{self, Codec, Scan};
 use crate::conn::Ws;
@@ -21,6 +22,8 @@ thread_local! {
     /// Latencies of the chunk being processed, recorded in one batch (per thread, like the
     /// buffer: a chunk is processed without yielding).
     static LAT: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    /// The inflated form of the compressed message being processed.
+    static ZBUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// State shared by all receivers.
@@ -51,6 +54,10 @@ pub(crate) struct SubStats {
     pub server_errors: u64,
     pub first_error: Option<String>,
     pub frames: u64,
+    /// Frames that arrived compressed (RSV1).
+    pub compressed: u64,
+    /// The connection negotiated permessage-deflate.
+    pub deflate: bool,
     pub bytes: u64,
     /// Why the connection ended before the bench stopped it, if it did.
     pub ended: Option<String>,
@@ -68,6 +75,10 @@ struct Rx {
     left: Vec<u8>,
     /// Fragmented message being reassembled (the server does not fragment; tolerated).
     frag: Vec<u8>,
+    /// The fragmented message in `frag` is compressed (RSV1 on its first frame).
+    frag_z: bool,
+    /// permessage-deflate was negotiated.
+    deflate: bool,
     /// Pongs to write.
     out: Vec<u8>,
     rng: wire::MaskRng,
@@ -112,6 +123,7 @@ pub(crate) async fn run(
         reader,
         rng,
         codec,
+        deflate,
     } = ws;
     let words = topic_msgs.div_ceil(64) as usize;
     let rx = Rx {
@@ -120,6 +132,7 @@ pub(crate) async fn run(
         st: SubStats {
             conn,
             topic,
+            deflate,
             ..Default::default()
         },
         bits: vec![0; words],
@@ -128,6 +141,8 @@ pub(crate) async fn run(
         fresh: 0,
         left: Vec::new(),
         frag: Vec::new(),
+        frag_z: false,
+        deflate,
         out: Vec::new(),
         rng,
     };
@@ -258,17 +273,28 @@ impl Rx {
                 &owned[..]
             }
         };
+        if h.rsv1 && (!self.deflate || !matches!(h.opcode, OP_TEXT | OP_BINARY)) {
+            return self.fail(wire::WireError::Protocol(
+                "RSV1 without permessage-deflate, or not on a message's first frame".into(),
+            ));
+        }
         match h.opcode {
+            OP_TEXT | OP_BINARY if h.fin && h.rsv1 => self.compressed(payload, now),
             OP_TEXT | OP_BINARY if h.fin => self.message(payload, now),
             OP_TEXT | OP_BINARY => {
                 self.frag.clear();
                 self.frag.extend_from_slice(payload);
+                self.frag_z = h.rsv1;
             }
             OP_CONT => {
                 self.frag.extend_from_slice(payload);
                 if h.fin {
                     let f = std::mem::take(&mut self.frag);
-                    self.message(&f, now);
+                    if self.frag_z {
+                        self.compressed(&f, now);
+                    } else {
+                        self.message(&f, now);
+                    }
                 }
             }
             OP_CLOSE => {
@@ -282,6 +308,21 @@ impl Rx {
             OP_PING => wire::push_frame(&mut self.out, OP_PONG, payload, &mut self.rng),
             _ => {}
         }
+    }
+
+    /// A whole compressed message: inflated, then read as any other.
+    fn compressed(&mut self, p: &[u8], now: u64) {
+        self.st.compressed += 1;
+        ZBUF.with(|z| {
+            let mut z = z.borrow_mut();
+            match wire::inflate(p, &mut z) {
+                Ok(()) => self.message(&z, now),
+                Err(e) => self.fail(e),
+            }
+            if z.capacity() > 1 << 20 {
+                *z = Vec::new();
+            }
+        });
     }
 
     #[inline]
@@ -352,6 +393,8 @@ mod tests {
             fresh: 0,
             left: Vec::new(),
             frag: Vec::new(),
+            frag_z: false,
+            deflate: true,
             out: Vec::new(),
             rng: wire::MaskRng::new(),
         }
@@ -393,6 +436,39 @@ mod tests {
             let pong = wire::head(&r.out).unwrap().unwrap();
             assert_eq!((pong.opcode, pong.payload_len), (OP_PONG, 2));
         }
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_and_counted() {
+        use std::io::Write as _;
+        let mut stream = Vec::new();
+        for s in 0..10u64 {
+            let msg = format!(
+                r#"{{"op":"msg","topic":"b","offset":{s},"epoch":"e","data":{{"p":"{}","s":{s},"t":1}}}}"#,
+                "y".repeat(500)
+            );
+            let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(msg.as_bytes()).unwrap();
+            e.flush().unwrap();
+            let mut z = e.get_ref().clone();
+            z.truncate(z.len() - 4);
+            let at = stream.len();
+            server_frame(&mut stream, OP_TEXT, &z);
+            stream[at] |= 0x40;
+        }
+        for split in [1usize, 5, 100, stream.len()] {
+            let mut r = rx(10);
+            for chunk in stream.chunks(split) {
+                r.on_chunk(chunk, 10);
+            }
+            assert_eq!((r.st.unique, r.st.compressed), (10, 10), "split {split}");
+            assert!(r.st.ended.is_none(), "{:?}", r.st.ended);
+        }
+        // Not negotiated: RSV1 ends the connection.
+        let mut r = rx(10);
+        r.deflate = false;
+        r.on_chunk(&stream, 10);
+        assert!(r.st.ended.is_some());
     }
 
     #[test]

@@ -1,8 +1,12 @@
-//! WebSocket wire handling written for speed, with no WebSocket library: the HTTP/1.1 upgrade,
-//! frame headers, masked client frames, and a small frame reader for the control path (handshake,
-//! publisher replies). The hot receive path (`rx.rs`) uses `head` directly on raw chunks.
+//! WebSocket wire handling written for speed, with no WebSocket library: the HTTP/1.1 upgrade
+//! (offering permessage-deflate when asked), frame headers, masked client frames, the inflation
+//! of compressed messages, and a small frame reader for the control path (handshake, publisher
+//! replies). The hot receive path (`rx.rs`) uses `head` directly on raw chunks.
+
+use std::cell::RefCell;
 
 use base64::Engine as _;
+use flate2::{Decompress, FlushDecompress, Status};
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -39,6 +43,8 @@ pub(crate) enum WireError {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Head {
     pub fin: bool,
+    /// RSV1: a compressed message (permessage-deflate), on its first frame.
+    pub rsv1: bool,
     pub opcode: u8,
     pub head_len: usize,
     pub payload_len: usize,
@@ -72,7 +78,8 @@ pub(crate) fn head(buf: &[u8]) -> Result<Option<Head>, WireError> {
         return Ok(None);
     }
     let b0 = buf[0];
-    if b0 & 0x70 != 0 {
+    // RSV1 is permessage-deflate's: whether it was negotiated is the caller's check.
+    if b0 & 0x30 != 0 {
         return Err(WireError::Protocol(format!(
             "reserved bits set (first byte {b0:#04x})"
         )));
@@ -93,6 +100,7 @@ pub(crate) fn head(buf: &[u8]) -> Result<Option<Head>, WireError> {
     let mask = (buf[1] & 0x80 != 0).then(|| [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
     Ok(Some(Head {
         fin: b0 & 0x80 != 0,
+        rsv1: b0 & 0x40 != 0,
         opcode: b0 & 0x0f,
         head_len: need,
         payload_len,
@@ -147,20 +155,27 @@ pub(crate) fn unmask(data: &mut [u8], mask: [u8; 4]) {
 }
 
 /// Perform the client side of the WebSocket upgrade. Returns bytes read past the response head
-/// (the start of the frame stream).
+/// (the start of the frame stream), and whether the server agreed to permessage-deflate (offered
+/// only when `deflate`, as browsers offer it).
 pub(crate) async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     host: &str,
     path_and_query: &str,
     subprotocol: &str,
-) -> Result<Vec<u8>, WireError> {
+    deflate: bool,
+) -> Result<(Vec<u8>, bool), WireError> {
     let mut key_raw = [0u8; 16];
     getrandom::fill(&mut key_raw).map_err(|e| WireError::BadUpgrade(format!("getrandom: {e}")))?;
     let key = base64::engine::general_purpose::STANDARD.encode(key_raw);
+    let offer = if deflate {
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    } else {
+        ""
+    };
     let req = format!(
         "GET {path_and_query} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {subprotocol}\r\n\
-         User-Agent: herald-bench\r\n\r\n"
+         {offer}User-Agent: herald-bench\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::with_capacity(1024);
@@ -208,20 +223,66 @@ pub(crate) async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     hasher.update(key.as_bytes());
     hasher.update(WS_GUID.as_bytes());
     let expect = base64::engine::general_purpose::STANDARD.encode(hasher.finalize());
-    let mut accepted = false;
+    let (mut accepted, mut agreed) = (false, false);
     for line in lines {
-        if let Some((name, value)) = line.split_once(':')
-            && name.trim().eq_ignore_ascii_case("sec-websocket-accept")
-        {
-            accepted = value.trim() == expect;
+        if let Some((name, value)) = line.split_once(':') {
+            if name.trim().eq_ignore_ascii_case("sec-websocket-accept") {
+                accepted = value.trim() == expect;
+            }
+            if name.trim().eq_ignore_ascii_case("sec-websocket-extensions") {
+                agreed |= value.trim().starts_with("permessage-deflate");
+            }
         }
+    }
+    if agreed && !deflate {
+        return Err(WireError::BadUpgrade(
+            "permessage-deflate agreed but not offered".into(),
+        ));
     }
     if !accepted {
         return Err(WireError::BadUpgrade(
             "missing or wrong Sec-WebSocket-Accept".into(),
         ));
     }
-    Ok(buf[head_end..].to_vec())
+    Ok((buf[head_end..].to_vec(), agreed))
+}
+
+thread_local! {
+    static INFLATER: RefCell<Decompress> = RefCell::new(Decompress::new(false));
+}
+
+/// Inflates one compressed message (RFC 7692: raw deflate, the sync tail `00 00 ff ff` removed
+/// by the sender) into `out`, which it empties first; at most `MAX_FRAME` bytes.
+pub(crate) fn inflate(payload: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+    const TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
+    out.clear();
+    INFLATER.with(|d| {
+        let mut d = d.borrow_mut();
+        d.reset(false);
+        for mut input in [payload, &TAIL[..]] {
+            loop {
+                if out.capacity() - out.len() < 4096 {
+                    out.reserve(out.capacity().clamp(4096, MAX_FRAME));
+                }
+                let (in0, out0) = (d.total_in(), out.len());
+                let status = d
+                    .decompress_vec(input, out, FlushDecompress::Sync)
+                    .map_err(|e| WireError::Protocol(format!("inflate: {e}")))?;
+                input = &input[(d.total_in() - in0) as usize..];
+                if out.len() > MAX_FRAME {
+                    return Err(WireError::Protocol("inflated message too large".into()));
+                }
+                if status == Status::StreamEnd {
+                    return Ok(());
+                }
+                let progressed = d.total_in() > in0 || out.len() > out0;
+                if (input.is_empty() && out.len() < out.capacity()) || !progressed {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 /// A frame reader for low-rate paths. Reassembles nothing: fragmented data frames are an error
@@ -229,6 +290,9 @@ pub(crate) async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
 pub(crate) struct FrameReader {
     buf: Vec<u8>,
     start: usize,
+    /// permessage-deflate was agreed: RSV1 frames are inflated (into `inflated`).
+    deflate: bool,
+    inflated: Vec<u8>,
 }
 
 pub(crate) struct Frame<'a> {
@@ -237,10 +301,12 @@ pub(crate) struct Frame<'a> {
 }
 
 impl FrameReader {
-    pub(crate) fn new(initial: Vec<u8>) -> Self {
+    pub(crate) fn new(initial: Vec<u8>, deflate: bool) -> Self {
         FrameReader {
             buf: initial,
             start: 0,
+            deflate,
+            inflated: Vec::new(),
         }
     }
 
@@ -269,6 +335,18 @@ impl FrameReader {
                     return Err(WireError::Protocol(
                         "fragmented frame on control path".into(),
                     ));
+                }
+                if h.rsv1 {
+                    if !self.deflate || h.opcode & 0x8 != 0 {
+                        return Err(WireError::Protocol(
+                            "RSV1 without permessage-deflate, or on a control frame".into(),
+                        ));
+                    }
+                    inflate(&self.buf[from..to], &mut self.inflated)?;
+                    return Ok(Frame {
+                        opcode: h.opcode,
+                        payload: &self.inflated,
+                    });
                 }
                 if h.opcode == OP_CLOSE {
                     let p = &self.buf[from..to];

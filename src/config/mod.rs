@@ -9,6 +9,7 @@
 
 pub mod admin;
 mod checks;
+pub mod compression;
 pub mod events;
 pub mod identity;
 pub mod limits;
@@ -310,6 +311,8 @@ pub struct Config {
     pub limits: limits::Limits,
     /// The key of `/metrics` and the dashboard, and whether `/metrics` is public.
     pub admin: admin::Admin,
+    /// permessage-deflate: whether it is negotiated, and from which message size it is used.
+    pub compression: compression::Compression,
     /// The secrets generated for development mode.
     pub generated: GeneratedSecrets,
 }
@@ -344,6 +347,7 @@ impl Config {
     pub fn from_raw(mut raw: RawConfig) -> Result<Config, ConfigError> {
         let limits = limits::validate(&mut raw)?;
         let admin = admin::validate(&mut raw)?;
+        let compression = compression::validate(&mut raw)?;
         let (log_format, drain) = operations::validate(&mut raw)?;
         let jwt_keys = identity::validate(&mut raw)?;
         let explicit_dev = raw.dev;
@@ -541,6 +545,7 @@ impl Config {
                 .collect::<Result<_, _>>()?,
             limits,
             admin,
+            compression,
             generated,
         };
         config.auth_service = identity::auth_service(auth_service, &config.services)?;

@@ -256,6 +256,10 @@ raw_config! {
     admin_key: String => ADMIN_KEY = "HERALD_ADMIN_KEY";
     /// `/metrics` without a key, for scrapers.
     metrics_public: bool => METRICS_PUBLIC = "HERALD_METRICS_PUBLIC";
+    /// Upgrades may negotiate permessage-deflate.
+    compression: bool => COMPRESSION = "HERALD_COMPRESSION";
+    /// The smallest message payload sent compressed.
+    compression_min_bytes: u64 => COMPRESSION_MIN_BYTES = "HERALD_COMPRESSION_MIN_BYTES";
 }
 
 impl RawConfig {
@@ -440,7 +444,7 @@ mod tests {
                 format!("{ENV_PREFIX}{}", key.name.to_ascii_uppercase())
             );
         }
-        assert_eq!(KEYS.len(), 49);
+        assert_eq!(KEYS.len(), 51);
     }
 
     #[test]

@@ -1,7 +1,12 @@
 //! `GET /conformance/echo`, only in builds with the cargo feature `conformance` (never a default
 //! or release build): a WebSocket with no ticket that echoes every message through Herald's own
 //! framing ([`crate::protocol::websocket`]), so that the Autobahn cases (`kosoku`) test the very
-//! code that serves clients. Its connections count and time out like every other.
+//! code that serves clients. Its connections count and time out like every other. It negotiates
+//! permessage-deflate as `/ws` does ([`super::upgrade::deflate_offer`]); where it was agreed, it
+//! inflates the client's compressed messages and compresses every echo once, whatever its size
+//! (even where that makes it larger: kosoku hashes an uncompressed text echo on a compressed
+//! connection as a `str` and fails the case), so that the compression cases (12.*, 13.*) test
+//! the node's own deflate and inflate.
 
 use std::sync::Arc;
 
@@ -11,8 +16,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Gateway;
 use super::rejection::Rejection;
-use super::upgrade::{Taken, handshake_key, switching, take_stream};
+use super::upgrade::{Taken, deflate_offer, handshake_key, switching, take_stream};
 use crate::protocol::CloseCode;
+use crate::protocol::deflate::always_compressed_frame;
 use crate::protocol::websocket::{Assembler, Incoming, OpCode, Step, close_frame, server_frame};
 
 /// The upgrade: checked as any other (draining, a valid handshake), then echoed.
@@ -21,6 +27,8 @@ pub async fn echo(State(gw): State<Arc<Gateway>>, mut req: Request) -> Result<Re
         return Err(Rejection::Draining);
     }
     let key = handshake_key(&req)?;
+    let agreed = deflate_offer(&gw, req.headers());
+    let deflate = agreed.is_some();
     let on_upgrade = hyper::upgrade::on(&mut req);
     let limit = gw.config.max_message_bytes;
     gw.tracker.spawn(async move {
@@ -28,17 +36,29 @@ pub async fn echo(State(gw): State<Arc<Gateway>>, mut req: Request) -> Result<Re
             return;
         };
         match take_stream(upgraded) {
-            Some(Taken::Plain(io, buf)) => run(io, buf.to_vec(), limit).await,
-            Some(Taken::Tls(io, buf)) => run(io, buf.to_vec(), limit).await,
+            Some(Taken::Plain(io, buf)) => run(io, buf.to_vec(), limit, deflate).await,
+            Some(Taken::Tls(io, buf)) => run(io, buf.to_vec(), limit, deflate).await,
             None => {}
         }
     });
-    Ok(switching(&key, None))
+    Ok(switching(&key, None, agreed))
 }
 
-/// Echoes until the peer closes or breaks the protocol.
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, mut buf: Vec<u8>, limit: usize) {
-    let mut asm = Assembler::server(limit);
+/// Echoes until the peer closes or breaks the protocol; compressed where `deflate` was agreed.
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    mut buf: Vec<u8>,
+    limit: usize,
+    deflate: bool,
+) {
+    let mut asm = Assembler::server(limit).with_deflate(deflate);
+    let echo = |opcode: OpCode, p: &[u8]| {
+        if deflate {
+            always_compressed_frame(opcode, p)
+        } else {
+            server_frame(opcode, p)
+        }
+    };
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         match asm.step(&buf) {
@@ -52,8 +72,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, mut buf: Vec<u8>, lim
             Ok(Step::Message(n, m)) => {
                 buf.drain(..n);
                 let out = match m {
-                    Incoming::Text(p) => server_frame(OpCode::Text, &p),
-                    Incoming::Binary(p) => server_frame(OpCode::Binary, &p),
+                    Incoming::Text(p) => echo(OpCode::Text, &p),
+                    Incoming::Binary(p) => echo(OpCode::Binary, &p),
                     Incoming::Ping(p) => server_frame(OpCode::Pong, &p),
                     Incoming::Pong => continue,
                     Incoming::Close(code) => {

@@ -1,7 +1,8 @@
 //! WebSocket upgrades on `GET /ws` and `GET /topics/{topic}`: every check that can refuse runs
 //! here, before the 101 (draining, a valid upgrade, Origin, subprotocol, topic and query, the
 //! connection limit, the ticket, the grants), then the raw TCP stream is taken back from hyper and
-//! handed to [`super::connection`]. (The connection limits per node and per address are counted
+//! handed to [`super::connection`]. permessage-deflate is negotiated here too ([`deflate`]): an
+//! offer is accepted or declined, never a reason to refuse. (The connection limits per node and per address are counted
 //! when the TCP connection is accepted, [`super::limits`].) A refused upgrade is logged here,
 //! where both the refusal and the client address are known ([`super::rejection::RefusalLog`]);
 //! an accepted one's task runs in its span, `conn` (connection id, user, node), so that every
@@ -28,6 +29,7 @@ use super::client::ConnInfo;
 use super::connection::{self, Endpoint};
 use super::guarded::Guarded;
 use super::rejection::Rejection;
+use crate::protocol::deflate::{self, Agreed, Declined};
 use crate::protocol::{CloseCode, Codec, Position, Topic, close};
 
 /// The stream hyper hands back after the 101, with any bytes it had read past the request.
@@ -153,6 +155,27 @@ pub(crate) fn parse_since(query: &HashMap<String, String>) -> Result<Option<Posi
     }
 }
 
+/// The permessage-deflate offer accepted among the request's `Sec-WebSocket-Extensions`, when
+/// `compression` is on; `None` (the upgrade goes on without it) when none can be honoured. A
+/// header value that is not ASCII offers nothing.
+pub(super) fn deflate_offer(gw: &Gateway, headers: &HeaderMap) -> Option<Agreed> {
+    if !gw.config.compression.enabled {
+        return None;
+    }
+    let values = headers
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    match deflate::negotiate(values) {
+        Ok(agreed) => Some(agreed),
+        Err(Declined::NotOffered) => None,
+        Err(why) => {
+            tracing::debug!("permessage-deflate {why}; going on without it");
+            None
+        }
+    }
+}
+
 /// The `Sec-WebSocket-Key` of a valid RFC 6455 upgrade request.
 pub(super) fn handshake_key(req: &Request) -> Result<Vec<u8>, Rejection> {
     let headers = req.headers();
@@ -179,8 +202,13 @@ pub(super) fn handshake_key(req: &Request) -> Result<Vec<u8>, Rejection> {
     }
 }
 
-/// The 101 answer to a handshake with `key`, naming `subprotocol` when one was chosen.
-pub(super) fn switching(key: &[u8], subprotocol: Option<&'static str>) -> Response {
+/// The 101 answer to a handshake with `key`, naming `subprotocol` when one was chosen and the
+/// permessage-deflate agreement when there is one.
+pub(super) fn switching(
+    key: &[u8],
+    subprotocol: Option<&'static str>,
+    deflate: Option<Agreed>,
+) -> Response {
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
@@ -193,6 +221,12 @@ pub(super) fn switching(key: &[u8], subprotocol: Option<&'static str>) -> Respon
     );
     if let Some(p) = subprotocol {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
+    if let Some(d) = deflate {
+        h.insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static(d.answer()),
+        );
     }
     resp
 }
@@ -215,6 +249,7 @@ async fn upgrade(
         }
     }
     let chosen = choose_codec(headers)?;
+    let agreed = deflate_offer(&gw, headers);
     let query = Query::<HashMap<String, String>>::try_from_uri(req.uri())
         .map_err(|e| Rejection::BadRequest(format!("bad query string: {e}")))?
         .0;
@@ -310,9 +345,10 @@ async fn upgrade(
             id: conn_num,
             conn: conn_key.clone(),
             codec,
+            deflate: agreed.is_some(),
             endpoint,
         };
-        tracing::debug!(?codec, "connection open");
+        tracing::debug!(?codec, deflate = agreed.is_some(), "connection open");
         let code = match serve(upgraded, accepted) {
             Some(connection) => connection.await,
             None => {
@@ -329,7 +365,7 @@ async fn upgrade(
     };
     gw.tracker.spawn(task.instrument(span));
     gw.metrics.handshake.record(started.elapsed().as_secs_f64());
-    Ok(switching(&key, chosen.map(Codec::subprotocol)))
+    Ok(switching(&key, chosen.map(Codec::subprotocol), agreed))
 }
 
 /// Who asks for an upgrade without a ticket, taken from the request (which cannot be held

@@ -7,6 +7,7 @@
 //! map's shard lock, so the answers pair up even when they race.
 
 pub(crate) mod expiry;
+mod frames;
 pub mod heartbeat;
 pub mod outbox;
 pub mod probe;
@@ -18,7 +19,6 @@ use std::sync::atomic::Ordering;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Instant;
 
-use bytes::Bytes;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
@@ -49,6 +49,8 @@ pub struct Hub {
     /// The close deadlines of the connections whose identity expires.
     expiries: expiry::Expiries,
     outbox_limit: usize,
+    /// Messages whose payload is smaller go plain to permessage-deflate subscribers too.
+    min_deflate: usize,
     started: Instant,
     /// The node's metrics: counted per fan-out, never per delivery.
     metrics: Arc<Metrics>,
@@ -72,10 +74,18 @@ impl Hub {
             users: DashMap::new(),
             expiries: expiry::Expiries::default(),
             outbox_limit,
+            min_deflate: crate::protocol::deflate::DEFAULT_MIN_BYTES,
             started: Instant::now(),
             probe: Probe::new(metrics.clone()),
             metrics,
         }
+    }
+
+    /// The same hub, compressing for permessage-deflate subscribers the messages whose payload
+    /// has at least `min_bytes` (`compression_min_bytes`).
+    pub fn compressing_from(mut self, min_bytes: usize) -> Hub {
+        self.min_deflate = min_bytes;
+        self
     }
 
     /// The node's metrics.
@@ -93,11 +103,13 @@ impl Hub {
         self.started.elapsed().as_secs() as u32
     }
 
-    /// Registers a new connection under an id the caller chose (unique among open ones).
-    pub fn connect_as(&self, codec: Codec, id: u64) -> Arc<Subscriber> {
+    /// Registers a new connection under an id the caller chose (unique among open ones), reading
+    /// `codec`, and compressed broadcasts when it negotiated permessage-deflate (`deflate`).
+    pub fn connect_as(&self, codec: Codec, deflate: bool, id: u64) -> Arc<Subscriber> {
         let sub = Arc::new(Subscriber {
             id,
             codec,
+            deflate,
             outbox: Outbox::new(self.outbox_limit),
             last_seen: AtomicU32::new(self.now_secs()),
             expires: AtomicU64::new(expiry::NEVER),
@@ -130,21 +142,18 @@ impl Hub {
         }
     }
 
-    /// Queues a `direct` frame (encoded once per codec) to every connection of `user` here.
+    /// Queues a `direct` frame (encoded once per codec, and compressed once per codec for the
+    /// connections that negotiated permessage-deflate) to every connection of `user` here.
     /// Returns the number of connections it was queued to.
     pub fn deliver_direct(&self, user: &str, from: Option<&str>, data: &[u8]) -> usize {
         let Some(conns) = self.users.get(user).map(|r| r.clone()) else {
             return 0;
         };
-        let mut json: Option<Bytes> = None;
-        let mut msgpack: Option<Bytes> = None;
+        let make = |c: Codec| c.direct(from, data);
+        let mut frames = frames::Frames::new(make, self.min_deflate, None);
         let mut n = 0;
         for s in &conns {
-            let frame = match s.codec {
-                Codec::Json => json.get_or_insert_with(|| Codec::Json.direct(from, data)),
-                Codec::MsgPack => msgpack.get_or_insert_with(|| Codec::MsgPack.direct(from, data)),
-            };
-            if s.push(frame.clone()) {
+            if s.push(frames.get(s).clone()) {
                 n += 1;
             }
         }
@@ -252,7 +261,7 @@ impl Hub {
         let t = self.topics.get(m.topic.as_arc()).map(|r| r.clone());
         if let Some(t) = t {
             let timed = self.probe.arm();
-            let n = t.deliver(m, timed.map(|a| (&self.probe, a)));
+            let n = t.deliver(m, timed.map(|a| (&self.probe, a)), self.min_deflate);
             if let Some(a) = timed {
                 self.probe.fanned_out(a, n);
             }
@@ -264,7 +273,8 @@ impl Hub {
     pub fn deliver_presence(&self, topic: &Topic, join: bool, conn: &str, user: &str) {
         let t = self.topics.get(topic.as_arc()).map(|r| r.clone());
         if let Some(t) = t {
-            let n = t.broadcast(|c| c.presence_event(join, topic.as_str(), user, conn));
+            let make = |c: Codec| c.presence_event(join, topic.as_str(), user, conn);
+            let n = t.broadcast(make, self.min_deflate);
             self.metrics.deliveries.increment(n as u64);
         }
     }
@@ -317,7 +327,12 @@ static TEST_IDS: AtomicU64 = AtomicU64::new(1);
 impl Hub {
     /// Registers a new connection under a fresh id.
     pub(crate) fn connect(&self, codec: Codec) -> Arc<Subscriber> {
-        self.connect_as(codec, TEST_IDS.fetch_add(1, Ordering::Relaxed))
+        self.connect_as(codec, false, TEST_IDS.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Registers a new connection that negotiated permessage-deflate, under a fresh id.
+    pub(crate) fn connect_deflate(&self, codec: Codec) -> Arc<Subscriber> {
+        self.connect_as(codec, true, TEST_IDS.fetch_add(1, Ordering::Relaxed))
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Subscriber {
     pub id: u64,
     /// The codec its frames are encoded with.
     pub codec: Codec,
+    /// It negotiated permessage-deflate: broadcasts reach it compressed (once per broadcast).
+    pub deflate: bool,
     /// Frames waiting to be written.
     pub outbox: Outbox,
     /// Heartbeat clock reading ([`crate::hub::heartbeat`]) when the peer was last heard from.
@@ -195,7 +197,7 @@ impl Outbox {
         let timed = if armed != 0 {
             probe.timed_frames()
         } else {
-            [0; 2]
+            [0; super::probe::SLOTS]
         };
         let mut mark = None;
         let mut taken = 0;

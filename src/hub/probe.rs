@@ -5,7 +5,7 @@
 //! How: at most one fan-out is timed at a time, and a new one at most every [`INTERVAL`] (so at
 //! most ten a second, whatever the publish rate and however many topics). The hub arms the probe
 //! for the fan-out ([`Probe::arm`]), notes the address of each encoding of its frame (one per
-//! codec) as it makes it ([`Probe::frame`]) and, once every subscriber has it queued, how many do
+//! codec, plain and permessage-deflated: [`SLOTS`]) as it makes it ([`Probe::frame`]) and, once every subscriber has it queued, how many do
 //! ([`Probe::fanned_out`]). A connection's writer checks [`Probe::armed`] once per write batch
 //! (one relaxed atomic load) and only then compares the frames it takes with the timed ones; a
 //! batch that holds one is reported when it is written ([`Probe::written`]). The first report
@@ -25,12 +25,15 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::metrics::Metrics;
-use crate::protocol::Codec;
 
 /// The least time between the starts of two timed fan-outs.
 pub const INTERVAL: Duration = Duration::from_millis(100);
 /// A timed fan-out not written to every subscriber by then is given up (only its first counts).
 pub const GIVE_UP: Duration = Duration::from_secs(5);
+
+/// The encodings of one fan-out: JSON and MessagePack, each plain and deflated
+/// ([`super::frames::slot`]).
+pub const SLOTS: usize = 4;
 
 /// A fan-out being timed: what [`Probe::arm`] gives the hub.
 #[derive(Debug, Clone, Copy)]
@@ -49,10 +52,10 @@ pub struct Mark {
 pub struct Probe {
     /// The generation of the fan-out being timed, 0 when none is: read once per write batch.
     armed: AtomicU32,
-    /// The addresses of the timed frame's encodings, JSON and MessagePack (0: not made).
-    frames: [AtomicUsize; 2],
+    /// The addresses of the timed frame's encodings, by slot (0: not made).
+    frames: [AtomicUsize; SLOTS],
     /// Those encodings, kept alive while timed.
-    held: Mutex<[Option<Bytes>; 2]>,
+    held: Mutex<[Option<Bytes>; SLOTS]>,
     /// `generation << 32 | subscribers that wrote the frame`.
     writes: AtomicU64,
     /// `generation << 32 | subscribers it was queued to`, once the fan-out is done.
@@ -68,20 +71,13 @@ pub struct Probe {
 
 const LOW: u64 = 0xffff_ffff;
 
-fn slot(codec: Codec) -> usize {
-    match codec {
-        Codec::Json => 0,
-        Codec::MsgPack => 1,
-    }
-}
-
 impl Probe {
     /// A probe recording into `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> Probe {
         Probe {
             armed: AtomicU32::new(0),
-            frames: [AtomicUsize::new(0), AtomicUsize::new(0)],
-            held: Mutex::new([None, None]),
+            frames: [const { AtomicUsize::new(0) }; SLOTS],
+            held: Mutex::new([const { None }; SLOTS]),
             writes: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             started: AtomicU64::new(0),
@@ -129,7 +125,7 @@ impl Probe {
                 .wrapping_add(1);
         }
         self.armed.store(0, Ordering::Release);
-        *self.held.lock() = [None, None];
+        *self.held.lock() = [const { None }; SLOTS];
         for f in &self.frames {
             f.store(0, Ordering::Relaxed);
         }
@@ -141,14 +137,15 @@ impl Probe {
         Some(Armed { generation })
     }
 
-    /// The timed fan-out encoded its frame for `codec`: `frame`, before queueing it anywhere.
-    pub fn frame(&self, armed: Armed, codec: Codec, frame: &Bytes) {
+    /// The timed fan-out made its frame for `slot` ([`super::frames::slot`]): `frame`, before
+    /// queueing it anywhere.
+    pub fn frame(&self, armed: Armed, slot: usize, frame: &Bytes) {
         let mut held = self.held.lock();
         if self.armed.load(Ordering::Acquire) != armed.generation {
             return;
         }
-        self.frames[slot(codec)].store(frame.as_ptr() as usize, Ordering::Release);
-        held[slot(codec)] = Some(frame.clone());
+        self.frames[slot].store(frame.as_ptr() as usize, Ordering::Release);
+        held[slot] = Some(frame.clone());
     }
 
     /// The timed fan-out queued its frame to `n` subscribers. When they all wrote it already,
@@ -182,11 +179,8 @@ impl Probe {
 
     /// The addresses of the timed frame's encodings (0: not made).
     #[inline]
-    pub(crate) fn timed_frames(&self) -> [usize; 2] {
-        [
-            self.frames[0].load(Ordering::Acquire),
-            self.frames[1].load(Ordering::Acquire),
-        ]
+    pub(crate) fn timed_frames(&self) -> [usize; SLOTS] {
+        std::array::from_fn(|i| self.frames[i].load(Ordering::Acquire))
     }
 
     /// A writer took the timed frame of generation `armed` into its batch (`None` for 0: no
@@ -234,7 +228,7 @@ impl Probe {
             .compare_exchange(generation, 0, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok();
         if ended {
-            *self.held.lock() = [None, None];
+            *self.held.lock() = [const { None }; SLOTS];
         }
         ended
     }
@@ -261,7 +255,7 @@ mod tests {
             "one at a time, and not within the interval"
         );
         let frame = Bytes::from(vec![1u8; 8]);
-        p.frame(armed, Codec::Json, &frame);
+        p.frame(armed, 0, &frame);
         assert_eq!(p.timed_frames()[0], frame.as_ptr() as usize);
         let mark = Probe::mark(p.armed()).unwrap();
         p.written(mark);

@@ -168,6 +168,59 @@ async fn one_encoding_is_shared_by_every_subscriber_of_a_codec() {
     }
 }
 
+/// A message with a large payload is compressed once per codec for the subscribers that
+/// negotiated permessage-deflate, and they all share that frame (RSV1 set, smaller); the others
+/// share the plain one. A small message goes plain to everyone.
+#[tokio::test]
+async fn one_compressed_frame_is_shared_by_every_deflate_subscriber_of_a_codec() {
+    let hub = Hub::new(1 << 20).compressing_from(512);
+    let t = Topic::parse("t").unwrap();
+    let plain: Vec<_> = (0..2).map(|_| hub.connect(Codec::Json)).collect();
+    let zipped: Vec<_> = (0..3).map(|_| hub.connect_deflate(Codec::Json)).collect();
+    let zipped_mp = hub.connect_deflate(Codec::MsgPack);
+    for s in plain.iter().chain(&zipped).chain([&zipped_mp]) {
+        hub.subscribe(&t, s);
+        hub.go_live(&t, s.id, None);
+    }
+    let text = format!(
+        "[{}]",
+        vec!["{\"price\":101.5,\"sym\":\"ABC\"}"; 40].join(",")
+    );
+    let big = Message {
+        data: Bytes::from(text),
+        ..msg(1, "e")
+    };
+    hub.deliver(&big);
+    let only = |s: &Subscriber| {
+        let q = s.outbox.queued();
+        assert_eq!(q.len(), 1, "one frame queued for {}", s.id);
+        q[0].clone()
+    };
+    let p = only(&plain[0]);
+    assert_eq!(p, Codec::Json.msg(&big));
+    assert_eq!(only(&plain[1]).as_ptr(), p.as_ptr());
+    let z = only(&zipped[0]);
+    assert_eq!(z[0], 0xC1, "FIN, RSV1, text");
+    assert!(z.len() < p.len() / 2, "{} against {}", z.len(), p.len());
+    for s in &zipped[1..] {
+        assert_eq!(only(s).as_ptr(), z.as_ptr(), "one compression, shared");
+    }
+    let zm = only(&zipped_mp);
+    assert_eq!(zm[0], 0xC2, "FIN, RSV1, binary");
+    // What the deflate subscribers read inflates to what the others read.
+    let mut a = Assembler::client(1 << 20).with_deflate(true);
+    let Ok(Step::Message(_, Incoming::Text(t1))) = a.step(&z) else {
+        panic!("a compressed text frame")
+    };
+    assert_eq!(&t1[..], &p[4..]);
+    // A small message: the plain frame, shared by everyone.
+    hub.deliver(&msg(2, "e"));
+    let small = plain[0].outbox.queued()[1].clone();
+    for s in zipped.iter().chain(&plain[1..]) {
+        assert_eq!(s.outbox.queued()[1].as_ptr(), small.as_ptr());
+    }
+}
+
 #[tokio::test]
 async fn close_topic_closes_only_that_topics_subscribers() {
     let hub = Hub::new(1 << 20);

@@ -1,7 +1,8 @@
 //! One topic's local subscribers, and the fan-out of its messages.
 //!
 //! A message is encoded at most once per codec, lazily (only codecs that have a subscriber), and
-//! every subscriber's outbox gets a reference to the same bytes. A new subscriber starts in
+//! every subscriber's outbox gets a reference to the same bytes; subscribers that negotiated
+//! permessage-deflate share its compressed form, made once per codec ([`super::frames`]). A new subscriber starts in
 //! catch-up mode: live messages are held for it while its replay is read, then
 //! [`TopicSubs::go_live`] queues the reply, the replay and the held messages in offset order, with
 //! no gap and no duplicate, under the same lock that fan-out takes.
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use super::frames::Frames;
 use super::outbox::Subscriber;
 use super::probe::{Armed, Probe};
 use crate::protocol::{Codec, Message, Position};
@@ -121,18 +123,15 @@ impl TopicSubs {
         true
     }
 
-    /// Queues a frame made by `make` (once per codec in use) to every subscriber.
-    pub fn broadcast(&self, make: impl Fn(Codec) -> Bytes) -> usize {
-        let mut json: Option<Bytes> = None;
-        let mut msgpack: Option<Bytes> = None;
+    /// Queues a frame made by `make` (once per codec in use) to every subscriber; compressed
+    /// (once per codec) for those that negotiated permessage-deflate when its payload has
+    /// `min_deflate` bytes or more.
+    pub fn broadcast(&self, make: impl Fn(Codec) -> Bytes, min_deflate: usize) -> usize {
+        let mut frames = Frames::new(make, min_deflate, None);
         let s = self.state.lock();
         let mut n = 0;
         for e in &s.entries {
-            let frame = match e.sub.codec {
-                Codec::Json => json.get_or_insert_with(|| make(Codec::Json)),
-                Codec::MsgPack => msgpack.get_or_insert_with(|| make(Codec::MsgPack)),
-            };
-            if e.sub.push(frame.clone()) {
+            if e.sub.push(frames.get(&e.sub).clone()) {
                 n += 1;
             }
         }
@@ -148,18 +147,17 @@ impl TopicSubs {
         s.entries.len()
     }
 
-    /// Fans `m` out to every subscriber: encoded once per codec in use. Returns deliveries queued.
-    /// When the fan-out is `timed`, the probe learns each encoding before it is queued anywhere.
-    pub fn deliver(&self, m: &Message, timed: Option<(&Probe, Armed)>) -> usize {
-        let encode = |codec: Codec| {
-            let frame = codec.msg(m);
-            if let Some((probe, armed)) = timed {
-                probe.frame(armed, codec, &frame);
-            }
-            frame
-        };
-        let mut json: Option<Bytes> = None;
-        let mut msgpack: Option<Bytes> = None;
+    /// Fans `m` out to every subscriber: encoded once per codec in use, and compressed once per
+    /// codec for the subscribers that negotiated permessage-deflate when its payload has
+    /// `min_deflate` bytes or more. Returns deliveries queued. When the fan-out is `timed`, the
+    /// probe learns each encoding before it is queued anywhere.
+    pub fn deliver(
+        &self,
+        m: &Message,
+        timed: Option<(&Probe, Armed)>,
+        min_deflate: usize,
+    ) -> usize {
+        let mut frames = Frames::new(|codec: Codec| codec.msg(m), min_deflate, timed);
         let mut n = 0;
         let mut s = self.state.lock();
         for e in s.entries.iter_mut() {
@@ -172,11 +170,7 @@ impl TopicSubs {
                         // Past the catch-up boundary: no more comparisons needed.
                         *floor = None;
                     }
-                    let frame = match e.sub.codec {
-                        Codec::Json => json.get_or_insert_with(|| encode(Codec::Json)),
-                        Codec::MsgPack => msgpack.get_or_insert_with(|| encode(Codec::MsgPack)),
-                    };
-                    if e.sub.push(frame.clone()) {
+                    if e.sub.push(frames.get(&e.sub).clone()) {
                         n += 1;
                     }
                 }

@@ -1,11 +1,12 @@
 //! The wire protocol, v1: client requests, server frames, their two codecs (JSON text frames,
-//! MessagePack binary frames), RFC 6455 framing, error codes and close codes.
+//! MessagePack binary frames), RFC 6455 framing, permessage-deflate, error codes and close codes.
 //!
 //! Pure: no tokio, no I/O, nothing from other modules. This is what `proto/README.md`
 //! documents; the golden examples in `proto/golden/` are loaded by the tests of this module.
 
 pub mod close;
 pub mod codec;
+pub mod deflate;
 pub mod error_code;
 pub mod frame;
 pub mod topic;

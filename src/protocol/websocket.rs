@@ -4,7 +4,9 @@
 //! every subscriber: [`FrameBuf`] builds one in place, once, and the hub hands the resulting
 //! `Bytes` to every outbox. Client frames are parsed by [`Assembler`], which enforces the
 //! message size limit as soon as a header announces the size, joins fragments, answers the
-//! RFC's rules for control frames and checks UTF-8 of text messages.
+//! RFC's rules for control frames and checks UTF-8 of text messages. On a connection that
+//! negotiated permessage-deflate it also inflates the messages whose first frame has RSV1 set,
+//! bounded by the same limit ([`super::deflate`]).
 
 use base64::Engine;
 use bytes::{Buf, Bytes};
@@ -79,6 +81,9 @@ pub enum WsError {
     /// A text message that is not UTF-8; close with 1007.
     #[error("text message is not valid UTF-8")]
     InvalidUtf8,
+    /// A compressed message that does not inflate (not raw deflate data); close with 1007.
+    #[error("compressed message is not valid deflate data")]
+    BadDeflate,
 }
 
 impl WsError {
@@ -87,7 +92,7 @@ impl WsError {
         match self {
             WsError::Protocol(_) => super::CloseCode::ProtocolError,
             WsError::TooBig { .. } => super::CloseCode::TooBig,
-            WsError::InvalidUtf8 => super::CloseCode::InvalidPayload,
+            WsError::InvalidUtf8 | WsError::BadDeflate => super::CloseCode::InvalidPayload,
         }
     }
 }
@@ -124,8 +129,11 @@ pub struct Assembler {
     max_message: usize,
     /// Whether frames must be masked (true on the server side).
     expect_masked: bool,
-    /// The opcode and bytes of a fragmented message in progress; empty when none.
-    fragments: Option<(OpCode, Vec<u8>)>,
+    /// permessage-deflate was negotiated: RSV1 on a message's first frame means compressed.
+    deflate: bool,
+    /// The opcode, whether compressed, and bytes of a fragmented message in progress; empty
+    /// when none.
+    fragments: Option<(OpCode, bool, Vec<u8>)>,
 }
 
 impl Assembler {
@@ -134,6 +142,7 @@ impl Assembler {
         Assembler {
             max_message,
             expect_masked: true,
+            deflate: false,
             fragments: None,
         }
     }
@@ -143,8 +152,16 @@ impl Assembler {
         Assembler {
             max_message,
             expect_masked: false,
+            deflate: false,
             fragments: None,
         }
+    }
+
+    /// The same, on a connection that negotiated permessage-deflate (when `on`): a data message
+    /// whose first frame has RSV1 set is inflated, to at most the message limit (1009 past it).
+    pub fn with_deflate(mut self, on: bool) -> Assembler {
+        self.deflate = on;
+        self
     }
 
     /// True while a fragmented message is half received (the caller keeps its read buffer).
@@ -160,12 +177,19 @@ impl Assembler {
         let b0 = input[0];
         let b1 = input[1];
         let fin = b0 & 0x80 != 0;
-        if b0 & 0x70 != 0 {
+        let compressed = b0 & 0x40 != 0;
+        if b0 & 0x30 != 0 || (compressed && !self.deflate) {
             return Err(WsError::Protocol(
                 "reserved bits set without a negotiated extension",
             ));
         }
         let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(WsError::Protocol("reserved opcode"))?;
+        if compressed && opcode.is_control() {
+            return Err(WsError::Protocol("RSV1 set on a control frame"));
+        }
+        if compressed && opcode == OpCode::Continuation {
+            return Err(WsError::Protocol("RSV1 set on a continuation frame"));
+        }
         let masked = b1 & 0x80 != 0;
         if masked != self.expect_masked {
             return Err(WsError::Protocol(if self.expect_masked {
@@ -204,7 +228,10 @@ impl Assembler {
             }
         } else {
             // Refuse as soon as the header says the message is too big, before buffering it.
-            let so_far = self.fragments.as_ref().map_or(0, |(_, b)| b.len() as u64);
+            let so_far = self
+                .fragments
+                .as_ref()
+                .map_or(0, |(_, _, b)| b.len() as u64);
             if len.saturating_add(so_far) > self.max_message as u64 {
                 return Err(WsError::TooBig {
                     size: len.saturating_add(so_far),
@@ -243,25 +270,43 @@ impl Assembler {
                     ));
                 }
                 if fin {
-                    done(finish(opcode, payload)?)
+                    done(self.finish(opcode, compressed, payload)?)
                 } else {
-                    self.fragments = Some((opcode, payload));
+                    self.fragments = Some((opcode, compressed, payload));
                     Ok(Step::Consumed(used))
                 }
             }
             OpCode::Continuation => {
-                let Some((first, mut buf)) = self.fragments.take() else {
+                let Some((first, compressed, mut buf)) = self.fragments.take() else {
                     return Err(WsError::Protocol("continuation frame without a message"));
                 };
                 buf.extend_from_slice(&payload);
                 if fin {
-                    done(finish(first, buf)?)
+                    done(self.finish(first, compressed, buf)?)
                 } else {
-                    self.fragments = Some((first, buf));
+                    self.fragments = Some((first, compressed, buf));
                     Ok(Step::Consumed(used))
                 }
             }
         }
+    }
+}
+
+impl Assembler {
+    /// A whole data message: inflated first when it was sent compressed (bounded by the
+    /// message limit: a bomb is refused once its output reaches it, never allocated whole).
+    fn finish(
+        &self,
+        opcode: OpCode,
+        compressed: bool,
+        payload: Vec<u8>,
+    ) -> Result<Incoming, WsError> {
+        let payload = if compressed {
+            super::deflate::inflate(&payload, self.max_message)?
+        } else {
+            payload
+        };
+        finish(opcode, payload)
     }
 }
 
@@ -411,167 +456,4 @@ pub fn accept_key(key: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn whole(a: &mut Assembler, mut input: &[u8]) -> Result<Vec<Incoming>, WsError> {
-        let mut out = Vec::new();
-        loop {
-            match a.step(input)? {
-                Step::NeedMore => return Ok(out),
-                Step::Consumed(n) => input = &input[n..],
-                Step::Message(n, m) => {
-                    out.push(m);
-                    input = &input[n..];
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn accept_key_matches_rfc_example() {
-        assert_eq!(
-            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
-    }
-
-    #[test]
-    fn server_frames_use_the_shortest_length_form() {
-        assert_eq!(
-            &server_frame(OpCode::Text, b"hi")[..],
-            &[0x81, 2, b'h', b'i']
-        );
-        let f = server_frame(OpCode::Binary, &[7u8; 200]);
-        assert_eq!(&f[..4], &[0x82, 126, 0, 200]);
-        assert_eq!(f.len(), 204);
-        let f = server_frame(OpCode::Binary, &vec![1u8; 70_000]);
-        assert_eq!(&f[..2], &[0x82, 127]);
-        assert_eq!(f.len(), 70_010);
-    }
-
-    #[test]
-    fn fragments_are_joined_and_control_frames_may_interleave() {
-        let m = [1, 2, 3, 4];
-        let mut input = client_frame(OpCode::Text, false, b"hel", m);
-        input.extend(client_frame(OpCode::Ping, true, b"p", m));
-        input.extend(client_frame(OpCode::Continuation, true, b"lo", m));
-        let got = whole(&mut Assembler::server(1024), &input).unwrap();
-        assert_eq!(
-            got,
-            vec![
-                Incoming::Ping(b"p".to_vec()),
-                Incoming::Text(b"hello".to_vec())
-            ]
-        );
-    }
-
-    #[test]
-    fn oversize_is_refused_from_the_header_alone() {
-        let mut a = Assembler::server(100);
-        let f = client_frame(OpCode::Text, true, &[b'a'; 101], [9, 9, 9, 9]);
-        assert!(matches!(
-            a.step(&f[..8]),
-            Err(WsError::TooBig { size: 101, .. })
-        ));
-    }
-
-    #[test]
-    fn rfc_violations_are_protocol_errors() {
-        let m = [1, 1, 1, 1];
-        let unmasked = [0x81, 0x01, b'a'];
-        assert!(matches!(
-            Assembler::server(10).step(&unmasked),
-            Err(WsError::Protocol(_))
-        ));
-        let mut rsv = client_frame(OpCode::Text, true, b"a", m);
-        rsv[0] |= 0x40;
-        assert!(matches!(
-            Assembler::server(10).step(&rsv),
-            Err(WsError::Protocol(_))
-        ));
-        let frag_ping = client_frame(OpCode::Ping, false, b"a", m);
-        assert!(Assembler::server(10).step(&frag_ping).is_err());
-        let cont = client_frame(OpCode::Continuation, true, b"a", m);
-        assert!(Assembler::server(10).step(&cont).is_err());
-        let bad_utf8 = client_frame(OpCode::Text, true, &[0xff, 0xfe], m);
-        assert_eq!(
-            Assembler::server(10).step(&bad_utf8),
-            Err(WsError::InvalidUtf8)
-        );
-        let mut reserved_op = client_frame(OpCode::Text, true, b"a", m);
-        reserved_op[0] = 0x83;
-        assert!(Assembler::server(10).step(&reserved_op).is_err());
-    }
-
-    #[test]
-    fn close_frames_carry_a_valid_code() {
-        let m = [5, 6, 7, 8];
-        let mut p = 1000u16.to_be_bytes().to_vec();
-        p.extend_from_slice(b"bye");
-        let f = client_frame(OpCode::Close, true, &p, m);
-        assert_eq!(
-            whole(&mut Assembler::server(10), &f).unwrap(),
-            vec![Incoming::Close(Some(1000))]
-        );
-        let f = client_frame(OpCode::Close, true, &999u16.to_be_bytes(), m);
-        assert!(Assembler::server(10).step(&f).is_err());
-    }
-
-    #[test]
-    fn every_registered_close_code_is_accepted_and_no_reserved_one() {
-        let m = [5, 6, 7, 8];
-        let close = |code: u16| {
-            let f = client_frame(OpCode::Close, true, &code.to_be_bytes(), m);
-            Assembler::server(10).step(&f).is_ok()
-        };
-        for code in [
-            1000, 1001, 1002, 1003, 1007, 1010, 1011, 1012, 1013, 1014, 3000, 4999,
-        ] {
-            assert!(close(code), "{code} is a code a peer may send");
-        }
-        for code in [
-            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
-        ] {
-            assert!(!close(code), "{code} may not be sent");
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn any_split_of_a_frame_stream_decodes_the_same(
-            payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..5),
-            mask in any::<[u8; 4]>(),
-            cut in 0usize..2000,
-        ) {
-            let mut input = Vec::new();
-            for p in &payloads {
-                input.extend(client_frame(OpCode::Binary, true, p, mask));
-            }
-            let cut = cut.min(input.len());
-            let mut a = Assembler::server(1 << 20);
-            // Feed in two pieces, the way reads split a stream.
-            let mut buf = input[..cut].to_vec();
-            let mut got = Vec::new();
-            for rest in [&input[cut..], &[][..]] {
-                loop {
-                    match a.step(&buf).unwrap() {
-                        Step::NeedMore => break,
-                        Step::Consumed(n) => { buf.drain(..n); }
-                        Step::Message(n, m) => { buf.drain(..n); got.push(m); }
-                    }
-                }
-                buf.extend_from_slice(rest);
-            }
-            let want: Vec<Incoming> = payloads.into_iter().map(Incoming::Binary).collect();
-            prop_assert_eq!(got, want);
-        }
-
-        #[test]
-        fn assembler_never_panics_on_garbage(input in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let _ = Assembler::server(1024).step(&input);
-            let _ = Assembler::client(1024).step(&input);
-        }
-    }
-}
+mod tests;

@@ -11,6 +11,7 @@ mod cli;
 mod close_codes;
 mod cluster;
 mod cluster_faults;
+mod compression;
 mod dashboard;
 mod direct;
 mod disconnect;

@@ -88,6 +88,9 @@ pub(crate) struct Accepted {
     pub(crate) id: u64,
     pub(crate) conn: Arc<str>,
     pub(crate) codec: Codec,
+    /// It negotiated permessage-deflate: broadcasts reach it compressed, and its messages with
+    /// RSV1 set are inflated.
+    pub(crate) deflate: bool,
     pub(crate) endpoint: Endpoint,
 }
 
@@ -109,9 +112,10 @@ where
         id,
         conn,
         codec,
+        deflate,
         endpoint,
     } = a;
-    let sub = gw.hub.connect_as(codec, id);
+    let sub = gw.hub.connect_as(codec, deflate, id);
     gw.metrics.accepted.increment(1);
     // Upgraded just before the drain began closing, registered just after it listed the
     // connections: closed at once, as the drain would have.
@@ -193,7 +197,8 @@ impl Session {
     /// Moves bytes between the socket and the outbox until the connection ends; returns the
     /// close code sent or received (1006: none, the socket broke or timed out).
     async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&mut self, pump: &mut Pump<S>) -> u16 {
-        let mut asm = Assembler::server(self.gw.config.max_message_bytes);
+        let mut asm =
+            Assembler::server(self.gw.config.max_message_bytes).with_deflate(self.sub.deflate);
         let mut deadline: Option<tokio::time::Instant> = None;
         let sub = self.sub.clone();
         loop {

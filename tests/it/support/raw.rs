@@ -208,6 +208,29 @@ impl RawWs {
         }
     }
 
+    /// The next server frame other than a ping, as it came: its first byte (FIN, RSV1-3,
+    /// opcode) and its payload, not inflated, within [`WAIT`]. For a look at the wire itself
+    /// (RSV1, sizes); not for use inside a fragmented message.
+    pub(crate) async fn next_wire_frame(&mut self) -> (u8, Vec<u8>) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some((b0, start, len)) = server_frame_header(&self.buf)
+                && self.buf.len() >= start + len
+            {
+                let payload = self.buf[start..start + len].to_vec();
+                self.buf.drain(..start + len);
+                if b0 & 0x0f != 0x9 {
+                    return (b0, payload);
+                }
+                continue;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if let Err(e) = read_more(&mut self.stream, &mut self.buf, left).await {
+                panic!("waiting for a frame: {e}");
+            }
+        }
+    }
+
     /// The next data frame decoded (text as JSON, binary as MessagePack); pings are skipped
     /// unanswered. Fails the test on a close frame, or when no data frame arrives within
     /// [`WAIT`] (pings do not extend it).
@@ -251,4 +274,23 @@ impl RawWs {
             }
         }
     }
+}
+
+/// The first byte, the payload's start and its length, of the unmasked frame at the start of
+/// `buf`, once its header is there.
+fn server_frame_header(buf: &[u8]) -> Option<(u8, usize, usize)> {
+    let (&b0, &b1) = (buf.first()?, buf.get(1)?);
+    assert_eq!(b1 & 0x80, 0, "server frames are not masked");
+    Some(match b1 & 0x7f {
+        126 => (
+            b0,
+            4,
+            usize::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?])),
+        ),
+        127 => {
+            let b: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
+            (b0, 10, u64::from_be_bytes(b) as usize)
+        }
+        n => (b0, 2, usize::from(n)),
+    })
 }
