@@ -483,9 +483,10 @@ async fn open_all(args: &Args, ctx: &Arc<Ctx>, stop: watch::Receiver<bool>) -> P
         }
         let (ctx, ev_tx, mut stop) = (ctx.clone(), ev_tx.clone(), stop.clone());
         pending += 1;
+        // The task's own future stays small (its steps are boxed): spawning copies all of it.
         out.held.push(tokio::spawn(async move {
             let t0 = Instant::now();
-            let opened = attempt(&ctx, c, t0, t0 + STEP_TIMEOUT).await;
+            let opened = Box::pin(attempt(&ctx, c, t0, t0 + STEP_TIMEOUT)).await;
             drop(permit);
             let (times, held) = match opened {
                 Ok((t, h)) => (Ok(t), Some(h)),
@@ -493,8 +494,8 @@ async fn open_all(args: &Args, ctx: &Arc<Ctx>, stop: watch::Receiver<bool>) -> P
             };
             let _ = ev_tx.send((times, Instant::now()));
             match held {
-                Some(Open::Plain(ws)) => hold(ws, &mut stop).await,
-                Some(Open::Tls(ws)) => hold(*ws, &mut stop).await,
+                Some(Open::Plain(ws)) => Box::pin(hold(ws, &mut stop)).await,
+                Some(Open::Tls(ws)) => Box::pin(hold(*ws, &mut stop)).await,
                 None => (None, true),
             }
         }));
@@ -620,9 +621,10 @@ async fn hold<S: AsyncRead + AsyncWrite + Unpin>(
     mut ws: conn::Ws<S>,
     stop: &mut watch::Receiver<bool>,
 ) -> (Option<String>, bool) {
-    // Let go of the buffer the handshake's reads grew (10,000 of them add up).
+    // Let go of the buffer the handshake's reads grew, and wait with a small one (16 KiB each:
+    // 10,000 of them add up, and the bench would spend its time having the kernel clear pages).
     let left = std::mem::replace(&mut ws.reader, FrameReader::new(Vec::new())).into_leftover();
-    ws.reader = FrameReader::new(left);
+    ws.reader = FrameReader::with_chunk(left.to_vec(), 256);
     let ended = loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break None,

@@ -229,6 +229,8 @@ pub(crate) async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
 pub(crate) struct FrameReader {
     buf: Vec<u8>,
     start: usize,
+    /// Room made in `buf` before each read.
+    chunk: usize,
 }
 
 pub(crate) struct Frame<'a> {
@@ -241,6 +243,17 @@ impl FrameReader {
         FrameReader {
             buf: initial,
             start: 0,
+            chunk: 16 << 10,
+        }
+    }
+
+    /// A reader that reads at most `chunk` bytes at a time: for a connection that only waits
+    /// (a storm's held connections), whose buffer would otherwise be 16 KiB.
+    pub(crate) fn with_chunk(initial: Vec<u8>, chunk: usize) -> Self {
+        FrameReader {
+            buf: initial,
+            start: 0,
+            chunk: chunk.max(16),
         }
     }
 
@@ -288,7 +301,7 @@ impl FrameReader {
                 self.buf.drain(..self.start);
                 self.start = 0;
             }
-            self.buf.reserve(16 << 10);
+            self.buf.reserve(self.chunk);
             let n = r.read_buf(&mut self.buf).await?;
             if n == 0 {
                 return Err(WireError::Eof);
