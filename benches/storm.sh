@@ -166,10 +166,11 @@ done
 
 [ ${#reports[@]} -gt 0 ] || exit 1
 echo
-echo "== summary (mode/at a time; steps in ms; node and bench busy over the phase; node" \
-    "cpu-s per 1000 connections, and the rate one core would complete at that cost)"
-printf '%-10s %7s %7s  %-13s %-13s %-13s %-13s %-13s %-13s %5s %6s %8s %8s %8s\n' run conns/s steady \
-    "ticket p50/99" "upgrade" "tls" "welcome" "subscribe" "total" node% bench% cpu/1000 capacity redis/1k
+echo "== summary (mode/at a time; steps in ms; node, bench, and other processes and softirq busy" \
+    "over the phase, in % of one core; node cpu-s per 1000 connections, and the rate one core" \
+    "would complete at that cost; Redis cpu-s per 1000)"
+printf '%-10s %7s %7s  %-13s %-13s %-13s %-13s %-13s %-13s %5s %6s %5s %8s %8s %8s\n' run conns/s steady \
+    "ticket p50/99" "upgrade" "tls" "welcome" "subscribe" "total" node% bench% oth% cpu/1000 capacity redis/1k
 for r in "${reports[@]}"; do
     jq -r --arg run "${r%%=*}" '
         def ms(s): if s == null then "-" else "\(s.p50 / 1000 * 100 | round / 100)/\(s.p99 / 1000 * 100 | round / 100)" end;
@@ -178,11 +179,11 @@ for r in "${reports[@]}"; do
         [ $run, n(.storm.conns_per_sec; 1), n(.storm.steady_conns_per_sec; 1),
           ms(.storm.steps_us.ticket), ms(.storm.steps_us.upgrade), ms(.storm.steps_us.tls_handshake),
           ms(.storm.steps_us.welcome), ms(.storm.steps_us.subscribe), ms(.storm.steps_us.total),
-          pct(.server.cpu_secs), pct(.bench.cpu_secs),
+          pct(.server.cpu_secs), pct(.bench.cpu_secs), pct(.bench.others_cpu_secs),
           n(.server.cpu_secs_per_1000_conns; 1000),
           (if (.server.cpu_secs_per_1000_conns // 0) > 0 then n(1000 / .server.cpu_secs_per_1000_conns; 1) else "-" end),
           n(.storm.redis.cpu_secs_per_1000_conns; 1000) ]
         | @tsv' "${r#*=}" |
-        awk -F'\t' '{ printf "%-10s %7s %7s  %-13s %-13s %-13s %-13s %-13s %-13s %5s %6s %8s %8s %8s\n",
-            $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 }'
+        awk -F'\t' '{ printf "%-10s %7s %7s  %-13s %-13s %-13s %-13s %-13s %-13s %5s %6s %5s %8s %8s %8s\n",
+            $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 }'
 done

@@ -113,6 +113,10 @@ pub(crate) struct Server {
 pub(crate) struct Bench {
     pub threads: usize,
     pub cpu_secs: Option<f64>,
+    /// Storm mode: the machine's busy time over the phase less the server's, Redis's and the
+    /// bench's: other processes, and kernel work charged to no process (softirq).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub others_cpu_secs: Option<f64>,
     /// Machine stalls seen during the measured phase (see `stall`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stalls: Option<Vec<crate::stall::Stalls>>,
@@ -236,6 +240,14 @@ impl Report {
             (Some(st), Some(cpu)) if st.elapsed_secs > 0.0 => {
                 let busy = cpu / st.elapsed_secs / self.bench.threads.max(1) as f64;
                 let _ = write!(o, " ({:.0}% of its threads over the phase)", busy * 100.0);
+                if let Some(others) = self.bench.others_cpu_secs {
+                    let _ = write!(
+                        o,
+                        "\n  others         {others:.2} cpu-s of other processes and softirq over the phase \
+                         ({:.0}% of one core)",
+                        others / st.elapsed_secs * 100.0
+                    );
+                }
                 if busy > 0.9 {
                     let _ = write!(
                         o,

@@ -242,11 +242,20 @@ pub(crate) async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, b
     let bench_cpu = CpuClock::start(&me, tck);
     let server_cpu = pid.as_deref().map(|p| CpuClock::start(p, tck));
     let redis_cpu = redis_pid.as_deref().map(|p| CpuClock::start(p, tck));
+    let machine_start = sys::machine_busy_ticks();
     let (stop_tx, stop_rx) = watch::channel(false);
     let phase = open_all(&args, &ctx, stop_rx).await;
     let server_secs = server_cpu.as_ref().and_then(CpuClock::seconds);
     let redis_secs = redis_cpu.as_ref().and_then(CpuClock::seconds);
     let bench_secs = bench_cpu.seconds();
+    let others_secs = match (machine_start, sys::machine_busy_ticks(), bench_secs) {
+        (Some(a), Some(b), Some(mine)) => {
+            let machine = b.saturating_sub(a) as f64 / tck as f64;
+            let known = mine + server_secs.unwrap_or(0.0) + redis_secs.unwrap_or(0.0);
+            Some((machine - known).max(0.0))
+        }
+        _ => None,
+    };
     let stalls = stalls.map(stall::Watch::finish);
     progress(
         &args,
@@ -374,6 +383,7 @@ pub(crate) async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, b
     });
     rep.bench.threads = threads;
     rep.bench.cpu_secs = bench_secs;
+    rep.bench.others_cpu_secs = others_secs;
     rep.bench.stalls = stalls;
     let clean = ok == args.conns && ended_early.is_empty();
     Ok((rep, clean))
