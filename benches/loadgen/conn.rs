@@ -1,16 +1,17 @@
 //! Opening a Herald WebSocket: ticket, TCP connect, upgrade, `welcome`, and request/reply on the
 //! control path (`sub`). Errors are short strings: they become failure categories in the report.
+//! The steps after the connect work over any stream (plain TCP, or TLS for storm mode).
 
 use crate::codec::{self, Codec};
 use crate::http::{Target, Tickets};
 use crate::wire::{self, FrameReader, MaskRng, OP_PING, WireError};
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// An open, welcomed WebSocket.
-pub(crate) struct Ws {
-    pub stream: TcpStream,
+/// An open WebSocket (welcomed, once `open` or `welcome` returned).
+pub(crate) struct Ws<S = TcpStream> {
+    pub stream: S,
     pub reader: FrameReader,
     pub rng: MaskRng,
     pub codec: Codec,
@@ -19,7 +20,7 @@ pub(crate) struct Ws {
 }
 
 /// A shorter, stable category for an error (numbers that vary per connection are dropped).
-fn wire_err(stage: &str, e: WireError) -> String {
+pub(crate) fn wire_err(stage: &str, e: WireError) -> String {
     match e {
         WireError::Refused { status, body } => {
             format!(
@@ -39,41 +40,39 @@ pub(crate) async fn open(
     deflate: bool,
 ) -> Result<Ws, String> {
     let ticket = tickets.get().await?;
-    let mut stream = target
+    let stream = target
         .connect()
         .await
         .map_err(|e| format!("connect: {}", e.kind()))?;
     stream
         .set_nodelay(true)
         .map_err(|e| format!("nodelay: {e}"))?;
+    let mut ws = upgrade(stream, &target.authority, &ticket, codec, deflate).await?;
+    ws.welcome().await?;
+    Ok(ws)
+}
+
+/// The upgrade on `/ws` with `ticket`, over a connected `stream`, up to the 101; offering
+/// permessage-deflate when `deflate` (the server may decline it).
+pub(crate) async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    authority: &str,
+    ticket: &str,
+    codec: Codec,
+    deflate: bool,
+) -> Result<Ws<S>, String> {
     let path = format!("/ws?ticket={ticket}");
-    let (leftover, agreed) = wire::upgrade(
-        &mut stream,
-        &target.authority,
-        &path,
-        codec.subprotocol(),
-        deflate,
-    )
-    .await
-    .map_err(|e| wire_err("upgrade", e))?;
-    let mut ws = Ws {
+    let (leftover, agreed) =
+        wire::upgrade(&mut stream, authority, &path, codec.subprotocol(), deflate)
+            .await
+            .map_err(|e| wire_err("upgrade", e))?;
+    Ok(Ws {
         stream,
         reader: FrameReader::new(leftover, agreed),
         rng: MaskRng::new(),
         codec,
         deflate: agreed,
-    };
-    let welcome = ws
-        .next_message()
-        .await
-        .map_err(|e| wire_err("welcome", e))?;
-    match welcome.get("op").and_then(Value::as_str) {
-        Some("welcome") => Ok(ws),
-        _ => Err(format!(
-            "welcome: unexpected first frame {}",
-            short(&welcome)
-        )),
-    }
+    })
 }
 
 fn short(v: &Value) -> String {
@@ -81,7 +80,22 @@ fn short(v: &Value) -> String {
     s.chars().take(120).collect()
 }
 
-impl Ws {
+impl<S: AsyncRead + AsyncWrite + Unpin> Ws<S> {
+    /// Waits for the first frame, which must be `welcome`.
+    pub(crate) async fn welcome(&mut self) -> Result<(), String> {
+        let welcome = self
+            .next_message()
+            .await
+            .map_err(|e| wire_err("welcome", e))?;
+        match welcome.get("op").and_then(Value::as_str) {
+            Some("welcome") => Ok(()),
+            _ => Err(format!(
+                "welcome: unexpected first frame {}",
+                short(&welcome)
+            )),
+        }
+    }
+
     /// Send one request (a masked data frame in the codec's frame type).
     pub(crate) async fn send(&mut self, payload: &[u8]) -> std::io::Result<()> {
         let mut out = Vec::with_capacity(payload.len() + 14);

@@ -14,7 +14,9 @@ mod report;
 mod run;
 mod rx;
 mod stall;
+mod storm;
 mod sys;
+mod tls;
 mod wire;
 
 use clap::Parser;
@@ -32,14 +34,39 @@ pub fn now_ns() -> u64 {
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "herald-bench",
-    about = "Load generator for Herald: N subscribers, paced publishing, deliveries/s, latency, server CPU and RSS",
-    after_help = "Exit status: 0 all expected deliveries arrived and every connection opened; \
-                  3 the run finished but something was lost, failed or refused; 1 the bench could not run."
+    about = "Load generator for Herald: N subscribers, paced publishing, deliveries/s, latency, server CPU and RSS; \
+             or a storm of new connections (--storm)",
+    after_help = "Exit status: 0 all expected deliveries arrived and every connection opened (--storm: \
+                  every connection completed and none was ended by the node); 3 the run finished but \
+                  something was lost, failed or refused; 1 the bench could not run."
 )]
 pub struct Args {
-    /// Server base URL (loopback only).
+    /// Server base URL (loopback only). `https://` (TLS, with --ca) only with --storm.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// A connection storm instead of fan-out: open --conns new authenticated connections,
+    /// --connect-concurrency at a time (ticket, connect, TLS, upgrade, welcome, sub), time each
+    /// step, hold them until all are done, then close them.
+    #[arg(long)]
+    pub storm: bool,
+    /// With an https:// --url: the PEM certificate(s) to trust.
+    #[arg(long)]
+    pub ca: Option<std::path::PathBuf>,
+    /// With an https:// --url: offer only this key exchange group (e.g. X25519, secp256r1,
+    /// X25519MLKEM768); default: the provider's list, best first.
+    #[arg(long)]
+    pub tls_kx: Option<String>,
+    /// With --storm: connections are spread round-robin over this many users (one JWT each,
+    /// `herald-bench-<i>`; needs --jwt-secret). 1: every connection is user `herald-bench`.
+    #[arg(long, default_value_t = 1)]
+    pub users: usize,
+    /// With --storm: every ticket on a new HTTP connection (over TLS, a second full handshake
+    /// per client), instead of a keep-alive pool.
+    #[arg(long)]
+    pub fresh_ticket_conns: bool,
+    /// With --storm: Redis's process id, to report its CPU time too.
+    #[arg(long)]
+    pub redis_pid: Option<u32>,
     /// More nodes of the same cluster (repeatable): subscribers are spread round-robin over
     /// `--url` and these. Tickets come from `--url` (a cluster redeems them on any node).
     #[arg(long = "also-url")]
@@ -139,7 +166,8 @@ pub struct Args {
     /// Seconds to wait with idle connections before measuring (with --idle).
     #[arg(long, default_value_t = 5.0)]
     pub idle_wait: f64,
-    /// Seconds to wait after all subscribed before measuring RSS and publishing.
+    /// Seconds to wait after all subscribed before measuring RSS and publishing (with --storm:
+    /// before measuring RSS, and again after closing before reading the close's CPU).
     #[arg(long, default_value_t = 1.0)]
     pub settle: f64,
     /// HS256 secret to mint the JWT with.
@@ -160,6 +188,9 @@ pub struct Args {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also write the report as one JSON object to this file (whatever --json says).
+    #[arg(long)]
+    pub json_out: Option<std::path::PathBuf>,
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -205,6 +236,22 @@ impl Args {
             self.payload == codec::Payload::Pad || self.codec == codec::Codec::Json,
             "--payload feed needs --codec json"
         );
+        anyhow::ensure!(
+            self.storm || (self.ca.is_none() && self.tls_kx.is_none()),
+            "--ca and --tls-kx go with --storm (and an https:// --url)"
+        );
+        anyhow::ensure!(
+            self.storm || (self.users == 1 && !self.fresh_ticket_conns && self.redis_pid.is_none()),
+            "--users, --fresh-ticket-conns and --redis-pid go with --storm"
+        );
+        anyhow::ensure!(
+            !self.storm || (self.proxy.is_none() && !self.idle),
+            "--storm is a mode of its own: not with --proxy or --idle"
+        );
+        anyhow::ensure!(self.users >= 1, "--users must be at least 1");
+        if self.storm {
+            return Ok(());
+        }
         self.rate()?;
         // Exact duplicate/loss accounting keeps one bit per (subscriber, message of its topic).
         let per_topic = self.messages.div_ceil(self.topics as u64);
@@ -263,7 +310,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    match rt.block_on(run::run(args.clone(), threads)) {
+    let outcome = if args.storm {
+        rt.block_on(storm::run(args.clone(), threads))
+    } else {
+        rt.block_on(run::run(args.clone(), threads))
+    };
+    match outcome {
         Ok((report, clean)) => {
             if args.json {
                 match serde_json::to_string(&report) {
@@ -272,6 +324,14 @@ fn main() -> ExitCode {
                 }
             } else {
                 print!("{}", report.human());
+            }
+            if let Some(path) = &args.json_out {
+                let written = serde_json::to_vec(&report)
+                    .map_err(std::io::Error::other)
+                    .and_then(|j| std::fs::write(path, j));
+                if let Err(e) = written {
+                    eprintln!("herald-bench: --json-out {}: {e}", path.display());
+                }
             }
             // Do not wait for stragglers (e.g. sockets the server never closes).
             rt.shutdown_timeout(std::time::Duration::from_secs(2));

@@ -80,6 +80,7 @@ pub(crate) async fn run(args: &Args, mode: Mode, jwt: Option<String>) -> anyhow:
         match mode {
             Mode::Send => {
                 let target = Target::parse(&args.url)?;
+                target.require_plain("--proxy send")?;
                 let tickets = Tickets::new(&target, jwt.as_deref().unwrap_or(""))?;
                 let service = args.service.clone().unwrap_or_else(|| "orders".into());
                 let mut ws = conn::open(&target, &tickets, Codec::Json, false)

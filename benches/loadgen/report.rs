@@ -17,6 +17,8 @@ pub(crate) struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_us: Option<Latency>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm: Option<crate::storm::Storm>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<Server>,
     pub bench: Bench,
 }
@@ -106,6 +108,9 @@ pub(crate) struct Server {
     pub cpu_secs: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_secs_per_million_deliveries: Option<f64>,
+    /// Storm mode: CPU seconds per 1000 connections completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_secs_per_1000_conns: Option<f64>,
     pub rss_before_kib: Option<u64>,
     pub rss_subscribed_kib: Option<u64>,
     pub rss_per_conn_kib: Option<f64>,
@@ -116,6 +121,10 @@ pub(crate) struct Server {
 pub(crate) struct Bench {
     pub threads: usize,
     pub cpu_secs: Option<f64>,
+    /// Storm mode: the machine's busy time over the phase less the server's, Redis's and the
+    /// bench's: other processes, and kernel work charged to no process (softirq).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub others_cpu_secs: Option<f64>,
     /// Machine stalls seen during the measured phase (see `stall`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stalls: Option<Vec<crate::stall::Stalls>>,
@@ -149,6 +158,9 @@ impl Report {
         }
         if !c.ended_early.is_empty() {
             let _ = writeln!(o, "  ended early    {}", fmt_map(&c.ended_early));
+        }
+        if let Some(st) = &self.storm {
+            storm_lines(&mut o, st);
         }
         if let Some(p) = &self.published {
             let _ = writeln!(
@@ -202,7 +214,11 @@ impl Report {
                 l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
             );
         }
-        if let Some(s) = &self.server {
+        if let Some(s) = &self.server
+            && self.mode == "storm"
+        {
+            storm_server_lines(&mut o, s, self.storm.as_ref());
+        } else if let Some(s) = &self.server {
             let phase = if self.mode == "idle" {
                 "idle wait"
             } else {
@@ -229,15 +245,145 @@ impl Report {
                 opt(&s.rss_per_conn_kib.map(|v| format!("{v:.2}")))
             );
         }
-        let _ = writeln!(
+        let _ = write!(
             o,
             "bench            {} threads, cpu {} s",
             self.bench.threads,
             opt(&self.bench.cpu_secs.map(|v| format!("{v:.2}")))
         );
+        match (&self.storm, self.bench.cpu_secs) {
+            (Some(st), Some(cpu)) if st.elapsed_secs > 0.0 => {
+                let busy = cpu / st.elapsed_secs / self.bench.threads.max(1) as f64;
+                let _ = write!(o, " ({:.0}% of its threads over the phase)", busy * 100.0);
+                if let Some(others) = self.bench.others_cpu_secs {
+                    let _ = write!(
+                        o,
+                        "\n  others         {others:.2} cpu-s of other processes and softirq over the phase \
+                         ({:.0}% of one core)",
+                        others / st.elapsed_secs * 100.0
+                    );
+                }
+                if busy > 0.9 {
+                    let _ = write!(
+                        o,
+                        "\n  note           the bench was nearly saturated: the rate may be the bench's limit; \
+                         the server's capacity line is the node's own"
+                    );
+                }
+                o.push('\n');
+            }
+            _ => o.push('\n'),
+        }
         if let Some(s) = &self.bench.stalls {
             let _ = writeln!(o, "machine stalls   {}", crate::stall::describe(s));
         }
         o
     }
+}
+
+/// The storm section: the rate and every step's latency (in milliseconds).
+fn storm_lines(o: &mut String, st: &crate::storm::Storm) {
+    let _ = writeln!(
+        o,
+        "storm            {:.0} conns/s over {:.3} s (steady {:.0}/s from 10% to 90% of completions), \
+         {} at a time, {} user(s), tickets over {} connections",
+        st.conns_per_sec,
+        st.elapsed_secs,
+        st.steady_conns_per_sec,
+        st.concurrency,
+        st.users,
+        st.ticket_conns
+    );
+    if st.slow_connects > 0 {
+        let _ = writeln!(
+            o,
+            "  slow connects  {} TCP connects over 0.9 s: SYNs dropped by a full listen queue and sent again",
+            st.slow_connects
+        );
+    }
+    if let Some(t) = &st.tls {
+        let _ = writeln!(o, "  tls            {t} (full handshakes: no resumption)");
+    }
+    let _ = writeln!(
+        o,
+        "  step (ms)        p50      p90      p99      max     mean"
+    );
+    let s = &st.steps_us;
+    let rows: [(&str, &Option<Latency>); 7] = [
+        ("ticket", &s.ticket),
+        ("upgrade (to 101)", &s.upgrade),
+        ("  tcp connect", &s.tcp_connect),
+        ("  tls handshake", &s.tls_handshake),
+        ("welcome", &s.welcome),
+        ("subscribe", &s.subscribe),
+        ("total", &s.total),
+    ];
+    for (name, l) in rows {
+        if let Some(l) = l {
+            let ms = |us: f64| us / 1000.0;
+            let _ = writeln!(
+                o,
+                "  {name:<16}{:>7.3}  {:>7.3}  {:>7.3}  {:>7.3}  {:>7.3}",
+                ms(l.p50),
+                ms(l.p90),
+                ms(l.p99),
+                ms(l.max),
+                ms(l.mean)
+            );
+        }
+    }
+    let c = &st.close;
+    let _ = writeln!(
+        o,
+        "close            {} closed in {:.2} s ({} unanswered); server cpu {} s until --settle after ({} per 1000)",
+        c.closed,
+        c.secs,
+        c.unanswered,
+        opt(&c.server_cpu_secs.map(|v| format!("{v:.2}"))),
+        opt(&c.server_cpu_secs_per_1000_conns.map(|v| format!("{v:.3}")))
+    );
+    if let Some(r) = &st.redis {
+        let _ = writeln!(
+            o,
+            "redis pid {:<8}cpu {} s in the storm phase ({} per 1000 connections), {} s in the close",
+            r.pid,
+            opt(&r.cpu_secs.map(|v| format!("{v:.2}"))),
+            opt(&r.cpu_secs_per_1000_conns.map(|v| format!("{v:.3}"))),
+            opt(&c.redis_cpu_secs.map(|v| format!("{v:.2}")))
+        );
+    }
+}
+
+/// The server lines of a storm: CPU per 1000 connections and what it predicts, RSS.
+fn storm_server_lines(o: &mut String, s: &Server, st: Option<&crate::storm::Storm>) {
+    let _ = write!(
+        o,
+        "server pid {:<7} cpu {} s in the storm phase",
+        s.pid,
+        opt(&s.cpu_secs.map(|v| format!("{v:.2}"))),
+    );
+    match s.cpu_secs_per_1000_conns {
+        Some(v) if v > 0.0 => {
+            let busy = match (s.cpu_secs, st) {
+                (Some(c), Some(st)) if st.elapsed_secs > 0.0 => {
+                    format!(", busy {:.0}% of one core", c / st.elapsed_secs * 100.0)
+                }
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                o,
+                ", {v:.3} cpu-s per 1000 connections (one core would complete {:.0}/s{busy})",
+                1000.0 / v
+            );
+        }
+        _ => o.push('\n'),
+    }
+    let _ = writeln!(
+        o,
+        "  rss            before {} KiB, after {} KiB ({} KiB per connection), end (all closed) {} KiB",
+        opt(&s.rss_before_kib),
+        opt(&s.rss_subscribed_kib),
+        opt(&s.rss_per_conn_kib.map(|v| format!("{v:.2}"))),
+        opt(&s.rss_end_kib),
+    );
 }

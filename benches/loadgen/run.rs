@@ -31,12 +31,30 @@ struct Subscribers {
     secs: f64,
 }
 
+/// One ticket, to fail fast on a wrong secret or a server that is not there.
+pub(crate) async fn preflight(tickets: &Tickets, target: &Target) -> anyhow::Result<()> {
+    if let Err(e) = tickets.get().await {
+        let hint = if e.contains("HTTP 401") {
+            "the JWT was refused: is --jwt-secret (HERALD_JWT_SECRET) the server's secret?"
+        } else if e.contains("ticket http") {
+            "is the server running and listening on this address (and, over TLS, is --ca its certificate)?"
+        } else {
+            "the server answered unexpectedly"
+        };
+        anyhow::bail!("preflight ticket request to {}: {e} ({hint})", target.base);
+    }
+    Ok(())
+}
+
 pub(crate) async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, bool)> {
     let target = Target::parse(&args.url)?.with_sources(args.source_addrs)?;
+    target.require_plain("the publish and idle runs")?;
     // Subscribers go round-robin over every node given.
     let mut targets = vec![target.clone()];
     for u in &args.also_urls {
-        targets.push(Target::parse(u)?.with_sources(args.source_addrs)?);
+        let t = Target::parse(u)?.with_sources(args.source_addrs)?;
+        t.require_plain("the publish and idle runs")?;
+        targets.push(t);
     }
     if let Some(r) = &args.redis_url {
         let host = r
@@ -58,17 +76,7 @@ pub(crate) async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, b
         }
     };
     let tickets = Tickets::new(&target, &jwt)?;
-    // Fail fast on a wrong secret or a server that is not there.
-    if let Err(e) = tickets.get().await {
-        let hint = if e.contains("HTTP 401") {
-            "the JWT was refused: is --jwt-secret (HERALD_JWT_SECRET) the server's secret?"
-        } else if e.contains("ticket http") {
-            "is the server running and listening on this address?"
-        } else {
-            "the server answered unexpectedly"
-        };
-        anyhow::bail!("preflight ticket request to {}: {e} ({hint})", target.base);
-    }
+    preflight(&tickets, &target).await?;
 
     let rate = args.rate()?;
     let topics: Arc<Vec<String>> = Arc::new(

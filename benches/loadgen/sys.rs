@@ -1,4 +1,5 @@
-//! What the bench reads from /proc (no libc): the open-file limit, a process's CPU time and RSS.
+//! What the bench reads from /proc (no libc): the open-file limit, a process's CPU time and RSS,
+//! and the whole machine's busy time.
 
 use std::process::Command;
 
@@ -90,4 +91,17 @@ impl CpuClock {
     pub(crate) fn seconds(&self) -> Option<f64> {
         Some((cpu_ticks(&self.pid)?.saturating_sub(self.start?)) as f64 / self.tck)
     }
+}
+
+/// Busy time of the whole machine, all CPUs, in clock ticks: user, nice, system, irq, softirq
+/// and steal from the first line of /proc/stat (not idle or iowait).
+pub(crate) fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .map(|w| w.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    Some(f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)? + f.get(7).unwrap_or(&0))
 }

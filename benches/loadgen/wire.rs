@@ -293,6 +293,8 @@ pub(crate) struct FrameReader {
     /// permessage-deflate was agreed: RSV1 frames are inflated (into `inflated`).
     deflate: bool,
     inflated: Vec<u8>,
+    /// Room made in `buf` before each read.
+    chunk: usize,
 }
 
 pub(crate) struct Frame<'a> {
@@ -307,6 +309,19 @@ impl FrameReader {
             start: 0,
             deflate,
             inflated: Vec::new(),
+            chunk: 16 << 10,
+        }
+    }
+
+    /// A reader that reads at most `chunk` bytes at a time: for a connection that only waits
+    /// (a storm's held connections), whose buffer would otherwise be 16 KiB.
+    pub(crate) fn with_chunk(initial: Vec<u8>, chunk: usize) -> Self {
+        FrameReader {
+            buf: initial,
+            start: 0,
+            deflate: false,
+            inflated: Vec::new(),
+            chunk: chunk.max(16),
         }
     }
 
@@ -366,7 +381,7 @@ impl FrameReader {
                 self.buf.drain(..self.start);
                 self.start = 0;
             }
-            self.buf.reserve(16 << 10);
+            self.buf.reserve(self.chunk);
             let n = r.read_buf(&mut self.buf).await?;
             if n == 0 {
                 return Err(WireError::Eof);
