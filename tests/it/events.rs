@@ -479,17 +479,7 @@ async fn a_single_node_posts_events_in_order_and_again_after_the_service_recover
     // The node has tried to post it, and been refused, before the service comes back.
     svc.refused(1).await;
     // Meanwhile its metrics show the event waiting, and the refused POST by its outcome.
-    let auth = format!("Bearer {}", crate::support::API_KEY);
-    let m = n
-        .http
-        .request(
-            hyper::Method::GET,
-            "/metrics",
-            &[("authorization", &auth)],
-            Vec::new(),
-        )
-        .await
-        .text;
+    let m = n.metrics().await.text;
     let pending = m
         .lines()
         .find_map(|l| l.strip_prefix("herald_lifecycle_events_pending "))

@@ -139,16 +139,7 @@ async fn healthz_readyz_are_200_and_metrics_count_connections() {
     let _c = node.client(Codec::Json).await;
     assert_eq!(node.http.get("/healthz").await.status, 200);
     assert_eq!(node.http.get("/readyz").await.status, 200);
-    let auth = format!("Bearer {API_KEY}");
-    let m = node
-        .http
-        .request(
-            hyper::Method::GET,
-            "/metrics",
-            &[("authorization", &auth)],
-            Vec::new(),
-        )
-        .await;
+    let m = node.metrics().await;
     assert_eq!(m.status, 200);
     assert!(
         m.text.lines().any(|l| l.starts_with("herald_connections ")),

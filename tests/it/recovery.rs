@@ -281,16 +281,7 @@ async fn since_past_any_offset_a_store_holds_is_not_recovered_and_a_non_integer_
 
 /// `herald_replay_pages_total` from the node's `/metrics`.
 async fn replay_pages(node: &Node) -> u64 {
-    let auth = format!("Bearer {}", crate::support::API_KEY);
-    let m = node
-        .http
-        .request(
-            hyper::Method::GET,
-            "/metrics",
-            &[("authorization", &auth)],
-            Vec::new(),
-        )
-        .await;
+    let m = node.metrics().await;
     m.text
         .lines()
         .find_map(|l| l.strip_prefix("herald_replay_pages_total "))

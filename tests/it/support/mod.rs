@@ -176,6 +176,19 @@ impl Node {
         }
     }
 
+    /// `GET /metrics` with the API key (the admin key of a node that sets none): the response.
+    pub(crate) async fn metrics(&self) -> http::Response {
+        let auth = format!("Bearer {API_KEY}");
+        self.http
+            .request(
+                hyper::Method::GET,
+                "/metrics",
+                &[("authorization", &auth)],
+                Vec::new(),
+            )
+            .await
+    }
+
     /// A JWT for `user` with `grants`, valid for an hour, signed with the test secret.
     pub(crate) fn jwt(&self, user: &str, grants: &RawGrants) -> String {
         mint_token(
