@@ -77,6 +77,11 @@ pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
 /// (`fds`: count the open file descriptors too, a long directory with many sockets).
 pub(crate) fn render(gw: &Gateway, fds: bool) -> String {
     gw.metrics.events_pending.set(gw.events.pending() as f64);
+    // Connections count their own writes and bytes; the node's counters take the sum.
+    let t = gw.hub.traffic();
+    gw.metrics.writes.absolute(t.writes);
+    gw.metrics.bytes_out.absolute(t.bytes_out);
+    gw.metrics.bytes_in.absolute(t.bytes_in);
     gw.metrics.render(fds)
 }
 

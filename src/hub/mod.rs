@@ -12,6 +12,7 @@ pub mod heartbeat;
 pub mod outbox;
 pub mod probe;
 pub mod topic;
+pub mod traffic;
 
 use std::sync::Arc;
 #[cfg(test)]
@@ -25,6 +26,7 @@ use dashmap::mapref::entry::Entry;
 pub use outbox::{Outbox, Subscriber, Take};
 pub use probe::Probe;
 pub use topic::TopicSubs;
+pub use traffic::{Counts, Traffic};
 
 use crate::metrics::Metrics;
 use crate::protocol::{CloseCode, Codec, Message, Position, Topic};
@@ -56,6 +58,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// Times a sample of fan-outs, publish to write ([`probe`]).
     probe: Probe,
+    /// The traffic of the connections already closed (open ones count their own).
+    retired: Traffic,
 }
 
 impl Hub {
@@ -78,6 +82,7 @@ impl Hub {
             started: Instant::now(),
             probe: Probe::new(metrics.clone()),
             metrics,
+            retired: Traffic::default(),
         }
     }
 
@@ -113,6 +118,7 @@ impl Hub {
             outbox: Outbox::new(self.outbox_limit),
             last_seen: AtomicU32::new(self.now_secs()),
             expires: AtomicU64::new(expiry::NEVER),
+            traffic: Traffic::default(),
         });
         self.conns.insert(id, sub.clone());
         self.metrics.connections.set(self.conns.len() as f64);
@@ -183,6 +189,9 @@ impl Hub {
     pub fn disconnect(&self, id: u64) {
         if let Some((_, s)) = self.conns.remove(&id) {
             self.expiries.remove(&s);
+            // Out of the map first: a render meanwhile misses these counts rather than
+            // counting them twice (the node's counters keep their maximum).
+            self.retired.retire(s.traffic.counts());
         }
         self.metrics.connections.set(self.conns.len() as f64);
     }
@@ -211,6 +220,16 @@ impl Hub {
     /// Number of open connections.
     pub fn connections(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Writes and bytes of every connection this hub has had, open or closed: each open one's
+    /// own counts (read without locking it) plus the closed ones' sum. For the metrics render.
+    pub fn traffic(&self) -> Counts {
+        let mut c = self.retired.counts();
+        for r in self.conns.iter() {
+            c += r.value().traffic.counts();
+        }
+        c
     }
 
     /// Subscribes `sub` to `topic` in catch-up mode; finish with [`Hub::go_live`].

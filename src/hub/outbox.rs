@@ -1,8 +1,8 @@
 //! A connection's outbox: the one bounded queue between fan-out and the socket.
 //!
 //! Publishers push complete, shared WebSocket frames (`Bytes`, encoded once for all
-//! subscribers); the connection's task drains everything queued into one buffer and writes it
-//! with one syscall. The bound is in bytes and covers frames queued and frames taken but not yet
+//! subscribers); the connection's task takes everything queued at once (the frames themselves,
+//! not copies) and writes it with one gathering write. The bound is in bytes and covers frames queued and frames taken but not yet
 //! written to the kernel. Policy when it fills: the connection is closed with 4008 (slow consumer)
 //! and its queue dropped at once; the client reconnects with `since` and loses nothing.
 //! Other closes are graceful: what is already queued (replies, messages) is still written, then
@@ -33,6 +33,8 @@ pub struct Subscriber {
     /// When the connection's identity expires, as a close deadline in unix seconds
     /// ([`crate::hub::expiry`]; `u64::MAX`: never). Changed only through the hub's expiry index.
     pub(crate) expires: AtomicU64,
+    /// Its writes and bytes, counted by its own task ([`crate::hub::traffic`]).
+    pub traffic: super::Traffic,
 }
 
 /// The queue itself. Lock held only to push or pop, never across `.await`.
@@ -60,10 +62,10 @@ struct Inner {
 /// What the writer got from [`Outbox::poll_take`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Take {
-    /// Frames were appended to the buffer; report their size with [`Outbox::written`] once
+    /// Frames were moved into the batch; report their size with [`Outbox::written`] once
     /// written, and the mark (when the batch holds the probe's timed frame) to
     /// [`Probe::written`].
-    Frames(usize, Option<Mark>),
+    Frames(Option<Mark>),
     /// The connection must close with this code.
     Close(CloseCode),
 }
@@ -170,17 +172,19 @@ impl Outbox {
         self.inner.lock().bytes
     }
 
-    /// Moves queued frames into `buf` (up to about `max` bytes); once the queue is empty and the
-    /// connection is closing, reports the close reason; parks the task when there is nothing.
-    /// While `probe` times a fan-out (one relaxed load per batch), the frames taken are
+    /// Hands every queued frame to the writer: `batch` (which must be empty) and the queue are
+    /// swapped, so the frames move as they are (shared, never copied) and the two queues'
+    /// memory goes back and forth instead of being allocated per batch. Once the queue is empty
+    /// and the connection is closing, reports the close reason; parks the task when there is
+    /// nothing. While `probe` times a fan-out (one relaxed load per batch), the frames taken are
     /// compared with its timed frame.
     pub fn poll_take(
         &self,
         cx: &mut Context<'_>,
-        buf: &mut Vec<u8>,
-        max: usize,
+        batch: &mut VecDeque<Bytes>,
         probe: &Probe,
     ) -> Poll<Take> {
+        debug_assert!(batch.is_empty());
         let mut g = self.inner.lock();
         if g.queue.is_empty() {
             if let Some(code) = g.close {
@@ -194,29 +198,16 @@ impl Outbox {
         }
         // Read under the queue's lock: a timed frame queued here was noted before it was pushed.
         let armed = probe.armed();
-        let timed = if armed != 0 {
-            probe.timed_frames()
-        } else {
-            [0; super::probe::SLOTS]
-        };
+        std::mem::swap(&mut g.queue, batch);
+        drop(g);
         let mut mark = None;
-        let mut taken = 0;
-        while let Some(f) = g.queue.front() {
-            if taken > 0 && taken + f.len() > max {
-                break;
-            }
-            if armed != 0 && mark.is_none() && timed.contains(&(f.as_ptr() as usize)) {
+        if armed != 0 {
+            let timed = probe.timed_frames();
+            if batch.iter().any(|f| timed.contains(&(f.as_ptr() as usize))) {
                 mark = Probe::mark(armed);
             }
-            taken += f.len();
-            buf.extend_from_slice(f);
-            g.queue.pop_front();
         }
-        if g.queue.is_empty() && g.queue.capacity() > 64 {
-            // A burst is over: give back its memory so an idle connection stays small.
-            g.queue = VecDeque::new();
-        }
-        Poll::Ready(Take::Frames(taken, mark))
+        Poll::Ready(Take::Frames(mark))
     }
 
     /// Reports that `n` bytes taken earlier reached the kernel.
@@ -262,25 +253,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn frames_are_coalesced_into_one_buffer() {
+    async fn every_queued_frame_is_taken_at_once_as_the_same_shared_bytes() {
         let o = Outbox::new(1024);
-        assert!(o.push(Bytes::from_static(b"ab")));
-        assert!(o.push(Bytes::from_static(b"cd")));
-        let mut buf = Vec::new();
-        let t = poll_fn(|cx| o.poll_take(cx, &mut buf, 1 << 16, &probe())).await;
-        assert_eq!(t, Take::Frames(4, None));
-        assert_eq!(buf, b"abcd");
+        let (a, b) = (Bytes::from(b"ab".to_vec()), Bytes::from(b"cd".to_vec()));
+        assert!(o.push(a.clone()));
+        assert!(o.push(b.clone()));
+        let mut batch = VecDeque::new();
+        let t = poll_fn(|cx| o.poll_take(cx, &mut batch, &probe())).await;
+        assert_eq!(t, Take::Frames(None));
+        assert_eq!(batch.len(), 2);
+        // Not copies: the very buffers that were queued.
+        assert_eq!(batch[0].as_ptr(), a.as_ptr());
+        assert_eq!(batch[1].as_ptr(), b.as_ptr());
+        assert!(o.queued().is_empty());
     }
 
     #[tokio::test]
     async fn overflow_closes_with_slow_consumer_and_counts_unwritten_bytes() {
         let o = Outbox::new(10);
         assert!(o.push(Bytes::from_static(b"123456")));
-        let mut buf = Vec::new();
+        let mut batch = VecDeque::new();
         // Taken but not yet written still counts against the bound.
-        poll_fn(|cx| o.poll_take(cx, &mut buf, 1 << 16, &probe())).await;
+        poll_fn(|cx| o.poll_take(cx, &mut batch, &probe())).await;
         assert!(!o.push(Bytes::from_static(b"123456")));
-        let t = poll_fn(|cx| o.poll_take(cx, &mut buf, 1 << 16, &probe())).await;
+        batch.clear();
+        let t = poll_fn(|cx| o.poll_take(cx, &mut batch, &probe())).await;
         assert_eq!(t, Take::Close(CloseCode::SlowConsumer));
         assert!(!o.push(Bytes::from_static(b"1")));
     }
@@ -289,8 +286,8 @@ mod tests {
     async fn written_bytes_free_room() {
         let o = Outbox::new(10);
         assert!(o.push(Bytes::from_static(b"123456")));
-        let mut buf = Vec::new();
-        poll_fn(|cx| o.poll_take(cx, &mut buf, 1 << 16, &probe())).await;
+        let mut batch = VecDeque::new();
+        poll_fn(|cx| o.poll_take(cx, &mut batch, &probe())).await;
         o.written(6);
         assert!(o.push(Bytes::from_static(b"123456")));
     }

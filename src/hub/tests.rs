@@ -21,17 +21,17 @@ fn msg(offset: u64, epoch: &str) -> Message {
 /// The frames queued for `s`, in order, read back the way its connection's writer takes them
 /// ([`Outbox::poll_take`]) and decoded (JSON connections only).
 async fn frames(s: &Subscriber) -> Vec<serde_json::Value> {
-    let mut buf = Vec::new();
+    let mut batch = std::collections::VecDeque::new();
     if s.outbox.is_closing() {
         return vec![];
     }
     let probe = super::Probe::new(crate::metrics::Metrics::new().unwrap());
-    let mut take =
-        |cx: &mut std::task::Context<'_>| s.outbox.poll_take(cx, &mut buf, usize::MAX, &probe);
+    let mut take = |cx: &mut std::task::Context<'_>| s.outbox.poll_take(cx, &mut batch, &probe);
     let pending = poll_fn(|cx| std::task::Poll::Ready(take(cx))).await;
     if pending.is_pending() {
         return vec![];
     }
+    let buf: Vec<u8> = batch.iter().flat_map(|f| f.iter().copied()).collect();
     let mut out = Vec::new();
     let mut a = Assembler::client(1 << 20);
     let mut at = 0;
@@ -261,11 +261,15 @@ async fn close_user_closes_the_users_connections_that_are_selected_and_keeps_the
     assert_eq!(a.outbox.close_code(), Some(code.code()));
     assert!(!b.outbox.is_closing() && !c.outbox.is_closing());
     // What was queued before the order is still taken for writing, then the close.
-    let mut buf = Vec::new();
+    let mut batch = std::collections::VecDeque::new();
     let probe = hub.probe();
-    let first = poll_fn(|cx| a.outbox.poll_take(cx, &mut buf, usize::MAX, probe)).await;
-    assert!(matches!(first, Take::Frames(n, _) if n > 0), "{first:?}");
-    let then = poll_fn(|cx| a.outbox.poll_take(cx, &mut buf, usize::MAX, probe)).await;
+    let first = poll_fn(|cx| a.outbox.poll_take(cx, &mut batch, probe)).await;
+    assert!(
+        matches!(first, Take::Frames(_)) && batch.len() == 1,
+        "{first:?}"
+    );
+    batch.clear();
+    let then = poll_fn(|cx| a.outbox.poll_take(cx, &mut batch, probe)).await;
     assert_eq!(then, Take::Close(code));
     // Every connection of bob; a user with none here answers `None`.
     assert_eq!(hub.close_user("bob", code, |_| true), Some(2));
@@ -292,9 +296,9 @@ async fn a_timed_fan_out_is_recorded_when_its_first_and_last_subscribers_write_i
     // Taken by the writers (each its own encoding), then written one after the other.
     let mut marks = Vec::new();
     for s in &subs {
-        let mut buf = Vec::new();
-        let t = poll_fn(|cx| s.outbox.poll_take(cx, &mut buf, usize::MAX, hub.probe())).await;
-        let Take::Frames(_, Some(mark)) = t else {
+        let mut batch = std::collections::VecDeque::new();
+        let t = poll_fn(|cx| s.outbox.poll_take(cx, &mut batch, hub.probe())).await;
+        let Take::Frames(Some(mark)) = t else {
             panic!("the batch holds the timed frame: {t:?}")
         };
         marks.push(mark);
@@ -314,14 +318,9 @@ async fn a_timed_fan_out_is_recorded_when_its_first_and_last_subscribers_write_i
     assert_eq!(metric(&hub, "herald_bus_messages_total", &[]), 1.0);
     // The next fan-out within the interval is not timed: its frames carry no mark.
     hub.deliver(&msg(2, "e"));
-    let mut buf = Vec::new();
-    let t = poll_fn(|cx| {
-        subs[0]
-            .outbox
-            .poll_take(cx, &mut buf, usize::MAX, hub.probe())
-    })
-    .await;
-    assert!(matches!(t, Take::Frames(_, None)), "{t:?}");
+    let mut batch = std::collections::VecDeque::new();
+    let t = poll_fn(|cx| subs[0].outbox.poll_take(cx, &mut batch, hub.probe())).await;
+    assert!(matches!(t, Take::Frames(None)), "{t:?}");
 }
 
 #[test]

@@ -1,10 +1,10 @@
 //! One task per WebSocket connection: it reads the client's frames, answers its requests, and
-//! writes whatever the outbox holds with one write per batch.
+//! writes whatever the outbox holds with one gathering write per batch.
 //!
 //! The socket side is one poll function ([`Pump::poll_io`]) over any `AsyncRead + AsyncWrite`
 //! (plain TCP or TLS), so the task holds no per-event futures and an idle connection holds no
-//! read or write buffer: reads go through a stack buffer, and the write buffer exists only
-//! while a batch is being written. Replays are read a page at a time and streamed into the
+//! read or write buffer: reads go through a stack buffer, and writes gather the queued frames
+//! themselves (the queue's few slots are all a written-out connection keeps). Replays are read a page at a time and streamed into the
 //! outbox as it drains, so a client can recover a backlog larger than its outbox, and the
 //! connection holds one page of it, not the history. Every way a connection ends maps to a
 //! close code (`WsError::close_code`, the outbox's close reason, or the peer's own).
@@ -36,8 +36,6 @@ use crate::hub::Subscriber;
 use crate::protocol::websocket::{Assembler, Incoming, OpCode, Step, server_frame};
 use crate::protocol::{CloseCode, Codec, ErrorCode, Position, Topic, close};
 
-/// Most bytes gathered into one write.
-const MAX_BATCH: usize = 64 * 1024;
 /// Bytes read from the socket per read (into a stack buffer).
 const READ_CHUNK: usize = 4096;
 /// How long closing may take (flushing what is queued, the close frame, the peer's answer).
@@ -138,15 +136,7 @@ where
     // Copy, then let go of hyper's read buffer: a slice of it would keep all of it alive.
     let rbuf = leftover.to_vec();
     drop(leftover);
-    let mut pump = Pump {
-        stream,
-        rbuf,
-        wbuf: Vec::new(),
-        wpos: 0,
-        reading: true,
-        close_seen: false,
-        timed: None,
-    };
+    let mut pump = Pump::new(stream, rbuf);
     // Captured as they are (no `let` rebinding them inside): each is stored in the future once.
     async move {
         // Closed with 4001 once its identity expires (plus the leeway), unless refreshed.

@@ -1,30 +1,46 @@
 //! The socket side of one connection: one poll function over any `AsyncRead + AsyncWrite`
-//! (plain TCP or TLS) that reads into a stack buffer, gathers what the outbox holds into one
-//! write per batch, and reports a close that is due even while a write is pending. It counts
-//! per read and per write batch (never per frame), and reports a written batch that held the
-//! hub's timed frame to its probe ([`crate::hub::probe`]).
+//! (plain TCP or TLS) that reads into a stack buffer, writes what the outbox holds with one
+//! gathering write per batch (the shared frames themselves: no copy of a payload per
+//! subscriber), and reports a close that is due even while a write is pending. It counts per
+//! read and per write (never per frame) into the connection's own counts
+//! ([`crate::hub::traffic`]), and reports a written batch that held the hub's timed frame to its
+//! probe ([`crate::hub::probe`]).
 
+use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::{MAX_BATCH, READ_CHUNK};
+use super::READ_CHUNK;
 use crate::hub::probe::Mark;
 use crate::hub::{Hub, Subscriber, Take};
 use crate::protocol::CloseCode;
 use crate::protocol::websocket::close_frame;
+
+/// Most frames handed to one gathering write (`writev` takes up to 1,024; a socket's send buffer
+/// rarely takes more than this many small frames at once anyway).
+const MAX_SLICES: usize = 64;
+/// A batch queue that grew past this many slots during a burst is freed once written, so that
+/// an idle connection keeps a small one at most.
+const KEEP_SLOTS: usize = 8;
 
 /// The socket and its buffers.
 pub(super) struct Pump<S> {
     pub(super) stream: S,
     /// Bytes read and not yet parsed; empty (unallocated) between messages.
     pub(super) rbuf: Vec<u8>,
-    /// The batch being written; empty (unallocated) when idle.
-    pub(super) wbuf: Vec<u8>,
-    /// How much of `wbuf` is written.
-    pub(super) wpos: usize,
+    /// The batch being written: the frames the outbox held, moved here as they are (shared
+    /// with every other subscriber, never copied), oldest first. Its memory is swapped with the
+    /// outbox's queue on every take, so a steady stream allocates nothing.
+    pub(super) batch: VecDeque<Bytes>,
+    /// How much of the batch's first frame is written.
+    pub(super) at: usize,
+    /// Bytes of the batch written and not yet reported to the outbox (once flushed).
+    pub(super) done: usize,
     /// False once the peer's side ended or cannot be trusted (after a protocol error).
     pub(super) reading: bool,
     /// True once a close asked for while a write was pending has been reported
@@ -50,6 +66,53 @@ pub(super) enum Io {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
+    /// The socket around `stream`, with `rbuf` already read, nothing to write.
+    pub(super) fn new(stream: S, rbuf: Vec<u8>) -> Pump<S> {
+        Pump {
+            stream,
+            rbuf,
+            batch: VecDeque::new(),
+            at: 0,
+            done: 0,
+            reading: true,
+            close_seen: false,
+            timed: None,
+        }
+    }
+
+    /// One write of what is left of the batch: a gathering write of up to [`MAX_SLICES`]
+    /// frames where the stream can gather (TCP, and TLS, which seals them into records
+    /// together), else the first frame alone.
+    fn poll_write_batch(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let first = &self.batch[0][self.at..];
+        if self.batch.len() == 1 || !self.stream.is_write_vectored() {
+            return Pin::new(&mut self.stream).poll_write(cx, first);
+        }
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        slices[0] = IoSlice::new(first);
+        let mut n = 1;
+        for (slot, f) in slices[1..].iter_mut().zip(self.batch.iter().skip(1)) {
+            *slot = IoSlice::new(f);
+            n += 1;
+        }
+        Pin::new(&mut self.stream).poll_write_vectored(cx, &slices[..n])
+    }
+
+    /// Drops from the batch the `n` bytes just written.
+    fn advance(&mut self, mut n: usize) {
+        self.done += n;
+        while let Some(f) = self.batch.front() {
+            let left = f.len() - self.at;
+            if n < left {
+                self.at += n;
+                return;
+            }
+            n -= left;
+            self.at = 0;
+            self.batch.pop_front();
+        }
+    }
+
     pub(super) fn poll_io(
         &mut self,
         cx: &mut Context<'_>,
@@ -58,10 +121,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
     ) -> Poll<Io> {
         // Write side: finish the batch in hand, or take the next one.
         loop {
-            if self.wpos < self.wbuf.len() {
-                match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf[self.wpos..]) {
+            if !self.batch.is_empty() {
+                match self.poll_write_batch(cx) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Io::Gone),
-                    Poll::Ready(Ok(n)) => self.wpos += n,
+                    Poll::Ready(Ok(n)) => {
+                        sub.traffic.wrote(n);
+                        self.advance(n);
+                    }
                     Poll::Pending => {
                         // The stream's own deadline ends a write that makes no progress; a
                         // close must not wait for it.
@@ -72,18 +138,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
                         break;
                     }
                 }
-            } else if !self.wbuf.is_empty() {
+            } else if self.done > 0 {
                 match Pin::new(&mut self.stream).poll_flush(cx) {
                     Poll::Ready(Ok(())) => {
-                        sub.outbox.written(self.wbuf.len());
-                        let m = hub.metrics();
-                        m.writes.increment(1);
-                        m.bytes_out.increment(self.wbuf.len() as u64);
+                        sub.outbox.written(self.done);
+                        self.done = 0;
                         if let Some(mark) = self.timed.take() {
                             hub.probe().written(mark);
                         }
-                        self.wbuf = Vec::new();
-                        self.wpos = 0;
+                        if self.batch.capacity() > KEEP_SLOTS {
+                            self.batch = VecDeque::new();
+                        }
                         return Poll::Ready(Io::Wrote);
                     }
                     Poll::Ready(Err(_)) => return Poll::Ready(Io::Gone),
@@ -96,11 +161,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
                     }
                 }
             } else {
-                match sub
-                    .outbox
-                    .poll_take(cx, &mut self.wbuf, MAX_BATCH, hub.probe())
-                {
-                    Poll::Ready(Take::Frames(_, timed)) => self.timed = timed,
+                match sub.outbox.poll_take(cx, &mut self.batch, hub.probe()) {
+                    Poll::Ready(Take::Frames(timed)) => self.timed = timed,
                     Poll::Ready(Take::Close(code)) => return Poll::Ready(Io::Close(code)),
                     Poll::Pending => break,
                 }
@@ -114,7 +176,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
             match Pin::new(&mut self.stream).poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Io::Gone),
                 Poll::Ready(Ok(())) => {
-                    hub.metrics().bytes_in.increment(rb.filled().len() as u64);
+                    sub.traffic.read(rb.filled().len());
                     self.rbuf.extend_from_slice(rb.filled());
                     return Poll::Ready(Io::Input);
                 }
@@ -125,9 +187,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
         Poll::Pending
     }
 
-    /// Sends the close frame after what is half written, then waits for the peer to close.
+    /// Sends the close frame after what is left of the batch, then waits for the peer to close.
     pub(super) async fn close(&mut self, code: u16, reason: &str) {
-        let mut out = self.wbuf.split_off(self.wpos.min(self.wbuf.len()));
+        let mut out = Vec::new();
+        for (i, f) in self.batch.drain(..).enumerate() {
+            out.extend_from_slice(if i == 0 { &f[self.at..] } else { &f });
+        }
+        self.at = 0;
         out.extend_from_slice(&close_frame(code, reason));
         if self.stream.write_all(&out).await.is_err() || self.stream.flush().await.is_err() {
             return;
@@ -140,5 +206,122 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Hub;
+    use crate::protocol::Codec;
+    use std::future::poll_fn;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected pair of real loopback sockets, the writer's send buffer made small so that
+    /// gathering writes end part-way through a frame.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_send_buffer_size(4096).unwrap();
+        let (w, r) = tokio::join!(sock.connect(l.local_addr().unwrap()), l.accept());
+        (w.unwrap(), r.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn queued_frames_reach_the_socket_whole_and_in_order_through_partial_gathering_writes() {
+        let hub = Hub::new(1 << 22);
+        let sub = hub.connect(Codec::Json);
+        let (w, mut r) = pair().await;
+        // Frames of many sizes, each with its own bytes, more than one send buffer's worth.
+        let mut expected = Vec::new();
+        for i in 0..300usize {
+            let f: Vec<u8> = (0..(1 + i * 37 % 2900)).map(|j| (i + j) as u8).collect();
+            expected.extend_from_slice(&f);
+            assert!(sub.push(Bytes::from(f)));
+        }
+        let total = expected.len();
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; total];
+            r.read_exact(&mut got).await.unwrap();
+            got
+        });
+        let mut pump = Pump::new(w, Vec::new());
+        pump.reading = false;
+        while sub.outbox.pending_bytes() > 0 {
+            match poll_fn(|cx| pump.poll_io(cx, &sub, &hub)).await {
+                Io::Wrote => {}
+                _ => panic!("only writes were expected"),
+            }
+        }
+        assert_eq!(reader.await.unwrap(), expected);
+        let c = sub.traffic.counts();
+        assert_eq!(c.bytes_out, total as u64);
+        // Gathered: far fewer writes than frames (the small send buffer forces several).
+        assert!(c.writes > 1 && c.writes < 300, "{c:?}");
+        // Written out, the connection keeps at most a small queue.
+        assert!(pump.batch.is_empty() && pump.batch.capacity() <= KEEP_SLOTS);
+        assert_eq!(hub.traffic().bytes_out, total as u64);
+    }
+
+    /// A real stream seen through a writer that cannot gather: the trait's default
+    /// `poll_write_vectored` writes the first slice only, as a stream without it would.
+    struct NoGather<S>(S);
+
+    impl<S: AsyncRead + Unpin> AsyncRead for NoGather<S> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for NoGather<S> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_cannot_gather_gets_the_frames_one_write_each() {
+        let hub = Hub::new(1 << 20);
+        let sub = hub.connect(Codec::Json);
+        // An in-memory pipe with room for 5 bytes at a time: writes end inside frames too.
+        let (w, mut r) = tokio::io::duplex(5);
+        for f in [&b"abc"[..], b"defgh", b"ij"] {
+            assert!(sub.push(Bytes::copy_from_slice(f)));
+        }
+        let reader = tokio::spawn(async move {
+            let mut got = [0u8; 10];
+            r.read_exact(&mut got).await.unwrap();
+            got
+        });
+        let mut pump = Pump::new(NoGather(w), Vec::new());
+        pump.reading = false;
+        while sub.outbox.pending_bytes() > 0 {
+            assert!(matches!(
+                poll_fn(|cx| pump.poll_io(cx, &sub, &hub)).await,
+                Io::Wrote
+            ));
+        }
+        assert_eq!(&reader.await.unwrap(), b"abcdefghij");
+        let c = sub.traffic.counts();
+        assert_eq!(c.bytes_out, 10);
+        assert!(c.writes >= 3, "one write per frame at least: {c:?}");
     }
 }
