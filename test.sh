@@ -16,6 +16,8 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 # The cluster tests start their own redis-server (and use redis-cli as a backend would).
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v redis-cli >/dev/null || need_apt+=(redis-tools)
+# A test reads the listener's backlog with ss.
+command -v ss >/dev/null || need_apt+=(iproute2)
 # The browser tests (the dashboard's, the demo's) drive Debian's chromium with playwright-core.
 command -v chromium >/dev/null || need_apt+=(chromium)
 # The JavaScript client's tests run on Node's test runner (Node 20+; Debian's nodejs when missing).

@@ -260,12 +260,10 @@ pub async fn start_with(config: Config, hooks: Hooks) -> Result<Running, ServerE
         }
     };
     let jwt = jwt_verifier(&config, &stop)?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = listen(config.listen).map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind {
         addr: config.listen,
         source,
@@ -467,4 +465,44 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     running.wait().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Completed handshakes the kernel may hold for the accept loop. A node that neighbours send
+/// their clients to after a failure takes thousands of connections at once; the usual default
+/// (128, and what `TcpListener::bind` asks for) drops SYNs past it, each costing its client a
+/// retransmission a second or more later. The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the client listener with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as `bind` does).
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_listener_holds_thousands_of_handshakes_not_the_usual_128() {
+        let l = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = l.local_addr().unwrap().port();
+        // `ss` shows a listener's backlog as its Send-Q; the kernel caps it at somaxconn.
+        let out = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{port}")])
+            .output()
+            .expect("ss (iproute2) runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let backlog: u32 = text.split_whitespace().nth(2).unwrap().parse().unwrap();
+        let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap();
+        let cap: u32 = cap.trim().parse().unwrap();
+        assert_eq!(backlog, LISTEN_BACKLOG.min(cap), "{text}");
+        assert!(backlog > 128, "net.core.somaxconn is {cap} here: {text}");
+    }
 }

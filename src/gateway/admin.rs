@@ -73,16 +73,20 @@ pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// The node's metrics in the Prometheus text format, the gauges read at render time set first
-/// (`fds`: count the open file descriptors too, a long directory with many sockets).
-pub(crate) fn render(gw: &Gateway, fds: bool) -> String {
+/// The node's metrics in the Prometheus text format, the gauges read at render time set first.
+/// `full`, for a scrape: the open file descriptors counted (a long directory with many sockets)
+/// and the connections' own traffic counts summed (a pass over every connection); the
+/// dashboard's sampler, every second, charts neither and skips both.
+pub(crate) fn render(gw: &Gateway, full: bool) -> String {
     gw.metrics.events_pending.set(gw.events.pending() as f64);
-    // Connections count their own writes and bytes; the node's counters take the sum.
-    let t = gw.hub.traffic();
-    gw.metrics.writes.absolute(t.writes);
-    gw.metrics.bytes_out.absolute(t.bytes_out);
-    gw.metrics.bytes_in.absolute(t.bytes_in);
-    gw.metrics.render(fds)
+    if full {
+        // Connections count their own writes and bytes; the node's counters take the sum.
+        let t = gw.hub.traffic();
+        gw.metrics.writes.absolute(t.writes);
+        gw.metrics.bytes_out.absolute(t.bytes_out);
+        gw.metrics.bytes_in.absolute(t.bytes_in);
+    }
+    gw.metrics.render(full)
 }
 
 /// `GET /metrics`: the Prometheus text format, with the admin key unless `metrics_public`.

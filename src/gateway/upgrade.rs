@@ -293,20 +293,44 @@ async fn upgrade(
             "this ticket's grants do not allow subscribing to {t:?}"
         )));
     }
-    // Counted across the cluster, and its connect recorded, before the 101; uncounted (and its
-    // disconnect recorded) when the connection ends.
+    // Before the 101: counted across the cluster and its user's channel watched (together, one
+    // round trip's time), recorded in the hub with its `welcome` queued (so directed messages
+    // reach it from here), and only then its connect recorded. Undone on every way out; once
+    // it runs, uncounted (and its disconnect recorded) when the connection ends.
     let conn_num = gw.next_conn_key.fetch_add(1, Ordering::Relaxed);
     let conn_key: Arc<str> = Arc::from(super::conn_id(&gw.config.node_id, conn_num));
     let limit = gw.config.max_connections_per_user;
-    if !gw.bus.open_conn(&identity.user, &conn_key, limit).await? {
-        return Err(Rejection::TooManyUserConnections(limit));
+    let user = identity.user.clone();
+    let (opened, user_watched) = tokio::join!(
+        gw.bus.open_conn(&user, &conn_key, limit),
+        gw.watch_user(&user)
+    );
+    if !matches!(opened, Ok(true)) {
+        if user_watched.is_ok() {
+            gw.unwatch_user(&user).await;
+        }
+        return Err(match opened {
+            Ok(_) => Rejection::TooManyUserConnections(limit),
+            Err(e) => e.into(),
+        });
     }
-    if let Err(e) = gw.events.connected(&conn_key, &identity.user).await {
-        let _ = gw.bus.close_conn(&identity.user, &conn_key).await;
+    let codec = chosen.unwrap_or(Codec::Json);
+    let deflate = agreed.is_some();
+    let sub = connection::register(
+        &gw,
+        &identity,
+        &conn_key,
+        conn_num,
+        codec,
+        deflate,
+        &user_watched,
+    );
+    let user_watched = user_watched.is_ok();
+    if let Err(e) = gw.events.connected(&conn_key, &user).await {
+        connection::unregister(&gw, &user, conn_num, user_watched).await;
+        let _ = gw.bus.close_conn(&user, &conn_key).await;
         return Err(e.into());
     }
-    let user = identity.user.clone();
-    let codec = chosen.unwrap_or(Codec::Json);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_gw = gw.clone();
     // A debug span: with `herald=debug` every line of the connection carries its id, user and
@@ -325,6 +349,7 @@ async fn upgrade(
             Ok(u) => u,
             Err(e) => {
                 tracing::debug!("upgrade did not complete: {e}");
+                connection::unregister(&task_gw, &user, conn_num, user_watched).await;
                 task_gw.metrics.disconnected(close::ABNORMAL);
                 if let Some(recording) =
                     task_gw
@@ -340,15 +365,15 @@ async fn upgrade(
         let gw = task_gw.clone();
         let accepted = connection::Accepted {
             gw: task_gw,
+            sub,
+            user_watched,
             identity,
             forwarded,
-            id: conn_num,
             conn: conn_key.clone(),
             codec,
-            deflate: agreed.is_some(),
             endpoint,
         };
-        tracing::debug!(?codec, deflate = agreed.is_some(), "connection open");
+        tracing::debug!(?codec, deflate, "connection open");
         let code = match serve(upgraded, accepted) {
             Some(connection) => connection.await,
             None => {

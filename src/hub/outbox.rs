@@ -18,6 +18,10 @@ use parking_lot::Mutex;
 use super::probe::{Mark, Probe};
 use crate::protocol::{CloseCode, Codec};
 
+/// A queue that grew past this many slots during a burst is not kept once written out, so that
+/// an idle connection keeps a small one at most.
+const KEEP_SLOTS: usize = 8;
+
 /// The hub's handle to one connection.
 pub struct Subscriber {
     /// Connection id, unique on this node.
@@ -210,10 +214,19 @@ impl Outbox {
         Poll::Ready(Take::Frames(mark))
     }
 
-    /// Reports that `n` bytes taken earlier reached the kernel.
-    pub fn written(&self, n: usize) {
+    /// Reports that `n` bytes taken earlier reached the kernel, and hands back the emptied
+    /// `batch`: its memory becomes the queue's again when the queue has none (so a steady stream
+    /// of single frames allocates nothing, and an idle connection keeps one small queue, not
+    /// two), else it is freed.
+    pub fn written(&self, n: usize, batch: &mut VecDeque<Bytes>) {
+        debug_assert!(batch.is_empty());
         let mut g = self.inner.lock();
         g.bytes = g.bytes.saturating_sub(n);
+        if g.queue.capacity() == 0 && batch.capacity() <= KEEP_SLOTS {
+            std::mem::swap(&mut g.queue, batch);
+        }
+        drop(g);
+        *batch = VecDeque::new();
     }
 
     /// The frames queued, oldest first: the queued `Bytes` themselves (not copies), so tests
@@ -288,7 +301,8 @@ mod tests {
         assert!(o.push(Bytes::from_static(b"123456")));
         let mut batch = VecDeque::new();
         poll_fn(|cx| o.poll_take(cx, &mut batch, &probe())).await;
-        o.written(6);
+        batch.clear();
+        o.written(6, &mut batch);
         assert!(o.push(Bytes::from_static(b"123456")));
     }
 }

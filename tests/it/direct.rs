@@ -60,3 +60,39 @@ async fn a_publish_body_must_name_exactly_one_target() {
         assert_eq!(out["error"], "bad_request", "{why}: {out}");
     }
 }
+
+#[tokio::test]
+async fn many_users_connecting_at_once_are_each_watched_and_all_unwatched_when_they_leave() {
+    let redis = crate::support::redis::RedisServer::start();
+    let n = Node::with(&[("HERALD_REDIS_URL", &redis.url())]).await;
+    let all = grants(&[">"], &[">"], &[]);
+    let users: Vec<String> = (0..150).map(|i| format!("storm-{i}")).collect();
+    // All at once: their channels' SUBSCRIBEs are applied in batches, never lost among them.
+    let opening = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| n.client_for(CODECS[i % 2], u, &all));
+    let mut clients = futures_util::future::join_all(opening).await;
+    for (u, c) in users.iter().zip(&mut clients) {
+        let body = json!({"user": u, "data": {"to": u}}).to_string();
+        let (status, out) = n.http.post("/v1/publish", Some(API_KEY), &body).await;
+        assert_eq!((status, &out), (200, &json!({"sent": true})), "{u}");
+        assert_eq!(
+            c.next_frame().await,
+            json!({"op": "direct", "data": {"to": u}})
+        );
+    }
+    let watched = || redis.cli(&["PUBSUB", "CHANNELS", "herald:{user:storm-*"]);
+    assert_eq!(watched().lines().count(), users.len());
+    // All at once again: every UNSUBSCRIBE applied, none left behind.
+    futures_util::future::join_all(clients.iter_mut().map(|c| c.close(1000))).await;
+    let start = std::time::Instant::now();
+    while !watched().trim().is_empty() {
+        assert!(
+            start.elapsed() < crate::support::WAIT,
+            "still watched: {}",
+            watched()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -146,6 +146,67 @@ async fn a_cluster_records_connect_subscribe_unsubscribe_and_disconnect_in_order
     }
 }
 
+/// A stream entry as `XREAD` gives it: its id and fields.
+type Entry = (String, HashMap<String, String>);
+
+/// A backend that reads the stream (blocking `XREAD`, as a consumer would) and answers every
+/// `connect` with a directed message to its user, through Redis; returns once it has answered
+/// `n` connects.
+async fn greeter(url: String, n: usize) {
+    let client = redis::Client::open(url).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut last = "0-0".to_owned();
+    let mut answered = 0;
+    while answered < n {
+        let reply: redis::Value = redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(10_000)
+            .arg("STREAMS")
+            .arg(STREAM)
+            .arg(&last)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let entries: Vec<(String, Vec<Entry>)> =
+            redis::from_redis_value(reply).expect("an XREAD answer within 10 s");
+        for (id, fields) in entries.into_iter().flat_map(|(_, e)| e) {
+            last = id;
+            if fields["event"] == "connect" {
+                let hello = json!({"hello": fields["conn"]}).to_string();
+                let _: i64 = redis::cmd("FCALL")
+                    .arg("herald_publish_user")
+                    .arg(1)
+                    .arg(&fields["user"])
+                    .arg(hello)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                answered += 1;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_directed_message_sent_on_the_connect_event_reaches_the_new_connection() {
+    let redis = RedisServer::start();
+    let n = Node::with(&[("HERALD_REDIS_URL", &redis.url()), ("HERALD_EVENTS", ALL)]).await;
+    // New users each time: the node watches each one's channel for the first time.
+    let rounds = 20;
+    let backend = tokio::spawn(greeter(redis.url(), rounds));
+    for i in 0..rounds {
+        let codec = CODECS[i % CODECS.len()];
+        let (mut c, conn) = connect(&n, codec, &format!("greeted-{i}")).await;
+        // The connection is watched and reachable before its connect is recorded, so the
+        // backend's answer is its first frame after welcome, every time.
+        let d = c.next_frame().await;
+        assert_eq!(d["op"], "direct", "{i}: {d}");
+        assert_eq!(d["data"], json!({"hello": conn}), "{i}: {d}");
+        c.close(1000).await;
+    }
+    backend.await.unwrap();
+}
+
 #[tokio::test]
 async fn a_subscription_that_a_refresh_ends_is_recorded_as_an_unsubscribe_before_the_ok() {
     let redis = RedisServer::start();

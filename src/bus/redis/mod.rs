@@ -145,8 +145,12 @@ pub(crate) struct RedisBus {
     wake: tokio::sync::Notify,
     /// Local watchers per channel (a topic's, or a user's): SUBSCRIBE on the first, UNSUBSCRIBE
     /// after the last. An async mutex, held across the round trip, so that subscription changes
-    /// never reorder, and a rebuilt connection subscribes to exactly the channels watched.
+    /// never reorder, and a rebuilt connection subscribes to exactly the channels watched. Its
+    /// holder applies every change queued in `changes` at once (one round trip per batch).
     watched: tokio::sync::Mutex<HashMap<String, usize>>,
+    /// Changes of `watched` waiting for its holder ([`pubsub::Change`]); a plain mutex, held only
+    /// to push or to take them all. As many as there are tasks waiting to watch or unwatch.
+    changes: parking_lot::Mutex<Vec<pubsub::Change>>,
     prefix: String,
     /// The library source with this node's settings, for (re)loading.
     library: String,
@@ -249,6 +253,7 @@ impl RedisBus {
             pubsub_broken: AtomicBool::new(true),
             wake: tokio::sync::Notify::new(),
             watched: tokio::sync::Mutex::new(HashMap::new()),
+            changes: parking_lot::Mutex::new(Vec::new()),
             prefix: prefix.to_owned(),
             library,
             ready: AtomicBool::new(false),

@@ -3,6 +3,7 @@
 //! (messages to the hub through [`super::deliveries`], presence changes, directed messages and
 //! disconnect orders to their sinks, the liveness probe to its counter, a drop to the monitor).
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -144,41 +145,135 @@ impl RedisBus {
 
     /// One more local watcher of `ch`: SUBSCRIBE for the first.
     pub(super) async fn subscribe_counted(&self, ch: String) -> Result<(), BusError> {
-        let mut w = self.watched.lock().await;
-        let n = w.entry(ch.clone()).or_insert(0);
-        if *n == 0 {
-            let subscribed = match self.pubsub_conn() {
-                Ok(mut s) => s.subscribe(&ch).await.map_err(|e| self.pubsub_failed(e)),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = subscribed {
-                w.remove(&ch);
-                return Err(e);
-            }
-        }
-        *n += 1;
-        Ok(())
+        self.change(ch, true).await.map(|_| ())
     }
 
     /// One local watcher of `ch` fewer: UNSUBSCRIBE after the last. True when it was the last
     /// (even if UNSUBSCRIBE failed: a rebuilt connection leaves the channel out, and messages
     /// of unwatched channels are dropped).
     pub(super) async fn unsubscribe_counted(&self, ch: String) -> bool {
-        let mut w = self.watched.lock().await;
-        let Some(n) = w.get_mut(&ch) else {
-            return false;
-        };
-        *n -= 1;
-        if *n > 0 {
-            return false;
-        }
-        w.remove(&ch);
-        if let Ok(mut s) = self.pubsub_conn()
-            && let Err(e) = s.unsubscribe(&ch).await
-        {
-            let e = self.pubsub_failed(e);
-            tracing::debug!(error = ?e, "UNSUBSCRIBE {ch} failed");
-        }
-        true
+        self.change(ch, false).await.unwrap_or(false)
     }
+
+    /// Queues one change of the watched channels and waits until it is applied, by this task
+    /// or by whichever holds `watched` first: the holder applies every change queued so far
+    /// together, with one SUBSCRIBE and one UNSUBSCRIBE for all of them (a group commit). A storm
+    /// of new users therefore costs one round trip per batch, not one per user in a queue.
+    async fn change(&self, ch: String, subscribe: bool) -> Result<bool, BusError> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.changes.lock().push(Change {
+            ch,
+            subscribe,
+            done,
+        });
+        {
+            let mut watched = self.watched.lock().await;
+            // Empty when another holder took ours with its batch (and has answered it).
+            let batch = std::mem::take(&mut *self.changes.lock());
+            if !batch.is_empty() {
+                self.apply(&mut watched, batch).await;
+            }
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(BusError::Unavailable("subscription change dropped".into())))
+    }
+
+    /// Applies `batch` in order to the watch counts, sends what changed on the pub/sub
+    /// connection (one SUBSCRIBE, one UNSUBSCRIBE, pipelined) and answers every change. A
+    /// channel watched and unwatched within one batch costs no command. When SUBSCRIBE fails,
+    /// each channel it named is forgotten and its new watchers get the error.
+    async fn apply(&self, watched: &mut HashMap<String, usize>, batch: Vec<Change>) {
+        let mut subscribe: Vec<&str> = Vec::new();
+        let mut unsubscribe: Vec<&str> = Vec::new();
+        let mut last = vec![false; batch.len()];
+        for (i, c) in batch.iter().enumerate() {
+            let ch = c.ch.as_str();
+            if c.subscribe {
+                let n = watched.entry(c.ch.clone()).or_insert(0);
+                if *n == 0 {
+                    match unsubscribe.iter().position(|u| *u == ch) {
+                        Some(at) => drop(unsubscribe.swap_remove(at)),
+                        None => subscribe.push(ch),
+                    }
+                }
+                *n += 1;
+            } else if let Some(n) = watched.get_mut(ch) {
+                *n -= 1;
+                if *n == 0 {
+                    watched.remove(ch);
+                    last[i] = true;
+                    match subscribe.iter().position(|s| *s == ch) {
+                        Some(at) => drop(subscribe.swap_remove(at)),
+                        None => unsubscribe.push(ch),
+                    }
+                }
+            }
+        }
+        let conn = self.pubsub_conn();
+        // Why SUBSCRIBE failed (the cause's words, for each watcher's error).
+        let mut failed: Option<String> = None;
+        match conn {
+            Ok(conn) => {
+                let (mut a, mut b) = (conn.clone(), conn);
+                let (s, u) = tokio::join!(
+                    async {
+                        if subscribe.is_empty() {
+                            return Ok(());
+                        }
+                        a.subscribe(&subscribe).await
+                    },
+                    async {
+                        if unsubscribe.is_empty() {
+                            return Ok(());
+                        }
+                        b.unsubscribe(&unsubscribe).await
+                    }
+                );
+                if let Err(e) = s {
+                    failed = Some(e.to_string());
+                    self.pubsub_failed(e);
+                }
+                if let Err(e) = u {
+                    let e = self.pubsub_failed(e);
+                    tracing::debug!(error = ?e, "UNSUBSCRIBE of {} channels failed", unsubscribe.len());
+                }
+            }
+            Err(e) if !subscribe.is_empty() => {
+                let cause = std::error::Error::source(&e).map(|c| c.to_string());
+                failed = Some(cause.unwrap_or_else(|| e.to_string()));
+            }
+            Err(_) => {}
+        }
+        if failed.is_some() {
+            for ch in &subscribe {
+                watched.remove(*ch);
+            }
+        }
+        let failed_subscribe = |ch: &str| failed.is_some() && subscribe.contains(&ch);
+        let answers: Vec<_> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if c.subscribe && failed_subscribe(&c.ch) {
+                    let why = failed.clone().unwrap_or_default();
+                    Err(BusError::Unavailable(why.into()))
+                } else {
+                    Ok(last[i])
+                }
+            })
+            .collect();
+        for (c, a) in batch.into_iter().zip(answers) {
+            let _ = c.done.send(a);
+        }
+    }
+}
+
+/// A change of the watched channels waiting to be applied ([`RedisBus::change`]).
+pub(super) struct Change {
+    ch: String,
+    /// One watcher more (true) or fewer.
+    subscribe: bool,
+    /// The outcome: for an unsubscribe, whether it was the channel's last watcher.
+    done: tokio::sync::oneshot::Sender<Result<bool, BusError>>,
 }

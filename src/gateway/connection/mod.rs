@@ -78,18 +78,57 @@ struct Session {
 /// A connection the upgrade accepted: who it is and how it speaks.
 pub(crate) struct Accepted {
     pub(crate) gw: Arc<Gateway>,
+    /// Its record in the hub, made by [`register`] before the 101 (its `welcome` queued first).
+    pub(crate) sub: Arc<Subscriber>,
+    /// The bus watches its user's channel for it (a successful [`Gateway::watch_user`]).
+    pub(crate) user_watched: bool,
     /// The user and grants its ticket carried.
     pub(crate) identity: Identity,
     /// The upgrade request's headers that some service forwards.
     pub(crate) forwarded: Vec<(String, String)>,
-    /// Its number on this node, and its id (as in `welcome`).
-    pub(crate) id: u64,
+    /// Its id (as in `welcome`).
     pub(crate) conn: Arc<str>,
     pub(crate) codec: Codec,
-    /// It negotiated permessage-deflate: broadcasts reach it compressed, and its messages with
-    /// RSV1 set are inflated.
-    pub(crate) deflate: bool,
     pub(crate) endpoint: Endpoint,
+}
+
+/// Records an accepted connection in the hub before its 101, as number `id` on this node: its
+/// `welcome` queued first in its outbox (then, when the bus could not watch its user's channel,
+/// an error saying so), and reachable by directed messages to its user. The upgrade records its
+/// connect only after this, so that a backend answering the event with a directed message
+/// reaches it. A connection that goes no further is taken out with [`unregister`].
+pub(crate) fn register(
+    gw: &Gateway,
+    identity: &Identity,
+    conn: &str,
+    id: u64,
+    codec: Codec,
+    deflate: bool,
+    user_watched: &Result<(), crate::bus::BusError>,
+) -> Arc<Subscriber> {
+    let sub = gw.hub.connect_as(codec, deflate, id);
+    sub.push(codec.welcome(
+        conn,
+        &gw.config.node_id,
+        &identity.user,
+        gw.config.ping_interval.as_secs(),
+        identity::expires_at(identity),
+    ));
+    if let Err(e) = user_watched {
+        let msg = format!("directed messages to you may not arrive: {e}");
+        sub.push(codec.error(None, e.code(), &msg, None));
+    }
+    gw.hub.attach_user(&identity.user, &sub);
+    sub
+}
+
+/// Undoes [`register`] for a connection that never ran (its upgrade failed after it).
+pub(crate) async fn unregister(gw: &Gateway, user: &Arc<str>, id: u64, user_watched: bool) {
+    gw.hub.detach_user(user, id);
+    gw.hub.disconnect(id);
+    if user_watched {
+        gw.unwatch_user(user).await;
+    }
 }
 
 /// The connection's task: runs the connection until it closes; always unsubscribes. Its output
@@ -105,15 +144,14 @@ where
 {
     let Accepted {
         gw,
+        sub,
+        user_watched,
         identity,
         forwarded,
-        id,
         conn,
         codec,
-        deflate,
         endpoint,
     } = a;
-    let sub = gw.hub.connect_as(codec, deflate, id);
     gw.metrics.accepted.increment(1);
     // Upgraded just before the drain began closing, registered just after it listed the
     // connections: closed at once, as the drain would have.
@@ -123,7 +161,7 @@ where
     let cfg = &gw.config;
     let mut s = Session {
         forwarded: forwarded.into(),
-        conn: conn.clone(),
+        conn,
         limiter: RateLimiter::new(cfg.rate_limit, cfg.rate_burst),
         read_only: matches!(endpoint, Endpoint::Topic(..)),
         gw: gw.clone(),
@@ -141,20 +179,6 @@ where
     async move {
         // Closed with 4001 once its identity expires (plus the leeway), unless refreshed.
         s.arm_expiry(&s.identity);
-        // Directed messages to this user reach this connection from here on.
-        gw.hub.attach_user(&s.identity.user, &sub);
-        let user_watched = gw.watch_user(&s.identity.user).await;
-        sub.push(codec.welcome(
-            &conn,
-            &gw.config.node_id,
-            &s.identity.user,
-            gw.config.ping_interval.as_secs(),
-            identity::expires_at(&s.identity),
-        ));
-        if let Err(e) = &user_watched {
-            let msg = format!("directed messages to you may not arrive: {e}");
-            s.error(None, e.code(), &msg);
-        }
         if let Endpoint::Topic(topic, since) = endpoint {
             Box::pin(s.subscribe(None, topic, since)).await;
         }
@@ -170,7 +194,7 @@ where
                 "slow consumer: its outbox went over its bound; closed with 4008"
             );
         }
-        s.close_all(user_watched.is_ok()).await;
+        Box::pin(s.close_all(user_watched)).await;
         code
     }
 }
@@ -227,7 +251,8 @@ impl Session {
                 self.closing_noticed(sub.outbox.close_code());
             }
             let hub = &self.gw.hub;
-            let io = poll_fn(|cx| pump.poll_io(cx, &sub, hub));
+            let wrote = !self.replays.is_empty();
+            let io = poll_fn(|cx| pump.poll_io(cx, &sub, hub, wrote));
             let io = match deadline {
                 None => io.await,
                 Some(d) => match tokio::time::timeout_at(d, io).await {

@@ -24,9 +24,6 @@ use crate::protocol::websocket::close_frame;
 /// Most frames handed to one gathering write (`writev` takes up to 1,024; a socket's send buffer
 /// rarely takes more than this many small frames at once anyway).
 const MAX_SLICES: usize = 64;
-/// A batch queue that grew past this many slots during a burst is freed once written, so that
-/// an idle connection keeps a small one at most.
-const KEEP_SLOTS: usize = 8;
 
 /// The socket and its buffers.
 pub(super) struct Pump<S> {
@@ -34,8 +31,9 @@ pub(super) struct Pump<S> {
     /// Bytes read and not yet parsed; empty (unallocated) between messages.
     pub(super) rbuf: Vec<u8>,
     /// The batch being written: the frames the outbox held, moved here as they are (shared
-    /// with every other subscriber, never copied), oldest first. Its memory is swapped with the
-    /// outbox's queue on every take, so a steady stream allocates nothing.
+    /// with every other subscriber, never copied), oldest first. Its memory is the outbox's
+    /// queue's, swapped on every take and handed back once written, so a steady stream
+    /// allocates nothing; unallocated between batches.
     pub(super) batch: VecDeque<Bytes>,
     /// How much of the batch's first frame is written.
     pub(super) at: usize,
@@ -54,7 +52,8 @@ pub(super) struct Pump<S> {
 pub(super) enum Io {
     /// New bytes in `rbuf`.
     Input,
-    /// A batch was written completely.
+    /// A batch was written completely (reported only when asked for: a replay feeds its next
+    /// page as the outbox drains).
     Wrote,
     /// The outbox is empty and the connection must close with this code.
     Close(CloseCode),
@@ -113,11 +112,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
         }
     }
 
+    /// Moves bytes until something needs the connection's loop (`wrote`: a completed batch
+    /// does; otherwise writing goes on to the next batch, or parks, in this same poll).
     pub(super) fn poll_io(
         &mut self,
         cx: &mut Context<'_>,
         sub: &Subscriber,
         hub: &Hub,
+        wrote: bool,
     ) -> Poll<Io> {
         // Write side: finish the batch in hand, or take the next one.
         loop {
@@ -141,15 +143,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
             } else if self.done > 0 {
                 match Pin::new(&mut self.stream).poll_flush(cx) {
                     Poll::Ready(Ok(())) => {
-                        sub.outbox.written(self.done);
+                        sub.outbox.written(self.done, &mut self.batch);
                         self.done = 0;
                         if let Some(mark) = self.timed.take() {
                             hub.probe().written(mark);
                         }
-                        if self.batch.capacity() > KEEP_SLOTS {
-                            self.batch = VecDeque::new();
+                        if wrote {
+                            return Poll::Ready(Io::Wrote);
                         }
-                        return Poll::Ready(Io::Wrote);
                     }
                     Poll::Ready(Err(_)) => return Poll::Ready(Io::Gone),
                     Poll::Pending => {
@@ -228,6 +229,24 @@ mod tests {
         (w.unwrap(), r.unwrap().0)
     }
 
+    /// Polls the pump until everything queued is written (it parks on the outbox then: nothing
+    /// else may come out of it).
+    async fn write_out<S: AsyncRead + AsyncWrite + Unpin>(
+        pump: &mut Pump<S>,
+        sub: &Subscriber,
+        hub: &Hub,
+    ) {
+        poll_fn(|cx| {
+            let io = pump.poll_io(cx, sub, hub, false);
+            if sub.outbox.pending_bytes() == 0 {
+                return Poll::Ready(());
+            }
+            assert!(io.is_pending(), "only writes were expected");
+            Poll::Pending
+        })
+        .await
+    }
+
     #[tokio::test]
     async fn queued_frames_reach_the_socket_whole_and_in_order_through_partial_gathering_writes() {
         let hub = Hub::new(1 << 22);
@@ -248,19 +267,14 @@ mod tests {
         });
         let mut pump = Pump::new(w, Vec::new());
         pump.reading = false;
-        while sub.outbox.pending_bytes() > 0 {
-            match poll_fn(|cx| pump.poll_io(cx, &sub, &hub)).await {
-                Io::Wrote => {}
-                _ => panic!("only writes were expected"),
-            }
-        }
+        write_out(&mut pump, &sub, &hub).await;
         assert_eq!(reader.await.unwrap(), expected);
         let c = sub.traffic.counts();
         assert_eq!(c.bytes_out, total as u64);
         // Gathered: far fewer writes than frames (the small send buffer forces several).
         assert!(c.writes > 1 && c.writes < 300, "{c:?}");
-        // Written out, the connection keeps at most a small queue.
-        assert!(pump.batch.is_empty() && pump.batch.capacity() <= KEEP_SLOTS);
+        // Written out, the writer keeps no memory (the outbox keeps one small queue at most).
+        assert!(pump.batch.is_empty() && pump.batch.capacity() == 0);
         assert_eq!(hub.traffic().bytes_out, total as u64);
     }
 
@@ -313,12 +327,7 @@ mod tests {
         });
         let mut pump = Pump::new(NoGather(w), Vec::new());
         pump.reading = false;
-        while sub.outbox.pending_bytes() > 0 {
-            assert!(matches!(
-                poll_fn(|cx| pump.poll_io(cx, &sub, &hub)).await,
-                Io::Wrote
-            ));
-        }
+        write_out(&mut pump, &sub, &hub).await;
         assert_eq!(&reader.await.unwrap(), b"abcdefghij");
         let c = sub.traffic.counts();
         assert_eq!(c.bytes_out, 10);
