@@ -103,7 +103,7 @@ fn main() {
             let _ = poll_fn(|cx| Poll::Ready(take(cx))).await;
             let n: usize = batch.iter().map(|f| f.len()).sum();
             batch.clear();
-            s.outbox.written(n, &mut batch);
+            s.outbox.written(n);
         }
         let drain_ns = t.elapsed().as_nanos() as f64 / (rounds * n) as f64;
         println!(

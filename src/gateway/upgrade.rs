@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -21,6 +20,7 @@ use axum::response::Response;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
+use futures_util::FutureExt;
 use tracing::Instrument;
 
 use super::Gateway;
@@ -52,18 +52,45 @@ pub(super) fn take_stream(upgraded: hyper::upgrade::Upgraded) -> Option<Taken> {
     }
 }
 
-/// The connection's task, over the stream hyper hands back. Boxed, and built in a plain function:
-/// the task that awaits it then holds one pointer, not the stream (in each of its forms) and the
-/// connection's whole state inline. An idle connection is mostly this state, so its size is the
-/// node's memory per connection.
-fn serve(
-    upgraded: hyper::upgrade::Upgraded,
-    accepted: connection::Accepted,
-) -> Option<Pin<Box<dyn Future<Output = u16> + Send>>> {
-    Some(match take_stream(upgraded)? {
-        Taken::Plain(io, buf) => Box::pin(connection::run(accepted, io, buf)),
-        Taken::Tls(io, buf) => Box::pin(connection::run(accepted, io, buf)),
-    })
+/// What is left to do once a connection ends: its disconnect counted and recorded, and its count
+/// in the cluster released. Small on purpose: it waits beside the connection as long as it lives.
+struct Ending {
+    gw: Arc<Gateway>,
+    conn: Arc<str>,
+    user: Arc<str>,
+    /// A proxied client's place in its address's count, held while its WebSocket is open.
+    _address_permit: Option<super::limits::Permit>,
+}
+
+impl Ending {
+    async fn record(self, code: u16) {
+        tracing::debug!(code, "connection closed");
+        self.gw.metrics.disconnected(code);
+        if let Some(recording) = self.gw.events.disconnected(&self.conn, &self.user, code) {
+            recording.await;
+        }
+        let _ = self.gw.bus.close_conn(&self.user, &self.conn).await;
+    }
+}
+
+/// Spawns a connection's own task: `connection` until it ends, then its `ending` (boxed, so
+/// that only the ending's few fields wait beside the connection). A task of its own, apart from
+/// the upgrade's, and unboxed: an idle connection is mostly this one allocation, and what the
+/// upgrade needed (the request's parts, the identity before it moved) is gone with the upgrade's
+/// task instead of lingering in this one's state.
+fn spawn_connection<F>(connection: F, ending: Ending)
+where
+    F: Future<Output = u16> + Send + 'static,
+{
+    let tracker = ending.gw.tracker.clone();
+    let task = connection.then(move |code| Box::pin(ending.record(code)));
+    // The connection's span is a debug span: off, the task carries none.
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        tracker.spawn(task);
+    } else {
+        tracker.spawn(task.instrument(span));
+    }
 }
 
 /// `GET /ws`: the multiplexed endpoint.
@@ -343,50 +370,41 @@ async fn upgrade(
         user = &*user,
         node = gw.config.node_id.as_str()
     );
+    let ending = Ending {
+        gw: gw.clone(),
+        conn: conn_key.clone(),
+        user: user.clone(),
+        _address_permit: address_permit,
+    };
     let task = async move {
-        let _address_permit = address_permit;
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
+        let taken = match on_upgrade.await {
+            Ok(u) => take_stream(u),
             Err(e) => {
                 tracing::debug!("upgrade did not complete: {e}");
                 connection::unregister(&task_gw, &user, conn_num, user_watched).await;
-                task_gw.metrics.disconnected(close::ABNORMAL);
-                if let Some(recording) =
-                    task_gw
-                        .events
-                        .disconnected(&conn_key, &user, close::ABNORMAL)
-                {
-                    recording.await;
-                }
-                let _ = task_gw.bus.close_conn(&user, &conn_key).await;
-                return;
+                return ending.record(close::ABNORMAL).await;
             }
         };
-        let gw = task_gw.clone();
+        let Some(taken) = taken else {
+            tracing::error!("upgraded connection is neither TCP nor TLS over TCP");
+            connection::unregister(&task_gw, &user, conn_num, user_watched).await;
+            return ending.record(CloseCode::Internal.code()).await;
+        };
         let accepted = connection::Accepted {
             gw: task_gw,
             sub,
             user_watched,
             identity,
             forwarded,
-            conn: conn_key.clone(),
+            conn: conn_key,
             codec,
             endpoint,
         };
         tracing::debug!(?codec, deflate, "connection open");
-        let code = match serve(upgraded, accepted) {
-            Some(connection) => connection.await,
-            None => {
-                tracing::error!("upgraded connection is neither TCP nor TLS over TCP");
-                CloseCode::Internal.code()
-            }
-        };
-        tracing::debug!(code, "connection closed");
-        gw.metrics.disconnected(code);
-        if let Some(recording) = gw.events.disconnected(&conn_key, &user, code) {
-            recording.await;
+        match taken {
+            Taken::Plain(io, buf) => spawn_connection(connection::run(accepted, io, buf), ending),
+            Taken::Tls(io, buf) => spawn_connection(connection::run(accepted, io, buf), ending),
         }
-        let _ = gw.bus.close_conn(&user, &conn_key).await;
     };
     gw.tracker.spawn(task.instrument(span));
     gw.metrics.handshake.record(started.elapsed().as_secs_f64());

@@ -18,10 +18,6 @@ use parking_lot::Mutex;
 use super::probe::{Mark, Probe};
 use crate::protocol::{CloseCode, Codec};
 
-/// A queue that grew past this many slots during a burst is not kept once written out, so that
-/// an idle connection keeps a small one at most.
-const KEEP_SLOTS: usize = 8;
-
 /// The hub's handle to one connection.
 pub struct Subscriber {
     /// Connection id, unique on this node.
@@ -177,8 +173,8 @@ impl Outbox {
     }
 
     /// Hands every queued frame to the writer: `batch` (which must be empty) and the queue are
-    /// swapped, so the frames move as they are (shared, never copied) and the two queues'
-    /// memory goes back and forth instead of being allocated per batch. Once the queue is empty
+    /// swapped, so the frames move as they are (shared, never copied) and the queue's memory
+    /// goes with them. Once the queue is empty
     /// and the connection is closing, reports the close reason; parks the task when there is
     /// nothing. While `probe` times a fan-out (one relaxed load per batch), the frames taken are
     /// compared with its timed frame.
@@ -214,19 +210,19 @@ impl Outbox {
         Poll::Ready(Take::Frames(mark))
     }
 
-    /// Reports that `n` bytes taken earlier reached the kernel, and hands back the emptied
-    /// `batch`: its memory becomes the queue's again when the queue has none (so a steady stream
-    /// of single frames allocates nothing, and an idle connection keeps one small queue, not
-    /// two), else it is freed.
-    pub fn written(&self, n: usize, batch: &mut VecDeque<Bytes>) {
-        debug_assert!(batch.is_empty());
+    /// Reports that `n` bytes taken earlier reached the kernel. The writer's emptied batch is
+    /// freed rather than kept: an idle connection holds no queue memory at all (a queue exists
+    /// only while something is queued or being written), at the price of one small allocation
+    /// per batch when frames come one at a time.
+    pub fn written(&self, n: usize) {
         let mut g = self.inner.lock();
         g.bytes = g.bytes.saturating_sub(n);
-        if g.queue.capacity() == 0 && batch.capacity() <= KEEP_SLOTS {
-            std::mem::swap(&mut g.queue, batch);
-        }
-        drop(g);
-        *batch = VecDeque::new();
+    }
+
+    /// The queue's allocated slots (none when nothing is queued and the writer took the last).
+    #[cfg(test)]
+    pub(crate) fn queue_capacity(&self) -> usize {
+        self.inner.lock().queue.capacity()
     }
 
     /// The frames queued, oldest first: the queued `Bytes` themselves (not copies), so tests
@@ -302,7 +298,7 @@ mod tests {
         let mut batch = VecDeque::new();
         poll_fn(|cx| o.poll_take(cx, &mut batch, &probe())).await;
         batch.clear();
-        o.written(6, &mut batch);
+        o.written(6);
         assert!(o.push(Bytes::from_static(b"123456")));
     }
 }

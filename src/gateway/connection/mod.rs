@@ -175,11 +175,18 @@ where
     let rbuf = leftover.to_vec();
     drop(leftover);
     let mut pump = Pump::new(stream, rbuf);
+    // `/topics/{topic}`'s subscription, boxed: the task keeps room for what it captures all
+    // its life, and most connections have none.
+    let first = match endpoint {
+        Endpoint::Topic(topic, since) => Some(Box::new((topic, since))),
+        Endpoint::Multiplexed => None,
+    };
     // Captured as they are (no `let` rebinding them inside): each is stored in the future once.
     async move {
         // Closed with 4001 once its identity expires (plus the leeway), unless refreshed.
         s.arm_expiry(&s.identity);
-        if let Endpoint::Topic(topic, since) = endpoint {
+        if let Some(first) = first {
+            let (topic, since) = *first;
             Box::pin(s.subscribe(None, topic, since)).await;
         }
         let code = s.serve(&mut pump).await;
@@ -233,8 +240,10 @@ impl Session {
                         } else {
                             code
                         };
+                        // Boxed, as every wait of a closing connection: an idle connection's
+                        // task would otherwise hold room for a timer it never uses.
                         let close = pump.close(echo, "");
-                        let _ = tokio::time::timeout(CLOSE_GRACE, Box::pin(close)).await;
+                        let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, close)).await;
                         return code;
                     }
                 }
@@ -255,7 +264,7 @@ impl Session {
             let io = poll_fn(|cx| pump.poll_io(cx, &sub, hub, wrote));
             let io = match deadline {
                 None => io.await,
-                Some(d) => match tokio::time::timeout_at(d, io).await {
+                Some(d) => match Box::pin(tokio::time::timeout_at(d, io)).await {
                     Ok(io) => io,
                     Err(_) => return sub.outbox.close_code().unwrap_or(close::ABNORMAL),
                 },
@@ -272,7 +281,7 @@ impl Session {
                     let left = deadline.map_or(CLOSE_GRACE, |d| {
                         d.saturating_duration_since(tokio::time::Instant::now())
                     });
-                    let _ = tokio::time::timeout(left, Box::pin(close)).await;
+                    let _ = Box::pin(tokio::time::timeout(left, close)).await;
                     return code.code();
                 }
             }

@@ -31,9 +31,8 @@ pub(super) struct Pump<S> {
     /// Bytes read and not yet parsed; empty (unallocated) between messages.
     pub(super) rbuf: Vec<u8>,
     /// The batch being written: the frames the outbox held, moved here as they are (shared
-    /// with every other subscriber, never copied), oldest first. Its memory is the outbox's
-    /// queue's, swapped on every take and handed back once written, so a steady stream
-    /// allocates nothing; unallocated between batches.
+    /// with every other subscriber, never copied), oldest first: the outbox's queue itself,
+    /// swapped out on every take and freed once written (unallocated between batches).
     pub(super) batch: VecDeque<Bytes>,
     /// How much of the batch's first frame is written.
     pub(super) at: usize,
@@ -143,7 +142,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
             } else if self.done > 0 {
                 match Pin::new(&mut self.stream).poll_flush(cx) {
                     Poll::Ready(Ok(())) => {
-                        sub.outbox.written(self.done, &mut self.batch);
+                        sub.outbox.written(self.done);
+                        // Freed: an idle connection holds no queue (see `Outbox::written`).
+                        self.batch = VecDeque::new();
                         self.done = 0;
                         if let Some(mark) = self.timed.take() {
                             hub.probe().written(mark);
@@ -273,8 +274,9 @@ mod tests {
         assert_eq!(c.bytes_out, total as u64);
         // Gathered: far fewer writes than frames (the small send buffer forces several).
         assert!(c.writes > 1 && c.writes < 300, "{c:?}");
-        // Written out, the writer keeps no memory (the outbox keeps one small queue at most).
+        // Written out, neither the writer nor the outbox keeps queue memory.
         assert!(pump.batch.is_empty() && pump.batch.capacity() == 0);
+        assert_eq!(sub.outbox.queue_capacity(), 0);
         assert_eq!(hub.traffic().bytes_out, total as u64);
     }
 
