@@ -12,8 +12,8 @@
 //!   (`D` as it arrived, `O` a per-topic counter from 1, `E` as long as Herald's epochs). Each
 //!   subscriber's queue gets a clone of the same `Message::Text`, whose bytes are shared.
 //!
-//! Each connection is one task: it reads requests and, when none is ready, writes everything
-//! queued for it (`feed` each frame, one `flush`: the batch leaves in one write). Pings are
+//! Each connection has a reader task (requests) and a writer task that takes everything queued
+//! for the connection (`feed` each frame, one `flush`: the batch leaves in one write). Pings are
 //! answered by tungstenite. The WebSocket settings are `accept_async`'s defaults.
 //!
 //! Left out on purpose, because it is a baseline and not a gateway: authentication and tickets
@@ -137,37 +137,40 @@ async fn serve(addr: SocketAddr) -> Result<(), String> {
 
 async fn connection(hub: Arc<Hub>, tcp: TcpStream, n: u64) {
     let _ = tcp.set_nodelay(true);
-    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+    let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
         return;
     };
-    let (queue, mut rx) = mpsc::unbounded_channel();
+    let (mut sink, mut stream) = ws.split();
+    let (queue, mut rx) = mpsc::unbounded_channel::<Message>();
     let welcome = format!(
         r#"{{"op":"welcome","conn":"c{n}","node":"herald-baseline","user":"anonymous","ping":0}}"#
     );
     let _ = queue.send(Message::text(welcome));
-    let mut batch = Vec::with_capacity(16);
-    loop {
-        tokio::select! {
-            // Requests first: the replies to what is already read then leave in one batch.
-            biased;
-            m = ws.next() => match m {
-                Some(Ok(Message::Text(t))) => request(&hub, &queue, t.as_str()),
-                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
-                Some(Ok(_)) => {}
-            },
-            // Never 0: `queue` is held here.
-            _ = rx.recv_many(&mut batch, MAX_BATCH) => {
-                for m in batch.drain(..) {
-                    if ws.feed(m).await.is_err() {
-                        return;
-                    }
-                }
-                if ws.flush().await.is_err() {
+    // The writer: everything queued, one `feed` per frame and one `flush` per batch.
+    let writer = tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(16);
+        while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            for m in batch.drain(..) {
+                if sink.feed(m).await.is_err() {
                     return;
                 }
             }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    // The reader, woken only when the socket is readable: polling tungstenite's read side on
+    // every write would zero its 128 KiB read buffer each time.
+    while let Some(Ok(m)) = stream.next().await {
+        match m {
+            Message::Text(t) => request(&hub, &queue, t.as_str()),
+            Message::Close(_) => break,
+            _ => {}
         }
     }
+    // Subscribers' queues elsewhere keep `rx` open until the next publish finds it dead.
+    writer.abort();
 }
 
 /// Handles one request, queueing the reply (and, for `pub`, the message to every subscriber).
