@@ -14,7 +14,9 @@
 //!
 //! Each connection has a reader task (requests) and a writer task that takes everything queued
 //! for the connection (`feed` each frame, one `flush`: the batch leaves in one write). Pings are
-//! answered by tungstenite. The WebSocket settings are `accept_async`'s defaults.
+//! answered by tungstenite. The WebSocket settings are `accept_async`'s defaults: among them a
+//! 128 KiB read buffer per connection, zero-filled at each read (about 138 KiB of RSS per
+//! subscribed connection).
 //!
 //! Left out on purpose, because it is a baseline and not a gateway: authentication and tickets
 //! (any path is upgraded, the query is ignored), topic validation and grants, every limit
