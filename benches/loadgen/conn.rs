@@ -33,13 +33,17 @@ pub(crate) fn wire_err(stage: &str, e: WireError) -> String {
 }
 
 /// Opens a WebSocket, offering permessage-deflate when `deflate` (the server may decline it).
+/// Without `tickets` (`--baseline`), the upgrade carries no ticket.
 pub(crate) async fn open(
     target: &Target,
-    tickets: &Tickets,
+    tickets: Option<&Tickets>,
     codec: Codec,
     deflate: bool,
 ) -> Result<Ws, String> {
-    let ticket = tickets.get().await?;
+    let ticket = match tickets {
+        Some(t) => Some(t.get().await?),
+        None => None,
+    };
     let stream = target
         .connect()
         .await
@@ -47,21 +51,24 @@ pub(crate) async fn open(
     stream
         .set_nodelay(true)
         .map_err(|e| format!("nodelay: {e}"))?;
-    let mut ws = upgrade(stream, &target.authority, &ticket, codec, deflate).await?;
+    let mut ws = upgrade(stream, &target.authority, ticket.as_deref(), codec, deflate).await?;
     ws.welcome().await?;
     Ok(ws)
 }
 
-/// The upgrade on `/ws` with `ticket`, over a connected `stream`, up to the 101; offering
-/// permessage-deflate when `deflate` (the server may decline it).
+/// The upgrade on `/ws` with `ticket` (none: `/ws` alone), over a connected `stream`, up to the
+/// 101; offering permessage-deflate when `deflate` (the server may decline it).
 pub(crate) async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     authority: &str,
-    ticket: &str,
+    ticket: Option<&str>,
     codec: Codec,
     deflate: bool,
 ) -> Result<Ws<S>, String> {
-    let path = format!("/ws?ticket={ticket}");
+    let path = match ticket {
+        Some(t) => format!("/ws?ticket={t}"),
+        None => "/ws".to_owned(),
+    };
     let (leftover, agreed) =
         wire::upgrade(&mut stream, authority, &path, codec.subprotocol(), deflate)
             .await

@@ -44,6 +44,11 @@ pub struct Args {
     /// Server base URL (loopback only). `https://` (TLS, with --ca) only with --storm.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// Drive herald-baseline (benches/baseline) instead of Herald: no tickets and no JWT, the
+    /// upgrade on `/ws` directly; everything else as against Herald. `--publish-via ws` and
+    /// `--codec json` only.
+    #[arg(long)]
+    pub baseline: bool,
     /// A connection storm instead of fan-out: open --conns new authenticated connections,
     /// --connect-concurrency at a time (ticket, connect, TLS, upgrade, welcome, sub), time each
     /// step, hold them until all are done, then close them.
@@ -249,6 +254,16 @@ impl Args {
             "--storm is a mode of its own: not with --proxy or --idle"
         );
         anyhow::ensure!(self.users >= 1, "--users must be at least 1");
+        anyhow::ensure!(
+            !self.baseline
+                || (self.publish_via == publish::Via::Ws
+                    && self.codec == codec::Codec::Json
+                    && !self.storm
+                    && self.proxy.is_none()
+                    && self.also_urls.is_empty()),
+            "--baseline (herald-baseline) takes only `--publish-via ws` and `--codec json`; not \
+             --storm, --proxy or --also-url"
+        );
         if self.storm {
             return Ok(());
         }

@@ -83,7 +83,7 @@ pub(crate) async fn run(args: &Args, mode: Mode, jwt: Option<String>) -> anyhow:
                 target.require_plain("--proxy send")?;
                 let tickets = Tickets::new(&target, jwt.as_deref().unwrap_or(""))?;
                 let service = args.service.clone().unwrap_or_else(|| "orders".into());
-                let mut ws = conn::open(&target, &tickets, Codec::Json, false)
+                let mut ws = conn::open(&target, Some(&tickets), Codec::Json, false)
                     .await
                     .map_err(|e| anyhow::anyhow!("connect: {e}"))?;
                 tasks.push(tokio::spawn(async move {

@@ -39,7 +39,8 @@ pub(crate) struct Plan {
     pub via: Via,
     pub deadline: Instant,
     pub target: Target,
-    pub tickets: Tickets,
+    /// None with `--baseline` (no tickets).
+    pub tickets: Option<Tickets>,
     pub api_key: Option<String>,
     /// For [`Via::Redis`].
     pub redis_url: Option<String>,
@@ -185,7 +186,7 @@ async fn ws_publisher(
 ) -> Result<(), String> {
     let ws = tokio::time::timeout_at(
         plan.deadline,
-        conn::open(&plan.target, &plan.tickets, plan.codec, false),
+        conn::open(&plan.target, plan.tickets.as_ref(), plan.codec, false),
     )
     .await
     .map_err(|_| "timed out opening the publisher connection".to_string())??;

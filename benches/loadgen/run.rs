@@ -66,17 +66,29 @@ pub(crate) async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, b
             "--redis-url must be a loopback redis:// URL, not {r:?}"
         );
     }
-    let jwt = match (&args.token, &args.jwt_secret) {
-        (Some(t), _) => t.clone(),
-        (None, Some(s)) => {
-            http::mint_jwt(s.as_bytes(), "herald-bench", Duration::from_secs(6 * 3600))?
+    let tickets = if args.baseline {
+        // No tickets: one connection, to fail fast when nothing listens.
+        if let Err(e) = target.connect().await {
+            anyhow::bail!(
+                "connect to {}: {e} (is herald-baseline running there?)",
+                target.base
+            );
         }
-        (None, None) => {
-            anyhow::bail!("give --jwt-secret (or HERALD_JWT_SECRET) or --token (or HERALD_TOKEN)")
-        }
+        None
+    } else {
+        let jwt = match (&args.token, &args.jwt_secret) {
+            (Some(t), _) => t.clone(),
+            (None, Some(s)) => {
+                http::mint_jwt(s.as_bytes(), "herald-bench", Duration::from_secs(6 * 3600))?
+            }
+            (None, None) => anyhow::bail!(
+                "give --jwt-secret (or HERALD_JWT_SECRET) or --token (or HERALD_TOKEN)"
+            ),
+        };
+        let tickets = Tickets::new(&target, &jwt)?;
+        preflight(&tickets, &target).await?;
+        Some(tickets)
     };
-    let tickets = Tickets::new(&target, &jwt)?;
-    preflight(&tickets, &target).await?;
 
     let rate = args.rate()?;
     let topics: Arc<Vec<String>> = Arc::new(
@@ -109,7 +121,7 @@ pub(crate) async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, b
     let subs = connect_all(
         &args,
         &targets,
-        &tickets,
+        tickets.as_ref(),
         &topics,
         per_topic_msgs,
         &shared,
@@ -129,7 +141,7 @@ pub(crate) async fn run(args: Args, threads: usize) -> anyhow::Result<(Report, b
     let mut rep = Report {
         mode: if args.idle { "idle" } else { "publish" },
         config: serde_json::json!({
-            "url": target.base, "conns": args.conns, "topics": args.topics, "publish_rate": args.publish_rate,
+            "url": target.base, "baseline": args.baseline, "conns": args.conns, "topics": args.topics, "publish_rate": args.publish_rate,
             "messages": args.messages, "size": args.size, "codec": args.codec, "deflate": args.deflate, "payload": args.payload, "publish_via": args.publish_via, "pacing": args.pacing,
             "publishers": args.publishers, "inflight": args.inflight, "duration_limit": args.duration_limit, "max_backlog": args.max_backlog,
         }),
@@ -391,7 +403,7 @@ fn progress(args: &Args, msg: std::fmt::Arguments<'_>) {
 async fn connect_all(
     args: &Args,
     targets: &[Target],
-    tickets: &Tickets,
+    tickets: Option<&Tickets>,
     topics: &Arc<Vec<String>>,
     per_topic_msgs: u64,
     shared: &Arc<Shared>,
@@ -449,7 +461,7 @@ async fn connect_all(
         }
         let (target, tickets, topics, shared, sink, ev_tx) = (
             targets[c % targets.len()].clone(),
-            tickets.clone(),
+            tickets.cloned(),
             topics.clone(),
             shared.clone(),
             sink.clone(),
@@ -461,7 +473,7 @@ async fn connect_all(
         pending += 1;
         out.handles.push(tokio::spawn(async move {
             let opened = tokio::time::timeout(STEP_TIMEOUT, async {
-                let mut ws = conn::open(&target, &tickets, codec, deflate).await?;
+                let mut ws = conn::open(&target, tickets.as_ref(), codec, deflate).await?;
                 let epoch = ws.subscribe(&topics[tp]).await?;
                 Ok::<_, String>((ws, epoch))
             })

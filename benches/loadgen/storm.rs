@@ -610,7 +610,7 @@ async fn after_connect<S: AsyncRead + AsyncWrite + Unpin>(
     let mut ws = step(
         deadline,
         "upgrade",
-        conn::upgrade(stream, authority, ticket, ctx.codec, false),
+        conn::upgrade(stream, authority, Some(ticket), ctx.codec, false),
     )
     .await?;
     t.upgraded = Instant::now();
