@@ -479,7 +479,8 @@ impl Config {
                 128,
                 16 * MIB,
             )?,
-            outbox_bytes: size(OUTBOX_BYTES, raw.outbox_bytes, MIB, 64 * KIB, u64::MAX)?,
+            // At most 1 GiB: a connection's writer counts a batch's bytes in 32 bits.
+            outbox_bytes: size(OUTBOX_BYTES, raw.outbox_bytes, MIB, 64 * KIB, 1024 * MIB)?,
             max_connections: count(
                 MAX_CONNECTIONS,
                 raw.max_connections,

@@ -15,15 +15,17 @@ use std::time::{Duration, Instant};
 const WINDOW: Duration = Duration::from_secs(1);
 
 /// A token bucket over one connection's frames.
+///
+/// Every connection holds one, inside its task: kept small (rate and burst as `f32`, exact for
+/// any whole number of frames up to 2^24).
 pub(crate) struct RateLimiter {
     tokens: f64,
-    rate: f64,
-    burst: f64,
+    rate: f32,
+    burst: f32,
     last: Instant,
     /// Frames refused since `window` began; past `burst` the client is cut off.
     refused: u32,
     window: Instant,
-    max_refused: u32,
 }
 
 impl RateLimiter {
@@ -32,12 +34,11 @@ impl RateLimiter {
         let now = Instant::now();
         RateLimiter {
             tokens: f64::from(burst),
-            rate: f64::from(rate),
-            burst: f64::from(burst),
+            rate: rate as f32,
+            burst: burst as f32,
             last: now,
             refused: 0,
             window: now,
-            max_refused: burst,
         }
     }
 
@@ -49,7 +50,7 @@ impl RateLimiter {
     fn allow_at(&mut self, now: Instant) -> bool {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        self.tokens = (self.tokens + dt * f64::from(self.rate)).min(f64::from(self.burst));
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             return true;
@@ -64,7 +65,7 @@ impl RateLimiter {
 
     /// True once more than `burst` frames were refused within a second: close with 4029.
     pub(crate) fn cut_off(&self) -> bool {
-        self.refused > self.max_refused
+        self.refused as f32 > self.burst
     }
 }
 

@@ -17,10 +17,10 @@ use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
+use futures_util::FutureExt;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use futures_util::FutureExt;
 use tracing::Instrument;
 
 use super::Gateway;
@@ -53,23 +53,24 @@ pub(super) fn take_stream(upgraded: hyper::upgrade::Upgraded) -> Option<Taken> {
 }
 
 /// What is left to do once a connection ends: its disconnect counted and recorded, and its count
-/// in the cluster released. Small on purpose: it waits beside the connection as long as it lives.
+/// in the cluster released. Small on purpose: it waits beside the connection as long as it lives
+/// (the connection hands back its id and user when it ends, rather than both keeping them).
 struct Ending {
     gw: Arc<Gateway>,
-    conn: Arc<str>,
-    user: Arc<str>,
     /// A proxied client's place in its address's count, held while its WebSocket is open.
-    _address_permit: Option<super::limits::Permit>,
+    /// Boxed: most clients are not proxied, and this waits beside every connection.
+    _address_permit: Option<Box<super::limits::Permit>>,
 }
 
 impl Ending {
-    async fn record(self, code: u16) {
+    async fn record(self, ended: connection::Ended) {
+        let connection::Ended { code, conn, user } = ended;
         tracing::debug!(code, "connection closed");
         self.gw.metrics.disconnected(code);
-        if let Some(recording) = self.gw.events.disconnected(&self.conn, &self.user, code) {
+        if let Some(recording) = self.gw.events.disconnected(&conn, &user, code) {
             recording.await;
         }
-        let _ = self.gw.bus.close_conn(&self.user, &self.conn).await;
+        let _ = self.gw.bus.close_conn(&user, &conn).await;
     }
 }
 
@@ -80,10 +81,10 @@ impl Ending {
 /// task instead of lingering in this one's state.
 fn spawn_connection<F>(connection: F, ending: Ending)
 where
-    F: Future<Output = u16> + Send + 'static,
+    F: Future<Output = connection::Ended> + Send + 'static,
 {
     let tracker = ending.gw.tracker.clone();
-    let task = connection.then(move |code| Box::pin(ending.record(code)));
+    let task = connection.then(move |ended| Box::pin(ending.record(ended)));
     // The connection's span is a debug span: off, the task carries none.
     let span = tracing::Span::current();
     if span.is_disabled() {
@@ -372,23 +373,26 @@ async fn upgrade(
     );
     let ending = Ending {
         gw: gw.clone(),
-        conn: conn_key.clone(),
-        user: user.clone(),
-        _address_permit: address_permit,
+        _address_permit: address_permit.map(Box::new),
     };
     let task = async move {
+        let ended = |code: u16| connection::Ended {
+            code,
+            conn: conn_key.clone(),
+            user: user.clone(),
+        };
         let taken = match on_upgrade.await {
             Ok(u) => take_stream(u),
             Err(e) => {
                 tracing::debug!("upgrade did not complete: {e}");
                 connection::unregister(&task_gw, &user, conn_num, user_watched).await;
-                return ending.record(close::ABNORMAL).await;
+                return ending.record(ended(close::ABNORMAL)).await;
             }
         };
         let Some(taken) = taken else {
             tracing::error!("upgraded connection is neither TCP nor TLS over TCP");
             connection::unregister(&task_gw, &user, conn_num, user_watched).await;
-            return ending.record(CloseCode::Internal.code()).await;
+            return ending.record(ended(CloseCode::Internal.code())).await;
         };
         let accepted = connection::Accepted {
             gw: task_gw,
@@ -396,7 +400,7 @@ async fn upgrade(
             user_watched,
             identity,
             forwarded,
-            conn: conn_key,
+            conn: conn_key.clone(),
             codec,
             endpoint,
         };

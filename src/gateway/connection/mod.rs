@@ -132,13 +132,13 @@ pub(crate) async fn unregister(gw: &Gateway, user: &Arc<str>, id: u64, user_watc
 }
 
 /// The connection's task: runs the connection until it closes; always unsubscribes. Its output
-/// is the close code that ended it (sent or received; 1006 when the socket just broke).
+/// says how it ended ([`Ended`]).
 ///
 /// A plain function returning the task: its state (the session and the pump, which owns the
 /// stream) is built here and moved into the future once. An `async fn` would keep its arguments,
 /// the stream among them, in the future beside the locals they are moved into, and an idle
 /// connection is mostly this future.
-pub(crate) fn run<S>(a: Accepted, stream: S, leftover: Bytes) -> impl Future<Output = u16> + Send
+pub(crate) fn run<S>(a: Accepted, stream: S, leftover: Bytes) -> impl Future<Output = Ended> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -181,7 +181,8 @@ where
         Endpoint::Topic(topic, since) => Some(Box::new((topic, since))),
         Endpoint::Multiplexed => None,
     };
-    // Captured as they are (no `let` rebinding them inside): each is stored in the future once.
+    // Captured as they are (no `let` rebinding them inside): each is stored in the future once,
+    // and nothing twice (the session holds the gateway and the subscriber).
     async move {
         // Closed with 4001 once its identity expires (plus the leeway), unless refreshed.
         s.arm_expiry(&s.identity);
@@ -190,20 +191,32 @@ where
             Box::pin(s.subscribe(None, topic, since)).await;
         }
         let code = s.serve(&mut pump).await;
-        if sub.outbox.close_code() == Some(CloseCode::SlowConsumer.code()) {
+        if s.sub.outbox.close_code() == Some(CloseCode::SlowConsumer.code()) {
             // The connection's span exists only at debug level (it costs memory per open
             // connection): the line names the connection itself.
             tracing::info!(
                 conn = &*s.conn,
                 user = &*s.identity.user,
-                node = gw.config.node_id.as_str(),
-                limit = gw.config.outbox_bytes,
+                node = s.gw.config.node_id.as_str(),
+                limit = s.gw.config.outbox_bytes,
                 "slow consumer: its outbox went over its bound; closed with 4008"
             );
         }
         Box::pin(s.close_all(user_watched)).await;
-        code
+        Ended {
+            code,
+            conn: s.conn,
+            user: s.identity.user,
+        }
     }
+}
+
+/// How a connection ended: the close code that ended it (sent or received; 1006 when the socket
+/// just broke), and its id and user for whoever records the end.
+pub(crate) struct Ended {
+    pub(crate) code: u16,
+    pub(crate) conn: Arc<str>,
+    pub(crate) user: Arc<str>,
 }
 
 impl Session {

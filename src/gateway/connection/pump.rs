@@ -34,10 +34,12 @@ pub(super) struct Pump<S> {
     /// with every other subscriber, never copied), oldest first: the outbox's queue itself,
     /// swapped out on every take and freed once written (unallocated between batches).
     pub(super) batch: VecDeque<Bytes>,
-    /// How much of the batch's first frame is written.
-    pub(super) at: usize,
-    /// Bytes of the batch written and not yet reported to the outbox (once flushed).
-    pub(super) done: usize,
+    /// How much of the batch's first frame is written (a frame is at most `max_message_bytes`
+    /// plus its header: `u32`, as every connection holds these).
+    pub(super) at: u32,
+    /// Bytes of the batch written and not yet reported to the outbox (once flushed); a batch
+    /// is at most the outbox's bound, which the config caps below 4 GiB.
+    pub(super) done: u32,
     /// False once the peer's side ended or cannot be trusted (after a protocol error).
     pub(super) reading: bool,
     /// True once a close asked for while a write was pending has been reported
@@ -82,7 +84,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
     /// frames where the stream can gather (TCP, and TLS, which seals them into records
     /// together), else the first frame alone.
     fn poll_write_batch(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        let first = &self.batch[0][self.at..];
+        let first = &self.batch[0][self.at as usize..];
         if self.batch.len() == 1 || !self.stream.is_write_vectored() {
             return Pin::new(&mut self.stream).poll_write(cx, first);
         }
@@ -98,11 +100,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
 
     /// Drops from the batch the `n` bytes just written.
     fn advance(&mut self, mut n: usize) {
-        self.done += n;
+        // Within u32: a batch is at most the outbox's bound (1 GiB at most).
+        self.done += n as u32;
         while let Some(f) = self.batch.front() {
-            let left = f.len() - self.at;
+            let left = f.len() - self.at as usize;
             if n < left {
-                self.at += n;
+                self.at += n as u32;
                 return;
             }
             n -= left;
@@ -142,7 +145,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
             } else if self.done > 0 {
                 match Pin::new(&mut self.stream).poll_flush(cx) {
                     Poll::Ready(Ok(())) => {
-                        sub.outbox.written(self.done);
+                        sub.outbox.written(self.done as usize);
                         // Freed: an idle connection holds no queue (see `Outbox::written`).
                         self.batch = VecDeque::new();
                         self.done = 0;
@@ -193,7 +196,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
     pub(super) async fn close(&mut self, code: u16, reason: &str) {
         let mut out = Vec::new();
         for (i, f) in self.batch.drain(..).enumerate() {
-            out.extend_from_slice(if i == 0 { &f[self.at..] } else { &f });
+            out.extend_from_slice(if i == 0 { &f[self.at as usize..] } else { &f });
         }
         self.at = 0;
         out.extend_from_slice(&close_frame(code, reason));

@@ -185,7 +185,8 @@ impl Session {
                 }
                 // Room for one at first (most connections hold a topic or two; growth doubles
                 // from there), not the four a first push would reserve.
-                self.topics.reserve_exact(usize::from(self.topics.is_empty()));
+                self.topics
+                    .reserve_exact(usize::from(self.topics.is_empty()));
                 self.topics.push(topic);
                 self.feed_replays().await;
             }
