@@ -248,6 +248,13 @@ impl Hub {
         Subscribed::Added
     }
 
+    /// `topic` with the very name this hub keys it by, while it has local subscribers: a
+    /// connection that keeps its topics shares that one string instead of holding its own.
+    pub fn shared_name(&self, topic: &Topic) -> Topic {
+        let shared = self.topics.get(topic.as_arc()).map(|r| r.key().clone());
+        shared.map_or_else(|| topic.clone(), Topic::from_shared)
+    }
+
     /// Ends catch-up (see [`TopicSubs::go_live`]).
     pub fn go_live(&self, topic: &Topic, id: u64, start: Option<Position>) -> bool {
         let t = self.topics.get(topic.as_arc()).map(|r| r.clone());

@@ -366,3 +366,20 @@ async fn close_ids_closes_the_named_connections_still_open_and_no_others() {
     assert_eq!(a.outbox.close_code(), Some(CloseCode::Restarting.code()));
     assert!(!b.outbox.is_closing() && !c.outbox.is_closing());
 }
+
+#[test]
+fn a_connection_keeps_the_hubs_own_topic_name_not_a_copy_of_it() {
+    let hub = Hub::new(1 << 20);
+    let (a, b) = (hub.connect(Codec::Json), hub.connect(Codec::Json));
+    let first = Topic::parse("room.1").unwrap();
+    hub.subscribe(&first, &a);
+    // Another connection's own parse of the same name: equal, but a string of its own.
+    let second = Topic::parse("room.1").unwrap();
+    hub.subscribe(&second, &b);
+    let kept = hub.shared_name(&second);
+    assert_eq!(kept, second);
+    assert!(Arc::ptr_eq(kept.as_arc(), first.as_arc()));
+    // A topic without local subscribers is kept as it is.
+    let other = Topic::parse("room.2").unwrap();
+    assert!(Arc::ptr_eq(hub.shared_name(&other).as_arc(), other.as_arc()));
+}

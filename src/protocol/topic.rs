@@ -54,6 +54,11 @@ impl Topic {
     pub fn as_arc(&self) -> &Arc<str> {
         &self.0
     }
+
+    /// The topic of a name that was one already (a map's key made from [`Topic::as_arc`]).
+    pub(crate) fn from_shared(name: Arc<str>) -> Topic {
+        Topic(name)
+    }
 }
 
 impl fmt::Display for Topic {

@@ -160,7 +160,11 @@ where
     }
     let cfg = &gw.config;
     let mut s = Session {
-        forwarded: forwarded.into(),
+        forwarded: if forwarded.is_empty() {
+            no_headers()
+        } else {
+            forwarded.into()
+        },
         conn,
         limiter: RateLimiter::new(cfg.rate_limit, cfg.rate_burst),
         read_only: matches!(endpoint, Endpoint::Topic(..)),
@@ -209,6 +213,13 @@ where
             user: s.identity.user,
         }
     }
+}
+
+/// No forwarded headers, shared: an empty `Arc<[T]>` is still an allocation, and most
+/// connections have none.
+fn no_headers() -> Arc<[(String, String)]> {
+    static EMPTY: std::sync::OnceLock<Arc<[(String, String)]>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| Arc::from(Vec::new())).clone()
 }
 
 /// How a connection ended: the close code that ended it (sent or received; 1006 when the socket

@@ -187,7 +187,7 @@ impl Session {
                 // from there), not the four a first push would reserve.
                 self.topics
                     .reserve_exact(usize::from(self.topics.is_empty()));
-                self.topics.push(topic);
+                self.topics.push(self.gw.hub.shared_name(&topic));
                 self.feed_replays().await;
             }
             Err(e) => {
