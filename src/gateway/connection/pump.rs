@@ -21,9 +21,12 @@ use crate::hub::{Hub, Subscriber, Take};
 use crate::protocol::CloseCode;
 use crate::protocol::websocket::close_frame;
 
-/// Most frames handed to one gathering write (`writev` takes up to 1,024; a socket's send buffer
-/// rarely takes more than this many small frames at once anyway).
-const MAX_SLICES: usize = 64;
+/// Most frames handed to one gathering write: Linux's `IOV_MAX`. A saturated connection's batch
+/// holds hundreds of small frames, and a smaller cap would split it into more system calls.
+const MAX_SLICES: usize = 1024;
+/// Batches up to this many frames gather on the stack; longer ones in a vector made for the
+/// call (its cost spread over that many frames).
+const STACK_SLICES: usize = 16;
 
 /// The socket and its buffers.
 pub(super) struct Pump<S> {
@@ -88,14 +91,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
         if self.batch.len() == 1 || !self.stream.is_write_vectored() {
             return Pin::new(&mut self.stream).poll_write(cx, first);
         }
-        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-        slices[0] = IoSlice::new(first);
-        let mut n = 1;
-        for (slot, f) in slices[1..].iter_mut().zip(self.batch.iter().skip(1)) {
-            *slot = IoSlice::new(f);
-            n += 1;
+        let rest = self.batch.iter().skip(1).map(|f| IoSlice::new(f));
+        let n = self.batch.len().min(MAX_SLICES);
+        let stream = Pin::new(&mut self.stream);
+        if n <= STACK_SLICES {
+            let mut slices = [IoSlice::new(&[]); STACK_SLICES];
+            slices[0] = IoSlice::new(first);
+            for (slot, s) in slices[1..n].iter_mut().zip(rest) {
+                *slot = s;
+            }
+            stream.poll_write_vectored(cx, &slices[..n])
+        } else {
+            let mut slices = Vec::with_capacity(n);
+            slices.push(IoSlice::new(first));
+            slices.extend(rest.take(n - 1));
+            stream.poll_write_vectored(cx, &slices)
         }
-        Pin::new(&mut self.stream).poll_write_vectored(cx, &slices[..n])
     }
 
     /// Drops from the batch the `n` bytes just written.
