@@ -355,7 +355,7 @@ async fn upgrade(
     );
     let user_watched = user_watched.is_ok();
     if let Err(e) = gw.events.connected(&conn_key, &user).await {
-        connection::unregister(&gw, &user, conn_num, user_watched).await;
+        connection::unregister(&gw, &user, &sub, user_watched).await;
         let _ = gw.bus.close_conn(&user, &conn_key).await;
         return Err(e.into());
     }
@@ -385,13 +385,13 @@ async fn upgrade(
             Ok(u) => take_stream(u),
             Err(e) => {
                 tracing::debug!("upgrade did not complete: {e}");
-                connection::unregister(&task_gw, &user, conn_num, user_watched).await;
+                connection::unregister(&task_gw, &user, &sub, user_watched).await;
                 return ending.record(ended(close::ABNORMAL)).await;
             }
         };
         let Some(taken) = taken else {
             tracing::error!("upgraded connection is neither TCP nor TLS over TCP");
-            connection::unregister(&task_gw, &user, conn_num, user_watched).await;
+            connection::unregister(&task_gw, &user, &sub, user_watched).await;
             return ending.record(ended(CloseCode::Internal.code())).await;
         };
         let accepted = connection::Accepted {

@@ -15,9 +15,7 @@ pub mod topic;
 pub mod traffic;
 
 use std::sync::Arc;
-#[cfg(test)]
-use std::sync::atomic::Ordering;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use dashmap::DashMap;
@@ -117,6 +115,7 @@ impl Hub {
             deflate,
             outbox: Outbox::new(self.outbox_limit),
             last_seen: AtomicU32::new(self.now_secs()),
+            user_slot: AtomicU32::new(0),
             expires: AtomicU64::new(expiry::NEVER),
             traffic: Traffic::default(),
         });
@@ -129,17 +128,34 @@ impl Hub {
     /// connection on this node.
     pub fn attach_user(&self, user: &Arc<str>, sub: &Arc<Subscriber>) -> bool {
         let mut e = self.users.entry(user.clone()).or_default();
+        sub.user_slot.store(e.len() as u32, Ordering::Relaxed);
         e.push(sub.clone());
         e.len() == 1
     }
 
     /// Undoes [`Hub::attach_user`]. Returns true when it was the user's last connection here.
-    pub fn detach_user(&self, user: &Arc<str>, id: u64) -> bool {
+    /// Constant time, whatever the user's number of connections: `sub` knows its place in the
+    /// list, and the list's last connection moves into it.
+    pub fn detach_user(&self, user: &Arc<str>, sub: &Subscriber) -> bool {
         match self.users.entry(user.clone()) {
             Entry::Vacant(_) => false,
             Entry::Occupied(mut e) => {
-                e.get_mut().retain(|s| s.id != id);
-                let last = e.get().is_empty();
+                let v = e.get_mut();
+                let slot = sub.user_slot.load(Ordering::Relaxed) as usize;
+                let at = if v.get(slot).is_some_and(|s| s.id == sub.id) {
+                    slot
+                } else {
+                    // Not attached to this user (a caller's mistake): look, and leave it be.
+                    match v.iter().position(|s| s.id == sub.id) {
+                        Some(at) => at,
+                        None => return false,
+                    }
+                };
+                v.swap_remove(at);
+                if let Some(moved) = v.get(at) {
+                    moved.user_slot.store(at as u32, Ordering::Relaxed);
+                }
+                let last = v.is_empty();
                 if last {
                     e.remove();
                 }

@@ -30,6 +30,10 @@ pub struct Subscriber {
     pub outbox: Outbox,
     /// Heartbeat clock reading ([`crate::hub::heartbeat`]) when the peer was last heard from.
     pub last_seen: AtomicU32,
+    /// Its place in its user's list of connections ([`crate::hub::Hub::attach_user`]), so that
+    /// leaving it costs the same whatever the user's number of connections. Changed only under
+    /// that list's lock.
+    pub(crate) user_slot: AtomicU32,
     /// When the connection's identity expires, as a close deadline in unix seconds
     /// ([`crate::hub::expiry`]; `u64::MAX`: never). Changed only through the hub's expiry index.
     pub(crate) expires: AtomicU64,

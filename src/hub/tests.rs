@@ -381,5 +381,33 @@ fn a_connection_keeps_the_hubs_own_topic_name_not_a_copy_of_it() {
     assert!(Arc::ptr_eq(kept.as_arc(), first.as_arc()));
     // A topic without local subscribers is kept as it is.
     let other = Topic::parse("room.2").unwrap();
-    assert!(Arc::ptr_eq(hub.shared_name(&other).as_arc(), other.as_arc()));
+    assert!(Arc::ptr_eq(
+        hub.shared_name(&other).as_arc(),
+        other.as_arc()
+    ));
+}
+
+#[test]
+fn a_users_connections_leave_in_any_order_and_the_rest_stay_reachable() {
+    let hub = Hub::new(1 << 20);
+    let user: Arc<str> = Arc::from("many");
+    let subs: Vec<_> = (0..6).map(|_| hub.connect(Codec::Json)).collect();
+    for (i, s) in subs.iter().enumerate() {
+        assert_eq!(hub.attach_user(&user, s), i == 0);
+    }
+    let mut left: Vec<u64> = subs.iter().map(|s| s.id).collect();
+    for i in [1, 5, 0, 3, 2, 4] {
+        let last = hub.detach_user(&user, &subs[i]);
+        left.retain(|id| *id != subs[i].id);
+        assert_eq!(last, left.is_empty());
+        // Leaving twice changes nothing.
+        assert!(!hub.detach_user(&user, &subs[i]) || left.is_empty());
+        let reached = hub.deliver_direct("many", None, b"1");
+        assert_eq!(reached, left.len());
+        for s in &subs {
+            let queued = !s.outbox.queued().is_empty();
+            let should = left.contains(&s.id);
+            assert!(!should || queued, "connection {} still attached", s.id);
+        }
+    }
 }

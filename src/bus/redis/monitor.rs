@@ -180,7 +180,7 @@ pub(super) async fn refresh_conns(bus: Arc<RedisBus>, stop: CancellationToken) {
             .user_conns
             .lock()
             .iter()
-            .map(|(u, c)| (u.clone(), c.clone()))
+            .map(|(u, c)| (u.clone(), c.iter().cloned().collect()))
             .collect();
         let presence: Vec<(Topic, Vec<String>)> = bus
             .presence_members

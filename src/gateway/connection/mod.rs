@@ -123,9 +123,14 @@ pub(crate) fn register(
 }
 
 /// Undoes [`register`] for a connection that never ran (its upgrade failed after it).
-pub(crate) async fn unregister(gw: &Gateway, user: &Arc<str>, id: u64, user_watched: bool) {
-    gw.hub.detach_user(user, id);
-    gw.hub.disconnect(id);
+pub(crate) async fn unregister(
+    gw: &Gateway,
+    user: &Arc<str>,
+    sub: &Subscriber,
+    user_watched: bool,
+) {
+    gw.hub.detach_user(user, sub);
+    gw.hub.disconnect(sub.id);
     if user_watched {
         gw.unwatch_user(user).await;
     }

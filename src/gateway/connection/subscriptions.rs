@@ -217,7 +217,7 @@ impl Session {
                     .await;
             }
         }
-        gw.hub.detach_user(&self.identity.user, id);
+        gw.hub.detach_user(&self.identity.user, &self.sub);
         if user_watched {
             gw.unwatch_user(&self.identity.user).await;
         }
