@@ -38,7 +38,20 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BODY: usize = 1024 * 1024;
 /// First and longest wait before retrying a failed fetch.
 const RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest a token waits for a refetch it asked for; then it is refused with `unavailable`.
+const REFETCH_WAIT: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// What a refetch asked for by a token came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refetch {
+    /// An attempt that started after the asking finished (with or without new keys).
+    Done,
+    /// The last refetch was asked for less than `jwks_refresh_min_secs` ago: none now.
+    Throttled,
+    /// No attempt finished within [`REFETCH_WAIT`] (the JWKS server is slow or hangs).
+    TimedOut,
+}
 
 /// Why a JWKS fetch failed (logged; the cached keys stay).
 #[derive(Debug, thiserror::Error)]
@@ -147,10 +160,10 @@ impl Jwks {
         self.keys.read().clone()
     }
 
-    /// Asks for a refetch because a token named an unknown `kid`, and waits for it (an attempt
-    /// that starts after the asking). Returns false at once when the last refetch was asked for
-    /// less than `min_interval` ago and has finished, or when it does not finish in time.
-    pub(crate) async fn refetch(&self) -> bool {
+    /// Asks for a refetch because a token named an unknown `kid` (or arrived before the first
+    /// fetch), and waits for it (an attempt that starts after the asking) at most
+    /// [`REFETCH_WAIT`]: a request is never held for a JWKS server that hangs.
+    pub(crate) async fn refetch(&self) -> Refetch {
         let target = {
             let mut asked = self.asked.lock();
             match asked.target {
@@ -161,7 +174,7 @@ impl Jwks {
                         .last
                         .is_some_and(|t| now.duration_since(t) < self.min_interval)
                     {
-                        return false;
+                        return Refetch::Throttled;
                     }
                     asked.last = Some(now);
                     let t = asked.started + 1;
@@ -172,11 +185,10 @@ impl Jwks {
             }
         };
         let mut finished = self.finished.subscribe();
-        let wait = 2 * FETCH_TIMEOUT;
-        matches!(
-            tokio::time::timeout(wait, finished.wait_for(|&n| n >= target)).await,
-            Ok(Ok(_))
-        )
+        match tokio::time::timeout(REFETCH_WAIT, finished.wait_for(|&n| n >= target)).await {
+            Ok(Ok(_)) => Refetch::Done,
+            _ => Refetch::TimedOut,
+        }
     }
 
     /// Fetches now and then keeps the keys fresh until `stop`.

@@ -25,7 +25,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::jwks::Jwks;
+use super::jwks::{Jwks, Refetch};
 use super::keys::{KeyError, VerifyKey};
 use super::{AuthError, Grants, Identity, RawGrants};
 
@@ -153,12 +153,13 @@ impl JwtVerifier {
             first => {
                 let refetched = match &self.jwks {
                     Some(j) => j.refetch().await,
-                    None => false,
+                    None => Refetch::Throttled,
                 };
-                let again = if refetched {
-                    self.attempt(token)
-                } else {
-                    first
+                let again = match refetched {
+                    Refetch::Done => self.attempt(token),
+                    Refetch::Throttled => first,
+                    // The keys may well be there once the JWKS server answers: not `invalid`.
+                    Refetch::TimedOut => return Err(AuthError::KeysUnavailable),
                 };
                 match again {
                     Attempt::Done(r) => r,

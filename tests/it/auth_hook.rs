@@ -226,3 +226,37 @@ async fn auth_service_must_name_a_configured_service() {
     assert!(err.to_string().contains("auth_service"), "{err}");
     assert!(err.to_string().contains("[services.sessions]"), "{err}");
 }
+
+#[tokio::test]
+async fn a_session_backend_answer_larger_than_max_message_bytes_gives_503() {
+    // A well-formed identity, padded past the node's bound on what it reads from the hook.
+    let app = Router::new().route(
+        "/herald/connect",
+        post(|| async {
+            axum::Json(json!({
+                "sub": "alice",
+                "grants": {"subscribe": [">"], "publish": []},
+                "padding": "x".repeat(200 * 1024),
+            }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let toml = format!(
+        "auth_service = \"sessions\"\n[services.sessions]\nendpoints = [\"http://{addr}\"]\n"
+    );
+    // 64 KiB (the default max_message_bytes) refuses it; 256 KiB lets the same answer through.
+    let node = Node::with_toml(&toml, &[]).await;
+    upgrade(node.addr, "/ws", &[])
+        .await
+        .assert_refused(503, "unavailable");
+    let roomy = Node::with_toml(&toml, &[("HERALD_MAX_MESSAGE_BYTES", "262144")]).await;
+    let (mut c, _) = ws::open(roomy.addr, "/ws", Some(Codec::Json), &[])
+        .await
+        .expect("the same answer connects under a larger bound");
+    assert_eq!(c.next_frame().await["op"], "welcome");
+    task.abort();
+}

@@ -342,3 +342,38 @@ async fn a_rotation_through_the_jwks_and_an_outage_of_it_fail_no_cached_key() {
     assert_eq!(exchange(&node, &t1).await, (401, "invalid_token".into()));
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[tokio::test]
+async fn a_jwks_answer_over_1_mib_is_not_taken_and_tokens_stay_unavailable() {
+    let d = dir();
+    let k1 = KeyPair::make(&d, "k1", Kind::P256);
+    let jwks = JwksServer::start(vec![k1.jwk("k1", None)]).await;
+    // The right key set, then 1.5 MiB of whitespace: a valid document, over the bound.
+    jwks.pad(1536 * 1024);
+    let node = Node::with(&[("HERALD_JWT_JWKS_URL", &jwks.url())]).await;
+    // The start's fetch and the first retry (a second later) were both answered, and refused.
+    jwks.answered(2).await;
+    let jwt = k1.jwt("u", None, Some("k1"));
+    assert_eq!(exchange(&node, &jwt).await, (503, "unavailable".into()));
+    // The same key set without the padding is taken at a later retry.
+    jwks.pad(0);
+    until_accepted(&node, &jwt).await;
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[tokio::test]
+async fn a_jwks_server_that_never_answers_is_given_up_after_10_s_and_asked_again() {
+    let d = dir();
+    let k1 = KeyPair::make(&d, "k1", Kind::Ed25519);
+    let jwks = JwksServer::start(vec![k1.jwk("k1", None)]).await;
+    jwks.stall(1);
+    let node = Node::with(&[("HERALD_JWT_JWKS_URL", &jwks.url())]).await;
+    let jwt = k1.jwt("u", None, Some("k1"));
+    // While the first fetch hangs, tokens are refused after a short wait (2 s), not held.
+    assert_eq!(exchange(&node, &jwt).await, (503, "unavailable".into()));
+    // The hung fetch is abandoned at its timeout (10 s; without one it would hang for ever and
+    // this would fail at its 20 s bound), and the retry brings the key.
+    until_accepted(&node, &jwt).await;
+    assert_eq!(jwks.hits(), 1, "one answered fetch, after the hung one");
+    let _ = std::fs::remove_dir_all(d);
+}

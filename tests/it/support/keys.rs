@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -105,6 +106,10 @@ pub(crate) struct JwksServer {
     keys: Arc<Mutex<JwkSet>>,
     /// Requests answered so far.
     hits: watch::Sender<usize>,
+    /// Bytes of JSON whitespace after the key set (a valid document, as large as wanted).
+    pad: Arc<AtomicUsize>,
+    /// Requests still to leave unanswered for ever (the server hangs on them).
+    stall: Arc<AtomicUsize>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -116,6 +121,8 @@ impl JwksServer {
             addr: listener.local_addr().unwrap(),
             keys: Arc::new(Mutex::new(JwkSet { keys })),
             hits: watch::Sender::new(0),
+            pad: Arc::default(),
+            stall: Arc::default(),
             task: None,
         };
         s.serve(listener);
@@ -131,13 +138,23 @@ impl JwksServer {
 
     fn serve(&mut self, listener: tokio::net::TcpListener) {
         let (keys, hits) = (self.keys.clone(), self.hits.clone());
+        let (pad, stall) = (self.pad.clone(), self.stall.clone());
         let app = Router::new().route(
             "/jwks",
             get(move || {
-                let body = serde_json::to_string(&*keys.lock().unwrap()).unwrap();
-                hits.send_modify(|n| *n += 1);
+                let mut body = serde_json::to_string(&*keys.lock().unwrap()).unwrap();
+                body.push_str(&" ".repeat(pad.load(Ordering::SeqCst)));
+                let hang = stall
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if !hang {
+                    hits.send_modify(|n| *n += 1);
+                }
                 // No keep-alive: when the server goes down, nothing pooled reaches it.
                 async move {
+                    if hang {
+                        std::future::pending::<()>().await;
+                    }
                     (
                         [
                             (header::CONTENT_TYPE, "application/json"),
@@ -162,6 +179,16 @@ impl JwksServer {
     /// Publishes `keys` from now on.
     pub(crate) fn publish(&self, keys: Vec<Jwk>) {
         *self.keys.lock().unwrap() = JwkSet { keys };
+    }
+
+    /// Follows the key set with `bytes` of whitespace from now on.
+    pub(crate) fn pad(&self, bytes: usize) {
+        self.pad.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Leaves the next `n` requests unanswered for ever.
+    pub(crate) fn stall(&self, n: usize) {
+        self.stall.store(n, Ordering::SeqCst);
     }
 
     /// Requests answered so far.
