@@ -62,10 +62,12 @@ async fn run_script(dir: &Path, script: &str, env: &[(&str, &std::ffi::OsStr)]) 
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }
 
-/// The node's WebSocket byte counters: read from clients, written to them.
-fn bytes(node: &Node) -> (f64, f64) {
+/// The node's WebSocket byte counters, as a scrape of `/metrics` gives them (connections count
+/// their own; a scrape sums them): read from clients, written to them.
+async fn bytes(node: &Node) -> (f64, f64) {
     use herald::metrics::exposition::{parse, value};
-    let s = parse(&node.gateway().metrics.render(false)).expect("the node's metrics parse");
+    let scraped = node.metrics().await;
+    let s = parse(&scraped.text).expect("the node's metrics parse");
     let get = |name| value(&s, name, &[]).unwrap_or(0.0);
     (
         get("herald_bytes_received_total"),
@@ -79,7 +81,7 @@ async fn a_browser_negotiates_permessage_deflate_and_reads_a_large_message() {
     let (dir, chromium) = prerequisites();
     let node = Node::with(&[("HERALD_ALLOWED_ORIGINS", "*")]).await;
     let ticket = node.ticket().await;
-    let before = bytes(&node);
+    let before = bytes(&node).await;
     let url = format!("http://{}", node.addr);
     run_script(
         &dir,
@@ -93,7 +95,7 @@ async fn a_browser_negotiates_permessage_deflate_and_reads_a_large_message() {
     .await;
     // The page published a message of about 40 KB and read it back: the browser's frame and
     // the node's both crossed compressed (with the small requests and replies beside them).
-    let after = bytes(&node);
+    let after = bytes(&node).await;
     let (read, written) = (after.0 - before.0, after.1 - before.1);
     println!("bytes read from the browser: {read}, written to it: {written}");
     assert!(
