@@ -87,6 +87,19 @@ impl SessionBackend {
     }
 }
 
+/// Serves `app` on 127.0.0.1:0 as the node's auth service: the node's TOML for it, and its task.
+async fn hook_service(app: Router) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let toml = format!(
+        "auth_service = \"sessions\"\n[services.sessions]\nendpoints = [\"http://{addr}\"]\n"
+    );
+    (toml, task)
+}
+
 const APP: &str = "https://app.example.com";
 
 #[tokio::test]
@@ -194,18 +207,11 @@ async fn a_session_backend_that_is_down_gives_503_never_an_open_door() {
 
 #[tokio::test]
 async fn a_session_backend_answering_nonsense_gives_503() {
-    let app = Router::new().route(
+    let (toml, task) = hook_service(Router::new().route(
         "/herald/connect",
         post(|| async { axum::Json(json!({"user": "alice"})) }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let toml = format!(
-        "auth_service = \"sessions\"\n[services.sessions]\nendpoints = [\"http://{addr}\"]\n"
-    );
+    ))
+    .await;
     let node = Node::with_toml(&toml, &[]).await;
     upgrade(node.addr, "/ws", &[])
         .await
@@ -230,7 +236,7 @@ async fn auth_service_must_name_a_configured_service() {
 #[tokio::test]
 async fn a_session_backend_answer_larger_than_max_message_bytes_gives_503() {
     // A well-formed identity, padded past the node's bound on what it reads from the hook.
-    let app = Router::new().route(
+    let (toml, task) = hook_service(Router::new().route(
         "/herald/connect",
         post(|| async {
             axum::Json(json!({
@@ -239,15 +245,8 @@ async fn a_session_backend_answer_larger_than_max_message_bytes_gives_503() {
                 "padding": "x".repeat(200 * 1024),
             }))
         }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let toml = format!(
-        "auth_service = \"sessions\"\n[services.sessions]\nendpoints = [\"http://{addr}\"]\n"
-    );
+    ))
+    .await;
     // 64 KiB (the default max_message_bytes) refuses it; 256 KiB lets the same answer through.
     let node = Node::with_toml(&toml, &[]).await;
     upgrade(node.addr, "/ws", &[])
