@@ -325,41 +325,19 @@ async fn upgrade(
     // round trip's time), recorded in the hub with its `welcome` queued (so directed messages
     // reach it from here), and only then its connect recorded. Undone on every way out; once
     // it runs, uncounted (and its disconnect recorded) when the connection ends.
+    //
+    // All of it runs in the connection's own task, which this handler only waits for: a client
+    // that goes away mid-upgrade cancels the handler, and a setup cancelled half-way would leave
+    // the connection in the hub and its user's channel watched for ever. The task sees such a
+    // client as an upgrade that never completes, and undoes everything.
     let conn_num = gw.next_conn_key.fetch_add(1, Ordering::Relaxed);
     let conn_key: Arc<str> = Arc::from(super::conn_id(&gw.config.node_id, conn_num));
     let limit = gw.config.max_connections_per_user;
     let user = identity.user.clone();
-    let (opened, user_watched) = tokio::join!(
-        gw.bus.open_conn(&user, &conn_key, limit),
-        gw.watch_user(&user)
-    );
-    if !matches!(opened, Ok(true)) {
-        if user_watched.is_ok() {
-            gw.unwatch_user(&user).await;
-        }
-        return Err(match opened {
-            Ok(_) => Rejection::TooManyUserConnections(limit),
-            Err(e) => e.into(),
-        });
-    }
     let codec = chosen.unwrap_or(Codec::Json);
     let deflate = agreed.is_some();
-    let sub = connection::register(
-        &gw,
-        &identity,
-        &conn_key,
-        conn_num,
-        codec,
-        deflate,
-        &user_watched,
-    );
-    let user_watched = user_watched.is_ok();
-    if let Err(e) = gw.events.connected(&conn_key, &user).await {
-        connection::unregister(&gw, &user, &sub, user_watched).await;
-        let _ = gw.bus.close_conn(&user, &conn_key).await;
-        return Err(e.into());
-    }
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let (set_up, set_up_rx) = tokio::sync::oneshot::channel::<Result<(), Rejection>>();
     let task_gw = gw.clone();
     // A debug span: with `herald=debug` every line of the connection carries its id, user and
     // node. Not at info: a span lives as long as its connection, in the subscriber's registry
@@ -376,6 +354,39 @@ async fn upgrade(
         _address_permit: address_permit.map(Box::new),
     };
     let task = async move {
+        let gw = task_gw;
+        let (opened, user_watched) = tokio::join!(
+            gw.bus.open_conn(&user, &conn_key, limit),
+            gw.watch_user(&user)
+        );
+        if !matches!(opened, Ok(true)) {
+            if user_watched.is_ok() {
+                gw.unwatch_user(&user).await;
+            }
+            let _ = set_up.send(Err(match opened {
+                Ok(_) => Rejection::TooManyUserConnections(limit),
+                Err(e) => e.into(),
+            }));
+            return;
+        }
+        let sub = connection::register(
+            &gw,
+            &identity,
+            &conn_key,
+            conn_num,
+            codec,
+            deflate,
+            &user_watched,
+        );
+        let user_watched = user_watched.is_ok();
+        if let Err(e) = gw.events.connected(&conn_key, &user).await {
+            connection::unregister(&gw, &user, &sub, user_watched).await;
+            let _ = gw.bus.close_conn(&user, &conn_key).await;
+            let _ = set_up.send(Err(e.into()));
+            return;
+        }
+        // The handler answers 101 now; if it is gone, the upgrade below never completes.
+        let _ = set_up.send(Ok(()));
         let ended = |code: u16| connection::Ended {
             code,
             conn: conn_key.clone(),
@@ -385,17 +396,17 @@ async fn upgrade(
             Ok(u) => take_stream(u),
             Err(e) => {
                 tracing::debug!("upgrade did not complete: {e}");
-                connection::unregister(&task_gw, &user, &sub, user_watched).await;
+                connection::unregister(&gw, &user, &sub, user_watched).await;
                 return ending.record(ended(close::ABNORMAL)).await;
             }
         };
         let Some(taken) = taken else {
             tracing::error!("upgraded connection is neither TCP nor TLS over TCP");
-            connection::unregister(&task_gw, &user, &sub, user_watched).await;
+            connection::unregister(&gw, &user, &sub, user_watched).await;
             return ending.record(ended(CloseCode::Internal.code())).await;
         };
         let accepted = connection::Accepted {
-            gw: task_gw,
+            gw,
             sub,
             user_watched,
             identity,
@@ -411,6 +422,15 @@ async fn upgrade(
         }
     };
     gw.tracker.spawn(task.instrument(span));
+    match set_up_rx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(refused)) => return Err(refused),
+        Err(_) => {
+            return Err(Rejection::Unavailable(crate::bus::BusError::Unavailable(
+                "the connection's setup ended without an answer".into(),
+            )));
+        }
+    }
     gw.metrics.handshake.record(started.elapsed().as_secs_f64());
     Ok(switching(&key, chosen.map(Codec::subprotocol), agreed))
 }

@@ -622,3 +622,46 @@ fn kinds_of(e: &[&Value]) -> Vec<String> {
         .map(|v| v["event"].as_str().unwrap().to_owned())
         .collect()
 }
+
+#[tokio::test]
+async fn clients_that_leave_in_the_middle_of_their_upgrade_leave_nothing_behind() {
+    use tokio::io::AsyncWriteExt;
+    let redis = RedisServer::start();
+    let n = Node::with(&[("HERALD_REDIS_URL", &redis.url()), ("HERALD_EVENTS", ALL)]).await;
+    for i in 0..100 {
+        let ticket = n
+            .ticket_for(&format!("leaver-{i}"), &herald::auth::RawGrants::all())
+            .await;
+        let mut s = tokio::net::TcpStream::connect(n.addr).await.unwrap();
+        let req = format!(
+            "GET /ws?ticket={ticket} HTTP/1.1\r\nHost: herald\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        // Gone at a different point of the node's work each time: at once, or a little later.
+        for _ in 0..i % 4 {
+            tokio::task::yield_now().await;
+        }
+        drop(s);
+    }
+    // Whatever each one got to: no connection left in the hub, no user channel watched, and
+    // every connect recorded has its disconnect.
+    let start = Instant::now();
+    loop {
+        let watched = redis.cli(&["PUBSUB", "CHANNELS", "herald:{user:leaver-*"]);
+        let s = stream(&redis).await;
+        let connects = s.iter().filter(|e| e["event"] == "connect").count();
+        let disconnects = s.iter().filter(|e| e["event"] == "disconnect").count();
+        let hub = n.gateway().hub.connections();
+        if hub == 0 && watched.trim().is_empty() && connects == disconnects {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "left behind: {hub} in the hub, watched {watched:?}, {connects} connects and \
+             {disconnects} disconnects"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
