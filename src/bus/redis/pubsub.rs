@@ -3,7 +3,7 @@
 //! (messages to the hub through [`super::deliveries`], presence changes, directed messages and
 //! disconnect orders to their sinks, the liveness probe to its counter, a drop to the monitor).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -184,18 +184,16 @@ impl RedisBus {
     /// channel watched and unwatched within one batch costs no command. When SUBSCRIBE fails,
     /// each channel it named is forgotten and its new watchers get the error.
     async fn apply(&self, watched: &mut HashMap<String, usize>, batch: Vec<Change>) {
-        let mut subscribe: Vec<&str> = Vec::new();
-        let mut unsubscribe: Vec<&str> = Vec::new();
+        // Sets: a batch may hold thousands of changes (a node's users all leaving at once).
+        let mut subscribe: HashSet<&str> = HashSet::new();
+        let mut unsubscribe: HashSet<&str> = HashSet::new();
         let mut last = vec![false; batch.len()];
         for (i, c) in batch.iter().enumerate() {
             let ch = c.ch.as_str();
             if c.subscribe {
                 let n = watched.entry(c.ch.clone()).or_insert(0);
-                if *n == 0 {
-                    match unsubscribe.iter().position(|u| *u == ch) {
-                        Some(at) => drop(unsubscribe.swap_remove(at)),
-                        None => subscribe.push(ch),
-                    }
+                if *n == 0 && !unsubscribe.remove(ch) {
+                    subscribe.insert(ch);
                 }
                 *n += 1;
             } else if let Some(n) = watched.get_mut(ch) {
@@ -203,13 +201,16 @@ impl RedisBus {
                 if *n == 0 {
                     watched.remove(ch);
                     last[i] = true;
-                    match subscribe.iter().position(|s| *s == ch) {
-                        Some(at) => drop(subscribe.swap_remove(at)),
-                        None => unsubscribe.push(ch),
+                    if !subscribe.remove(ch) {
+                        unsubscribe.insert(ch);
                     }
                 }
             }
         }
+        let (subscribing, unsubscribing): (Vec<&str>, Vec<&str>) = (
+            subscribe.iter().copied().collect(),
+            unsubscribe.iter().copied().collect(),
+        );
         let conn = self.pubsub_conn();
         // Why SUBSCRIBE failed (the cause's words, for each watcher's error).
         let mut failed: Option<String> = None;
@@ -218,16 +219,16 @@ impl RedisBus {
                 let (mut a, mut b) = (conn.clone(), conn);
                 let (s, u) = tokio::join!(
                     async {
-                        if subscribe.is_empty() {
+                        if subscribing.is_empty() {
                             return Ok(());
                         }
-                        a.subscribe(&subscribe).await
+                        a.subscribe(&subscribing).await
                     },
                     async {
-                        if unsubscribe.is_empty() {
+                        if unsubscribing.is_empty() {
                             return Ok(());
                         }
-                        b.unsubscribe(&unsubscribe).await
+                        b.unsubscribe(&unsubscribing).await
                     }
                 );
                 if let Err(e) = s {
@@ -250,7 +251,7 @@ impl RedisBus {
                 watched.remove(*ch);
             }
         }
-        let failed_subscribe = |ch: &str| failed.is_some() && subscribe.contains(&ch);
+        let failed_subscribe = |ch: &str| failed.is_some() && subscribe.contains(ch);
         let answers: Vec<_> = batch
             .iter()
             .enumerate()
