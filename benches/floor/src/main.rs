@@ -11,6 +11,12 @@
 //! the start of a round to each receipt. Every connection gets exactly one message per round, so
 //! message `m` of a connection belongs to round `m`: latency is exact, nothing is parsed.
 //! Loopback only; every loop is bounded by the round count or a deadline.
+//!
+//! `--reader tokio` reads the way `herald-bench` does instead: a tokio runtime on the reader's
+//! core with one task per connection, each waiting for readiness and then reading. Herald's (b)
+//! is measured by such a receiver, so the floor with it isolates what the receiver adds to the
+//! writer's core (the wake-ups loopback TCP makes there) from what the server adds.
+//! `--mode writev` sends each message with a one-slice `writev`, the call Herald's writer makes.
 
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -21,7 +27,14 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Send,
+    Writev,
     Uring,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Reader {
+    Epoll,
+    Tokio,
 }
 
 struct Args {
@@ -34,10 +47,12 @@ struct Args {
     fixed: bool,
     writer_cpu: usize,
     reader_cpu: usize,
+    reader: Reader,
 }
 
 const USAGE: &str = "usage: herald-floor [--conns N] [--rounds R] [--interval-ms MS] [--size B] \
-[--mode send|uring] [--batch N] [--fixed] [--writer-cpu C] [--reader-cpu C]";
+[--mode send|writev|uring] [--batch N] [--fixed] [--writer-cpu C] [--reader-cpu C] \
+[--reader epoll|tokio]";
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
@@ -50,6 +65,7 @@ fn parse() -> Result<Args, String> {
         fixed: false,
         writer_cpu: 0,
         reader_cpu: 1,
+        reader: Reader::Epoll,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -78,8 +94,16 @@ fn parse() -> Result<Args, String> {
             "--mode" => {
                 a.mode = match v.as_str() {
                     "send" => Mode::Send,
+                    "writev" => Mode::Writev,
                     "uring" => Mode::Uring,
-                    _ => return Err(format!("--mode: send or uring, not {v}")),
+                    _ => return Err(format!("--mode: send, writev or uring, not {v}")),
+                }
+            }
+            "--reader" => {
+                a.reader = match v.as_str() {
+                    "epoll" => Reader::Epoll,
+                    "tokio" => Reader::Tokio,
+                    _ => return Err(format!("--reader: epoll or tokio, not {v}")),
                 }
             }
             _ => return Err(format!("unknown option {flag}\n{USAGE}")),
@@ -212,6 +236,120 @@ fn reader(
     })
 }
 
+/// The reading side as `herald-bench` has it: a multi-thread tokio runtime with one worker,
+/// pinned to the reader's core, and one task per connection that waits for readiness and reads
+/// until the socket is empty. The whole is bounded by the same deadline as the epoll reader.
+/// Every socket stays open until every task is done: closing 9,950 sockets while the last round
+/// is still arriving costs the reader's core the FINs and their answers, and put the p99 at
+/// 108–122 ms in a first version that closed each socket as its task ended (47–51 ms with
+/// them kept open; the epoll reader's is 48–52 ms).
+fn tokio_reader(
+    a: &Args,
+    addr: std::net::SocketAddr,
+    epoch: Instant,
+    starts: &Arc<Vec<AtomicU64>>,
+) -> Result<Received, String> {
+    pin(a.reader_cpu)?;
+    let cpu = a.reader_cpu;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .on_thread_start(move || {
+            let _ = pin(cpu);
+        })
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let deadline = Duration::from_millis(a.interval_ms * a.rounds as u64) + Duration::from_secs(60);
+    let (conns, size, rounds, starts) = (a.conns, a.size, a.rounds, starts.clone());
+    // Every task pushes its latencies here; with one worker the lock is never contended.
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(conns * rounds)));
+    let lat = latencies.clone();
+    let run = rt.spawn(async move {
+        let mut socks = Vec::with_capacity(conns);
+        for k in 0..conns {
+            let s = TcpStream::connect(addr).map_err(|e| format!("connect {k}: {e}"))?;
+            s.set_nonblocking(true).map_err(|e| e.to_string())?;
+            socks.push(tokio::net::TcpStream::from_std(s).map_err(|e| e.to_string())?);
+        }
+        // This task runs on the one worker, so this is the receiving thread's CPU.
+        let cpu0 = thread_cpu_ns();
+        let mut tasks = Vec::with_capacity(conns);
+        for s in socks {
+            let (lat, starts) = (lat.clone(), starts.clone());
+            tasks.push(tokio::spawn(async move {
+                read_rounds(&s, size, rounds, epoch, &starts, &lat).await;
+                // Closing a socket is work for this thread's core (the FIN and its answer):
+                // every socket stays open until every message has arrived, as with the epoll
+                // reader, so that no connection's close delays another's last message.
+                s
+            }));
+        }
+        let mut open = Vec::with_capacity(conns);
+        let all = async {
+            for t in tasks {
+                if let Ok(s) = t.await {
+                    open.push(s);
+                }
+            }
+        };
+        let _ = tokio::time::timeout(deadline, all).await;
+        let cpu = thread_cpu_ns() - cpu0;
+        drop(open);
+        Ok::<u64, String>(cpu)
+    });
+    let cpu_ns = rt
+        .block_on(run)
+        .map_err(|e| format!("the reader task failed: {e}"))??;
+    rt.shutdown_timeout(Duration::from_secs(1));
+    let latencies_ns = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(Received {
+        latencies_ns,
+        cpu_ns,
+    })
+}
+
+/// One connection of the tokio reader: reads until it has had `rounds` messages of `size` bytes
+/// (or the socket fails), recording each message's latency.
+async fn read_rounds(
+    s: &tokio::net::TcpStream,
+    size: usize,
+    rounds: usize,
+    epoch: Instant,
+    starts: &[AtomicU64],
+    lat: &std::sync::Mutex<Vec<u64>>,
+) {
+    let mut bytes = 0usize;
+    while bytes / size < rounds {
+        if s.readable().await.is_err() {
+            return;
+        }
+        loop {
+            let r = READ_BUF.with_borrow_mut(|buf| s.try_read(&mut buf[..]));
+            match r {
+                Ok(0) => return,
+                Ok(r) => {
+                    let now = epoch.elapsed().as_nanos() as u64;
+                    let before = bytes / size;
+                    bytes += r;
+                    let after = (bytes / size).min(rounds);
+                    let mut l = lat.lock().unwrap_or_else(|p| p.into_inner());
+                    for start in &starts[before.min(after)..after] {
+                        l.push(now.saturating_sub(start.load(Ordering::Acquire)));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+std::thread_local! {
+    /// The tokio reader's one buffer per thread: a task reads without yielding, so tasks never
+    /// share it at once (as in herald-bench).
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 4096]);
+}
+
 /// One round of writes with io_uring: `batch` sends per submission, each checked.
 fn uring_round(
     ring: &mut io_uring::IoUring,
@@ -256,7 +394,10 @@ fn run(a: Args) -> Result<String, String> {
     let a = Arc::new(a);
     let rx = {
         let (a, starts) = (a.clone(), starts.clone());
-        std::thread::spawn(move || reader(&a, addr, epoch, &starts))
+        std::thread::spawn(move || match a.reader {
+            Reader::Epoll => reader(&a, addr, epoch, &starts),
+            Reader::Tokio => tokio_reader(&a, addr, epoch, &starts),
+        })
     };
     pin(a.writer_cpu)?;
     // Accept without blocking, so that a reader that fails to connect (its error is reported
@@ -303,7 +444,7 @@ fn run(a: Args) -> Result<String, String> {
             }
             Some(r)
         }
-        Mode::Send => None,
+        Mode::Send | Mode::Writev => None,
     };
     let msg = vec![b'x'; a.size];
     let (mut cpu_ns, mut wall) = (0u64, Duration::ZERO);
@@ -316,6 +457,19 @@ fn run(a: Args) -> Result<String, String> {
         let (c0, w0) = (thread_cpu_ns(), Instant::now());
         starts[r].store(epoch.elapsed().as_nanos() as u64, Ordering::Release);
         match ring.as_mut() {
+            None if a.mode == Mode::Writev => {
+                for &fd in &fds {
+                    let iov = libc::iovec {
+                        iov_base: msg.as_ptr() as *mut libc::c_void,
+                        iov_len: msg.len(),
+                    };
+                    // SAFETY: the one slice points into `msg`, which lives across the call.
+                    let n = unsafe { libc::writev(fd, &iov, 1) };
+                    if n != msg.len() as isize {
+                        return Err(format!("writev returned {n}"));
+                    }
+                }
+            }
             None => {
                 for &fd in &fds {
                     // SAFETY: sends from `msg`, which lives across the call.
@@ -340,6 +494,7 @@ fn run(a: Args) -> Result<String, String> {
     let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1e6;
     let mode = match a.mode {
         Mode::Send => "send".to_string(),
+        Mode::Writev => "writev".to_string(),
         Mode::Uring => format!(
             "uring, batches of {}{}",
             a.batch,
@@ -347,10 +502,14 @@ fn run(a: Args) -> Result<String, String> {
         ),
     };
     Ok(format!(
-        "herald-floor ({mode}): {} connections x {} rounds of {} B, writer on CPU {}, reader on CPU {}\n\
+        "herald-floor ({mode}, {} reader): {} connections x {} rounds of {} B, writer on CPU {}, reader on CPU {}\n\
          writer   {:.2} us CPU per write, {:.2} ms per round ({:.2} us wall per write)\n\
          reader   {:.2} us CPU per message\n\
          latency  ms from round start: p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}\n",
+        match a.reader {
+            Reader::Epoll => "epoll",
+            Reader::Tokio => "tokio",
+        },
         a.conns,
         a.rounds,
         a.size,
