@@ -21,7 +21,7 @@ use std::time::Instant;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-pub use outbox::{Outbox, Subscriber, Take};
+pub use outbox::{Outbox, Sent, Subscriber, Take};
 pub use probe::Probe;
 pub use topic::TopicSubs;
 pub use traffic::{Counts, Traffic};
@@ -58,6 +58,10 @@ pub struct Hub {
     probe: Probe,
     /// The traffic of the connections already closed (open ones count their own).
     retired: Traffic,
+    /// The runtime's worker threads when the hub was made (1 outside a runtime): a fan-out
+    /// writes directly to `1/workers` of its subscribers and wakes the others' tasks
+    /// ([`topic`]).
+    workers: usize,
 }
 
 impl Hub {
@@ -81,6 +85,9 @@ impl Hub {
             probe: Probe::new(metrics.clone()),
             metrics,
             retired: Traffic::default(),
+            workers: tokio::runtime::Handle::try_current()
+                .map_or(1, |h| h.metrics().num_workers())
+                .max(1),
         }
     }
 
@@ -174,8 +181,9 @@ impl Hub {
         let make = |c: Codec| c.direct(from, data);
         let mut frames = frames::Frames::new(make, self.min_deflate, None);
         let mut n = 0;
+        // A user's connections are few: each is written to directly when idle.
         for s in &conns {
-            if s.push(frames.get(s).clone()) {
+            if s.send(frames.get(s).clone()) != Sent::Dropped {
                 n += 1;
             }
         }
@@ -303,7 +311,12 @@ impl Hub {
         let t = self.topics.get(m.topic.as_arc()).map(|r| r.clone());
         if let Some(t) = t {
             let timed = self.probe.arm();
-            let n = t.deliver(m, timed.map(|a| (&self.probe, a)), self.min_deflate);
+            let n = t.deliver(
+                m,
+                timed.map(|a| (&self.probe, a)),
+                self.min_deflate,
+                self.workers,
+            );
             if let Some(a) = timed {
                 self.probe.fanned_out(a, n);
             }
@@ -316,7 +329,7 @@ impl Hub {
         let t = self.topics.get(topic.as_arc()).map(|r| r.clone());
         if let Some(t) = t {
             let make = |c: Codec| c.presence_event(join, topic.as_str(), user, conn);
-            let n = t.broadcast(make, self.min_deflate);
+            let n = t.broadcast(make, self.min_deflate, self.workers);
             self.metrics.deliveries.increment(n as u64);
         }
     }
@@ -378,5 +391,7 @@ impl Hub {
     }
 }
 
+#[cfg(test)]
+mod direct_tests;
 #[cfg(test)]
 mod tests;

@@ -3,18 +3,26 @@
 //! Publishers push complete, shared WebSocket frames (`Bytes`, encoded once for all
 //! subscribers); the connection's task takes everything queued at once (the frames themselves,
 //! not copies) and writes it with one gathering write. The bound is in bytes and covers frames queued and frames taken but not yet
-//! written to the kernel. Policy when it fills: the connection is closed with 4008 (slow consumer)
+//! written to the kernel.
+//!
+//! A fan-out that finds the connection's writer idle (nothing queued, nothing being written, its
+//! task parked on this outbox) writes the frame to a plain TCP connection's socket itself, under
+//! this lock ([`Outbox::send`]): no wake-up, no poll, no queue. Whatever the socket does not
+//! take at once is queued as usual, so the order of frames is the order of pushes either way. Policy when it fills: the connection is closed with 4008 (slow consumer)
 //! and its queue dropped at once; the client reconnects with `since` and loses nothing.
 //! Other closes are graceful: what is already queued (replies, messages) is still written, then
 //! the close frame.
 
 use std::collections::VecDeque;
+use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use tokio::net::TcpStream;
 
+use super::Traffic;
 use super::probe::{Mark, Probe};
 use crate::protocol::{CloseCode, Codec};
 
@@ -61,6 +69,21 @@ struct Inner {
     /// The connection task while a write of its is pending: woken only by a close, which must
     /// take effect even when the peer never reads.
     close_waker: Option<Waker>,
+    /// A plain TCP connection's socket, for [`Outbox::send`] to write to while the writer is
+    /// idle. Weak: the connection's task alone keeps the socket open. Empty (no allocation)
+    /// for TLS, and from the moment the connection writes its close frame.
+    socket: Weak<TcpStream>,
+}
+
+/// What [`Outbox::send`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Not taken: the connection is closing, or this frame overflowed its bound and now it is.
+    Dropped,
+    /// Queued for the connection's writer, which was woken.
+    Queued,
+    /// Written to the socket here: whole, or its start with the rest queued.
+    Written,
 }
 
 /// What the writer got from [`Outbox::poll_take`].
@@ -84,6 +107,7 @@ impl Outbox {
                 close: None,
                 waker: None,
                 close_waker: None,
+                socket: Weak::new(),
             }),
             closing: AtomicBool::new(false),
             limit,
@@ -93,11 +117,26 @@ impl Outbox {
     /// Queues one frame. Returns false when the connection is closing (the frame is dropped)
     /// or this push overflowed the bound (the connection is now closing with 4008).
     pub fn push(&self, frame: Bytes) -> bool {
+        self.put(frame, None) != Sent::Dropped
+    }
+
+    /// Delivers one frame of a fan-out: written to the socket right here when the connection's
+    /// writer is idle (nothing queued or being written, its task parked on this outbox) and
+    /// the connection is plain TCP, else queued as by [`Outbox::push`]. What the socket takes
+    /// is counted in `traffic` (whose counts the connection's task keeps otherwise: the two
+    /// never write at once, the task being idle). When the socket takes only part of the frame,
+    /// the rest (a slice of the same bytes) is queued; when it takes none, the whole frame is.
+    pub fn send(&self, frame: Bytes, traffic: &Traffic) -> Sent {
+        self.put(frame, Some(traffic))
+    }
+
+    fn put(&self, mut frame: Bytes, direct: Option<&Traffic>) -> Sent {
         let waker;
+        let mut sent = Sent::Queued;
         {
             let mut g = self.inner.lock();
             if g.close.is_some() {
-                return false;
+                return Sent::Dropped;
             }
             if g.bytes + frame.len() > self.limit {
                 g.close = Some(CloseCode::SlowConsumer);
@@ -112,7 +151,32 @@ impl Outbox {
                 if let Some(w) = waker {
                     w.wake();
                 }
-                return false;
+                return Sent::Dropped;
+            }
+            // The writer is idle exactly when its task registered to be woken: it does so only
+            // with nothing queued and its batch written, and any queued push takes the waker.
+            if let Some(traffic) = direct
+                && g.queue.is_empty()
+                && g.waker.is_some()
+                && let Some(socket) = g.socket.upgrade()
+            {
+                // A plain `send` on the non-blocking socket, past tokio's readiness (one cache
+                // line less per delivery): when it would block, the writer's own write finds
+                // out and waits for readiness as usual.
+                match socket2::SockRef::from(&*socket).send(&frame) {
+                    Ok(n) if n == frame.len() => {
+                        traffic.wrote(n);
+                        return Sent::Written;
+                    }
+                    Ok(n) => {
+                        traffic.wrote(n);
+                        frame = frame.slice(n..);
+                        sent = Sent::Written;
+                    }
+                    // Not writable now, or failing: the writer takes it from the queue (and
+                    // learns of the failure itself).
+                    Err(_) => {}
+                }
             }
             g.bytes += frame.len();
             g.queue.push_back(frame);
@@ -121,7 +185,18 @@ impl Outbox {
         if let Some(w) = waker {
             w.wake();
         }
-        true
+        sent
+    }
+
+    /// Lets [`Outbox::send`] write to `socket` while the connection's writer is idle.
+    pub fn write_directly_to(&self, socket: Weak<TcpStream>) {
+        self.inner.lock().socket = socket;
+    }
+
+    /// No more writes to the socket but the connection's own: called before its close frame,
+    /// which must be the last frame on the wire.
+    pub fn stop_writing_directly(&self) {
+        self.inner.lock().socket = Weak::new();
     }
 
     /// Asks the connection to close with `code` (the first reason wins). Frames queued so far are
@@ -241,6 +316,12 @@ impl Subscriber {
     /// Queues a frame (see [`Outbox::push`]).
     pub fn push(&self, frame: Bytes) -> bool {
         self.outbox.push(frame)
+    }
+
+    /// Delivers a frame of a fan-out: straight to the socket when the writer is idle, else
+    /// queued (see [`Outbox::send`]).
+    pub fn send(&self, frame: Bytes) -> Sent {
+        self.outbox.send(frame, &self.traffic)
     }
 
     /// The outbox's bound in bytes.

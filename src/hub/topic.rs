@@ -6,6 +6,11 @@
 //! catch-up mode: live messages are held for it while its replay is read, then
 //! [`TopicSubs::go_live`] queues the reply, the replay and the held messages in offset order, with
 //! no gap and no duplicate, under the same lock that fan-out takes.
+//!
+//! A fan-out writes straight to the sockets of idle plain-TCP subscribers ([`Subscriber::send`])
+//! rather than waking each one's task, for the last `1/workers` of its subscribers: the others
+//! are queued first and their tasks woken, so that the runtime's other workers write those
+//! while this one writes its share. On one worker, that is every subscriber.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +19,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::frames::Frames;
-use super::outbox::Subscriber;
+use super::outbox::{Sent, Subscriber};
 use super::probe::{Armed, Probe};
 use crate::protocol::{Codec, Message, Position};
 
@@ -42,6 +47,12 @@ enum Mode {
     Live { floor: Option<Position> },
     /// Waiting for its replay; live messages are held here, bounded by the outbox limit.
     CatchingUp { held: Vec<Message>, bytes: usize },
+}
+
+/// The index from which a fan-out over `len` subscribers writes directly: the last
+/// `len / workers` (rounded up) of them, so every subscriber on a single worker.
+pub(super) fn direct_from(len: usize, workers: usize) -> usize {
+    len - len.div_ceil(workers.max(1))
 }
 
 /// Whether a message lies after a position.
@@ -126,12 +137,28 @@ impl TopicSubs {
     /// Queues a frame made by `make` (once per codec in use) to every subscriber; compressed
     /// (once per codec) for those that negotiated permessage-deflate when its payload has
     /// `min_deflate` bytes or more.
-    pub fn broadcast(&self, make: impl Fn(Codec) -> Bytes, min_deflate: usize) -> usize {
+    /// The first `workers - 1` in `workers` subscribers are queued, the rest written directly
+    /// when idle (see the module's note).
+    pub fn broadcast(
+        &self,
+        make: impl Fn(Codec) -> Bytes,
+        min_deflate: usize,
+        workers: usize,
+    ) -> usize {
         let mut frames = Frames::new(make, min_deflate, None);
         let s = self.state.lock();
+        let direct_from = direct_from(s.entries.len(), workers);
         let mut n = 0;
-        for e in &s.entries {
-            if e.sub.push(frames.get(&e.sub).clone()) {
+        for (i, e) in s.entries.iter().enumerate() {
+            let frame = frames.get(&e.sub).clone();
+            let sent = if i >= direct_from {
+                e.sub.send(frame)
+            } else if e.sub.push(frame) {
+                Sent::Queued
+            } else {
+                Sent::Dropped
+            };
+            if sent != Sent::Dropped {
                 n += 1;
             }
         }
@@ -149,18 +176,22 @@ impl TopicSubs {
 
     /// Fans `m` out to every subscriber: encoded once per codec in use, and compressed once per
     /// codec for the subscribers that negotiated permessage-deflate when its payload has
-    /// `min_deflate` bytes or more. Returns deliveries queued. When the fan-out is `timed`, the
-    /// probe learns each encoding before it is queued anywhere.
+    /// `min_deflate` bytes or more. Returns deliveries made (queued or written). When the
+    /// fan-out is `timed`, the probe learns each encoding before it is queued anywhere, and of
+    /// each direct write as it is made. The last `1/workers` of the subscribers are written to
+    /// directly when idle (see the module's note).
     pub fn deliver(
         &self,
         m: &Message,
         timed: Option<(&Probe, Armed)>,
         min_deflate: usize,
+        workers: usize,
     ) -> usize {
         let mut frames = Frames::new(|codec: Codec| codec.msg(m), min_deflate, timed);
         let mut n = 0;
         let mut s = self.state.lock();
-        for e in s.entries.iter_mut() {
+        let direct_from = direct_from(s.entries.len(), workers);
+        for (i, e) in s.entries.iter_mut().enumerate() {
             match &mut e.mode {
                 Mode::Live { floor } => {
                     if floor.is_some() {
@@ -170,8 +201,24 @@ impl TopicSubs {
                         // Past the catch-up boundary: no more comparisons needed.
                         *floor = None;
                     }
-                    if e.sub.push(frames.get(&e.sub).clone()) {
-                        n += 1;
+                    let frame = frames.get(&e.sub).clone();
+                    if i < direct_from {
+                        if e.sub.push(frame) {
+                            n += 1;
+                        }
+                        continue;
+                    }
+                    match e.sub.send(frame) {
+                        Sent::Dropped => {}
+                        Sent::Queued => n += 1,
+                        Sent::Written => {
+                            n += 1;
+                            if let Some((probe, armed)) = timed
+                                && let Some(mark) = armed.mark()
+                            {
+                                probe.written(mark);
+                            }
+                        }
                     }
                 }
                 Mode::CatchingUp { held, bytes } => {
