@@ -6,6 +6,7 @@
 //! these methods is async). Subscribing and unsubscribing decide "first" and "last" under the
 //! map's shard lock, so the answers pair up even when they race.
 
+pub mod direct;
 pub(crate) mod expiry;
 mod frames;
 pub mod heartbeat;
@@ -58,10 +59,8 @@ pub struct Hub {
     probe: Probe,
     /// The traffic of the connections already closed (open ones count their own).
     retired: Traffic,
-    /// The runtime's worker threads when the hub was made (1 outside a runtime): a fan-out
-    /// writes directly to `1/workers` of its subscribers and wakes the others' tasks
-    /// ([`topic`]).
-    workers: usize,
+    /// When a fan-out writes to its subscribers' sockets itself ([`direct`]).
+    direct: direct::DirectWrites,
 }
 
 impl Hub {
@@ -85,9 +84,7 @@ impl Hub {
             probe: Probe::new(metrics.clone()),
             metrics,
             retired: Traffic::default(),
-            workers: tokio::runtime::Handle::try_current()
-                .map_or(1, |h| h.metrics().num_workers())
-                .max(1),
+            direct: direct::DirectWrites::for_current_runtime(),
         }
     }
 
@@ -181,9 +178,9 @@ impl Hub {
         let make = |c: Codec| c.direct(from, data);
         let mut frames = frames::Frames::new(make, self.min_deflate, None);
         let mut n = 0;
-        // A user's connections are few: each is written to directly when idle.
+        // Queued: a user's connections are few (see `direct`).
         for s in &conns {
-            if s.send(frames.get(s).clone()) != Sent::Dropped {
+            if s.push(frames.get(s).clone()) {
                 n += 1;
             }
         }
@@ -315,7 +312,7 @@ impl Hub {
                 m,
                 timed.map(|a| (&self.probe, a)),
                 self.min_deflate,
-                self.workers,
+                &self.direct,
             );
             if let Some(a) = timed {
                 self.probe.fanned_out(a, n);
@@ -329,7 +326,7 @@ impl Hub {
         let t = self.topics.get(topic.as_arc()).map(|r| r.clone());
         if let Some(t) = t {
             let make = |c: Codec| c.presence_event(join, topic.as_str(), user, conn);
-            let n = t.broadcast(make, self.min_deflate, self.workers);
+            let n = t.broadcast(make, self.min_deflate, &self.direct);
             self.metrics.deliveries.increment(n as u64);
         }
     }

@@ -20,7 +20,6 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::net::TcpStream;
 
 use super::Traffic;
 use super::probe::{Mark, Probe};
@@ -72,7 +71,28 @@ struct Inner {
     /// A plain TCP connection's socket, for [`Outbox::send`] to write to while the writer is
     /// idle. Weak: the connection's task alone keeps the socket open. Empty (no allocation)
     /// for TLS, and from the moment the connection writes its close frame.
-    socket: Weak<TcpStream>,
+    socket: Weak<dyn Wire>,
+}
+
+/// A socket a fan-out may write a frame to itself (`gateway::socket`: a plain TCP connection's).
+/// The hub holds it weakly and knows nothing else of it.
+pub trait Wire: Send + Sync {
+    /// Writes what the socket takes of `frame` now, without waiting: how many bytes (possibly
+    /// fewer than asked), or an error (`WouldBlock` when it takes none).
+    fn send_now(&self, frame: &[u8]) -> std::io::Result<usize>;
+}
+
+/// A wire that is never there: the empty [`Weak`] an outbox starts with.
+struct NoWire;
+
+impl Wire for NoWire {
+    fn send_now(&self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::NotConnected.into())
+    }
+}
+
+fn no_wire() -> Weak<dyn Wire> {
+    Weak::<NoWire>::new()
 }
 
 /// What [`Outbox::send`] did with a frame.
@@ -107,7 +127,7 @@ impl Outbox {
                 close: None,
                 waker: None,
                 close_waker: None,
-                socket: Weak::new(),
+                socket: no_wire(),
             }),
             closing: AtomicBool::new(false),
             limit,
@@ -160,10 +180,7 @@ impl Outbox {
                 && g.waker.is_some()
                 && let Some(socket) = g.socket.upgrade()
             {
-                // A plain `send` on the non-blocking socket, past tokio's readiness (one cache
-                // line less per delivery): when it would block, the writer's own write finds
-                // out and waits for readiness as usual.
-                match socket2::SockRef::from(&*socket).send(&frame) {
+                match socket.send_now(&frame) {
                     Ok(n) if n == frame.len() => {
                         traffic.wrote(n);
                         return Sent::Written;
@@ -189,14 +206,14 @@ impl Outbox {
     }
 
     /// Lets [`Outbox::send`] write to `socket` while the connection's writer is idle.
-    pub fn write_directly_to(&self, socket: Weak<TcpStream>) {
+    pub fn write_directly_to(&self, socket: Weak<dyn Wire>) {
         self.inner.lock().socket = socket;
     }
 
     /// No more writes to the socket but the connection's own: called before its close frame,
     /// which must be the last frame on the wire.
     pub fn stop_writing_directly(&self) {
-        self.inner.lock().socket = Weak::new();
+        self.inner.lock().socket = no_wire();
     }
 
     /// Asks the connection to close with `code` (the first reason wins). Frames queued so far are

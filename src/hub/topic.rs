@@ -7,10 +7,9 @@
 //! [`TopicSubs::go_live`] queues the reply, the replay and the held messages in offset order, with
 //! no gap and no duplicate, under the same lock that fan-out takes.
 //!
-//! A fan-out writes straight to the sockets of idle plain-TCP subscribers ([`Subscriber::send`])
-//! rather than waking each one's task, for the last `1/workers` of its subscribers: the others
-//! are queued first and their tasks woken, so that the runtime's other workers write those
-//! while this one writes its share. On one worker, that is every subscriber.
+//! A fan-out may write straight to the sockets of idle plain-TCP subscribers
+//! ([`Subscriber::send`]) rather than wake each one's task: [`super::direct`] decides when, and
+//! to which of them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use super::direct::DirectWrites;
 use super::frames::Frames;
 use super::outbox::{Sent, Subscriber};
 use super::probe::{Armed, Probe};
@@ -35,6 +35,8 @@ struct State {
     entries: Vec<Entry>,
     /// Connection id to its place in `entries`.
     index: HashMap<u64, usize>,
+    /// When the last fan-out began ([`DirectWrites`]'s clock; 0: never).
+    last_fanout: u64,
 }
 
 struct Entry {
@@ -47,12 +49,6 @@ enum Mode {
     Live { floor: Option<Position> },
     /// Waiting for its replay; live messages are held here, bounded by the outbox limit.
     CatchingUp { held: Vec<Message>, bytes: usize },
-}
-
-/// The index from which a fan-out over `len` subscribers writes directly: the last
-/// `len / workers` (rounded up) of them, so every subscriber on a single worker.
-pub(super) fn direct_from(len: usize, workers: usize) -> usize {
-    len - len.div_ceil(workers.max(1))
 }
 
 /// Whether a message lies after a position.
@@ -137,17 +133,18 @@ impl TopicSubs {
     /// Queues a frame made by `make` (once per codec in use) to every subscriber; compressed
     /// (once per codec) for those that negotiated permessage-deflate when its payload has
     /// `min_deflate` bytes or more.
-    /// The first `workers - 1` in `workers` subscribers are queued, the rest written directly
-    /// when idle (see the module's note).
+    /// Some subscribers may be written to directly (see the module's note).
     pub fn broadcast(
         &self,
         make: impl Fn(Codec) -> Bytes,
         min_deflate: usize,
-        workers: usize,
+        direct: &DirectWrites,
     ) -> usize {
         let mut frames = Frames::new(make, min_deflate, None);
-        let s = self.state.lock();
-        let direct_from = direct_from(s.entries.len(), workers);
+        let mut guard = self.state.lock();
+        let s = &mut *guard;
+        let plan = direct.plan(s.entries.len(), &mut s.last_fanout);
+        let direct_from = plan.direct_from;
         let mut n = 0;
         for (i, e) in s.entries.iter().enumerate() {
             let frame = frames.get(&e.sub).clone();
@@ -162,6 +159,7 @@ impl TopicSubs {
                 n += 1;
             }
         }
+        direct.done(plan);
         n
     }
 
@@ -178,19 +176,21 @@ impl TopicSubs {
     /// codec for the subscribers that negotiated permessage-deflate when its payload has
     /// `min_deflate` bytes or more. Returns deliveries made (queued or written). When the
     /// fan-out is `timed`, the probe learns each encoding before it is queued anywhere, and of
-    /// each direct write as it is made. The last `1/workers` of the subscribers are written to
-    /// directly when idle (see the module's note).
+    /// each direct write as it is made. Some subscribers may be written to directly (see the
+    /// module's note).
     pub fn deliver(
         &self,
         m: &Message,
         timed: Option<(&Probe, Armed)>,
         min_deflate: usize,
-        workers: usize,
+        direct: &DirectWrites,
     ) -> usize {
         let mut frames = Frames::new(|codec: Codec| codec.msg(m), min_deflate, timed);
         let mut n = 0;
-        let mut s = self.state.lock();
-        let direct_from = direct_from(s.entries.len(), workers);
+        let mut guard = self.state.lock();
+        let s = &mut *guard;
+        let plan = direct.plan(s.entries.len(), &mut s.last_fanout);
+        let direct_from = plan.direct_from;
         for (i, e) in s.entries.iter_mut().enumerate() {
             match &mut e.mode {
                 Mode::Live { floor } => {
@@ -232,6 +232,7 @@ impl TopicSubs {
                 }
             }
         }
+        direct.done(plan);
         n
     }
 }
