@@ -96,10 +96,13 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        // The write first: a socket known not to be writable answers WouldBlock without a
+        // system call, and only then is the task registered for readiness.
         loop {
-            ready!(self.io.poll_write_ready(cx))?;
             match self.io.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.io.poll_write_ready(cx))?;
+                }
                 r => return Poll::Ready(r),
             }
         }
@@ -110,10 +113,13 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        // The write first: a socket known not to be writable answers WouldBlock without a
+        // system call, and only then is the task registered for readiness.
         loop {
-            ready!(self.io.poll_write_ready(cx))?;
             match self.io.try_write_vectored(bufs) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.io.poll_write_ready(cx))?;
+                }
                 r => return Poll::Ready(r),
             }
         }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::direct::DirectWrites;
+use super::direct::{Cadence, DirectWrites};
 use super::frames::Frames;
 use super::outbox::{Sent, Subscriber};
 use super::probe::{Armed, Probe};
@@ -35,8 +35,8 @@ struct State {
     entries: Vec<Entry>,
     /// Connection id to its place in `entries`.
     index: HashMap<u64, usize>,
-    /// When the last fan-out began ([`DirectWrites`]'s clock; 0: never).
-    last_fanout: u64,
+    /// When its fan-outs come, for [`DirectWrites`].
+    cadence: Cadence,
 }
 
 struct Entry {
@@ -143,7 +143,7 @@ impl TopicSubs {
         let mut frames = Frames::new(make, min_deflate, None);
         let mut guard = self.state.lock();
         let s = &mut *guard;
-        let plan = direct.plan(s.entries.len(), &mut s.last_fanout);
+        let plan = direct.plan(s.entries.len(), &mut s.cadence);
         let direct_from = plan.direct_from;
         let mut n = 0;
         for (i, e) in s.entries.iter().enumerate() {
@@ -189,7 +189,7 @@ impl TopicSubs {
         let mut n = 0;
         let mut guard = self.state.lock();
         let s = &mut *guard;
-        let plan = direct.plan(s.entries.len(), &mut s.last_fanout);
+        let plan = direct.plan(s.entries.len(), &mut s.cadence);
         let direct_from = plan.direct_from;
         for (i, e) in s.entries.iter_mut().enumerate() {
             match &mut e.mode {
