@@ -15,7 +15,6 @@ pub mod http;
 pub mod limits;
 mod rate;
 pub mod rejection;
-pub mod socket;
 pub mod tls;
 pub mod upgrade;
 
@@ -255,7 +254,7 @@ impl NewConnection {
             );
             return;
         }
-        let io = Guarded::new(socket::Socket::new(stream), permit);
+        let io = Guarded::new(stream, permit);
         let svc = TowerToHyperService::new(WithInfo {
             app: self.app,
             info,

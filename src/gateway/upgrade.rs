@@ -13,13 +13,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::socket::Socket;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use futures_util::FutureExt;
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tracing::Instrument;
 
@@ -34,19 +34,19 @@ use crate::protocol::{CloseCode, Codec, Position, Topic, close};
 
 /// The stream hyper hands back after the 101, with any bytes it had read past the request.
 pub(super) enum Taken {
-    Plain(Guarded<Socket>, bytes::Bytes),
+    Plain(Guarded<TcpStream>, bytes::Bytes),
     /// Boxed: a TLS session is kilobytes, and inline it would size every connection's task.
-    Tls(Box<TlsStream<Guarded<Socket>>>, bytes::Bytes),
+    Tls(Box<TlsStream<Guarded<TcpStream>>>, bytes::Bytes),
 }
 
 /// Takes the stream back from hyper. A plain function, not inline in the async task: the
 /// downcast's result holds a whole TLS session, which must not live in the task's state.
 pub(super) fn take_stream(upgraded: hyper::upgrade::Upgraded) -> Option<Taken> {
-    let upgraded = match upgraded.downcast::<TokioIo<Guarded<Socket>>>() {
+    let upgraded = match upgraded.downcast::<TokioIo<Guarded<TcpStream>>>() {
         Ok(p) => return Some(Taken::Plain(p.io.into_inner(), p.read_buf)),
         Err(u) => u,
     };
-    match upgraded.downcast::<TokioIo<TlsStream<Guarded<Socket>>>>() {
+    match upgraded.downcast::<TokioIo<TlsStream<Guarded<TcpStream>>>>() {
         Ok(p) => Some(Taken::Tls(Box::new(p.io.into_inner()), p.read_buf)),
         Err(_) => None,
     }
@@ -417,15 +417,7 @@ async fn upgrade(
         };
         tracing::debug!(?codec, deflate, "connection open");
         match taken {
-            Taken::Plain(io, buf) => {
-                // Plain TCP: the fan-out may write to the socket itself while the connection's
-                // writer is idle (TLS records need the connection's own TLS state).
-                accepted
-                    .sub
-                    .outbox
-                    .write_directly_to(io.get_ref().downgrade());
-                spawn_connection(connection::run(accepted, io, buf), ending)
-            }
+            Taken::Plain(io, buf) => spawn_connection(connection::run(accepted, io, buf), ending),
             Taken::Tls(io, buf) => spawn_connection(connection::run(accepted, io, buf), ending),
         }
     };

@@ -6,7 +6,6 @@
 //! these methods is async). Subscribing and unsubscribing decide "first" and "last" under the
 //! map's shard lock, so the answers pair up even when they race.
 
-pub mod direct;
 pub(crate) mod expiry;
 mod frames;
 pub mod heartbeat;
@@ -22,7 +21,7 @@ use std::time::Instant;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-pub use outbox::{Outbox, Sent, Subscriber, Take};
+pub use outbox::{Outbox, Subscriber, Take};
 pub use probe::Probe;
 pub use topic::TopicSubs;
 pub use traffic::{Counts, Traffic};
@@ -59,8 +58,6 @@ pub struct Hub {
     probe: Probe,
     /// The traffic of the connections already closed (open ones count their own).
     retired: Traffic,
-    /// When a fan-out writes to its subscribers' sockets itself ([`direct`]).
-    direct: direct::DirectWrites,
 }
 
 impl Hub {
@@ -84,7 +81,6 @@ impl Hub {
             probe: Probe::new(metrics.clone()),
             metrics,
             retired: Traffic::default(),
-            direct: direct::DirectWrites::for_current_runtime(),
         }
     }
 
@@ -178,7 +174,6 @@ impl Hub {
         let make = |c: Codec| c.direct(from, data);
         let mut frames = frames::Frames::new(make, self.min_deflate, None);
         let mut n = 0;
-        // Queued: a user's connections are few (see `direct`).
         for s in &conns {
             if s.push(frames.get(s).clone()) {
                 n += 1;
@@ -308,12 +303,7 @@ impl Hub {
         let t = self.topics.get(m.topic.as_arc()).map(|r| r.clone());
         if let Some(t) = t {
             let timed = self.probe.arm();
-            let n = t.deliver(
-                m,
-                timed.map(|a| (&self.probe, a)),
-                self.min_deflate,
-                &self.direct,
-            );
+            let n = t.deliver(m, timed.map(|a| (&self.probe, a)), self.min_deflate);
             if let Some(a) = timed {
                 self.probe.fanned_out(a, n);
             }
@@ -326,7 +316,7 @@ impl Hub {
         let t = self.topics.get(topic.as_arc()).map(|r| r.clone());
         if let Some(t) = t {
             let make = |c: Codec| c.presence_event(join, topic.as_str(), user, conn);
-            let n = t.broadcast(make, self.min_deflate, &self.direct);
+            let n = t.broadcast(make, self.min_deflate);
             self.metrics.deliveries.increment(n as u64);
         }
     }
@@ -388,7 +378,5 @@ impl Hub {
     }
 }
 
-#[cfg(test)]
-mod direct_tests;
 #[cfg(test)]
 mod tests;

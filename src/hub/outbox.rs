@@ -3,25 +3,18 @@
 //! Publishers push complete, shared WebSocket frames (`Bytes`, encoded once for all
 //! subscribers); the connection's task takes everything queued at once (the frames themselves,
 //! not copies) and writes it with one gathering write. The bound is in bytes and covers frames queued and frames taken but not yet
-//! written to the kernel.
-//!
-//! A fan-out that finds the connection's writer idle (nothing queued, nothing being written, its
-//! task parked on this outbox) writes the frame to a plain TCP connection's socket itself, under
-//! this lock ([`Outbox::send`]): no wake-up, no poll, no queue. Whatever the socket does not
-//! take at once is queued as usual, so the order of frames is the order of pushes either way. Policy when it fills: the connection is closed with 4008 (slow consumer)
+//! written to the kernel. Policy when it fills: the connection is closed with 4008 (slow consumer)
 //! and its queue dropped at once; the client reconnects with `since` and loses nothing.
 //! Other closes are graceful: what is already queued (replies, messages) is still written, then
 //! the close frame.
 
 use std::collections::VecDeque;
-use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::Traffic;
 use super::probe::{Mark, Probe};
 use crate::protocol::{CloseCode, Codec};
 
@@ -68,42 +61,6 @@ struct Inner {
     /// The connection task while a write of its is pending: woken only by a close, which must
     /// take effect even when the peer never reads.
     close_waker: Option<Waker>,
-    /// A plain TCP connection's socket, for [`Outbox::send`] to write to while the writer is
-    /// idle. Weak: the connection's task alone keeps the socket open. Empty (no allocation)
-    /// for TLS, and from the moment the connection writes its close frame.
-    socket: Weak<dyn Wire>,
-}
-
-/// A socket a fan-out may write a frame to itself (`gateway::socket`: a plain TCP connection's).
-/// The hub holds it weakly and knows nothing else of it.
-pub trait Wire: Send + Sync {
-    /// Writes what the socket takes of `frame` now, without waiting: how many bytes (possibly
-    /// fewer than asked), or an error (`WouldBlock` when it takes none).
-    fn send_now(&self, frame: &[u8]) -> std::io::Result<usize>;
-}
-
-/// A wire that is never there: the empty [`Weak`] an outbox starts with.
-struct NoWire;
-
-impl Wire for NoWire {
-    fn send_now(&self, _: &[u8]) -> std::io::Result<usize> {
-        Err(std::io::ErrorKind::NotConnected.into())
-    }
-}
-
-fn no_wire() -> Weak<dyn Wire> {
-    Weak::<NoWire>::new()
-}
-
-/// What [`Outbox::send`] did with a frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
-    /// Not taken: the connection is closing, or this frame overflowed its bound and now it is.
-    Dropped,
-    /// Queued for the connection's writer, which was woken.
-    Queued,
-    /// Written to the socket here: whole, or its start with the rest queued.
-    Written,
 }
 
 /// What the writer got from [`Outbox::poll_take`].
@@ -127,7 +84,6 @@ impl Outbox {
                 close: None,
                 waker: None,
                 close_waker: None,
-                socket: no_wire(),
             }),
             closing: AtomicBool::new(false),
             limit,
@@ -137,26 +93,11 @@ impl Outbox {
     /// Queues one frame. Returns false when the connection is closing (the frame is dropped)
     /// or this push overflowed the bound (the connection is now closing with 4008).
     pub fn push(&self, frame: Bytes) -> bool {
-        self.put(frame, None) != Sent::Dropped
-    }
-
-    /// Delivers one frame of a fan-out: written to the socket right here when the connection's
-    /// writer is idle (nothing queued or being written, its task parked on this outbox) and
-    /// the connection is plain TCP, else queued as by [`Outbox::push`]. What the socket takes
-    /// is counted in `traffic` (whose counts the connection's task keeps otherwise: the two
-    /// never write at once, the task being idle). When the socket takes only part of the frame,
-    /// the rest (a slice of the same bytes) is queued; when it takes none, the whole frame is.
-    pub fn send(&self, frame: Bytes, traffic: &Traffic) -> Sent {
-        self.put(frame, Some(traffic))
-    }
-
-    fn put(&self, mut frame: Bytes, direct: Option<&Traffic>) -> Sent {
         let waker;
-        let mut sent = Sent::Queued;
         {
             let mut g = self.inner.lock();
             if g.close.is_some() {
-                return Sent::Dropped;
+                return false;
             }
             if g.bytes + frame.len() > self.limit {
                 g.close = Some(CloseCode::SlowConsumer);
@@ -171,29 +112,7 @@ impl Outbox {
                 if let Some(w) = waker {
                     w.wake();
                 }
-                return Sent::Dropped;
-            }
-            // The writer is idle exactly when its task registered to be woken: it does so only
-            // with nothing queued and its batch written, and any queued push takes the waker.
-            if let Some(traffic) = direct
-                && g.queue.is_empty()
-                && g.waker.is_some()
-                && let Some(socket) = g.socket.upgrade()
-            {
-                match socket.send_now(&frame) {
-                    Ok(n) if n == frame.len() => {
-                        traffic.wrote(n);
-                        return Sent::Written;
-                    }
-                    Ok(n) => {
-                        traffic.wrote(n);
-                        frame = frame.slice(n..);
-                        sent = Sent::Written;
-                    }
-                    // Not writable now, or failing: the writer takes it from the queue (and
-                    // learns of the failure itself).
-                    Err(_) => {}
-                }
+                return false;
             }
             g.bytes += frame.len();
             g.queue.push_back(frame);
@@ -202,18 +121,7 @@ impl Outbox {
         if let Some(w) = waker {
             w.wake();
         }
-        sent
-    }
-
-    /// Lets [`Outbox::send`] write to `socket` while the connection's writer is idle.
-    pub fn write_directly_to(&self, socket: Weak<dyn Wire>) {
-        self.inner.lock().socket = socket;
-    }
-
-    /// No more writes to the socket but the connection's own: called before its close frame,
-    /// which must be the last frame on the wire.
-    pub fn stop_writing_directly(&self) {
-        self.inner.lock().socket = no_wire();
+        true
     }
 
     /// Asks the connection to close with `code` (the first reason wins). Frames queued so far are
@@ -333,12 +241,6 @@ impl Subscriber {
     /// Queues a frame (see [`Outbox::push`]).
     pub fn push(&self, frame: Bytes) -> bool {
         self.outbox.push(frame)
-    }
-
-    /// Delivers a frame of a fan-out: straight to the socket when the writer is idle, else
-    /// queued (see [`Outbox::send`]).
-    pub fn send(&self, frame: Bytes) -> Sent {
-        self.outbox.send(frame, &self.traffic)
     }
 
     /// The outbox's bound in bytes.

@@ -271,7 +271,7 @@ impl Session {
                         };
                         // Boxed, as every wait of a closing connection: an idle connection's
                         // task would otherwise hold room for a timer it never uses.
-                        let close = pump.close(&sub, echo, "");
+                        let close = pump.close(echo, "");
                         let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, close)).await;
                         return code;
                     }
@@ -306,7 +306,7 @@ impl Session {
                     if deadline.is_none() {
                         self.closing_noticed(Some(code.code()));
                     }
-                    let close = pump.close(&sub, code.code(), code.reason());
+                    let close = pump.close(code.code(), code.reason());
                     let left = deadline.map_or(CLOSE_GRACE, |d| {
                         d.saturating_duration_since(tokio::time::Instant::now())
                     });

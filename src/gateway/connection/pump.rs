@@ -204,9 +204,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
     }
 
     /// Sends the close frame after what is left of the batch, then waits for the peer to close.
-    /// From here on only this task writes to the socket: the close frame must be the last.
-    pub(super) async fn close(&mut self, sub: &Subscriber, code: u16, reason: &str) {
-        sub.outbox.stop_writing_directly();
+    pub(super) async fn close(&mut self, code: u16, reason: &str) {
         let mut out = Vec::new();
         for (i, f) in self.batch.drain(..).enumerate() {
             out.extend_from_slice(if i == 0 { &f[self.at as usize..] } else { &f });
