@@ -417,8 +417,15 @@ async fn upgrade(
         };
         tracing::debug!(?codec, deflate, "connection open");
         match taken {
-            Taken::Plain(io, buf) => spawn_connection(connection::run(accepted, io, buf), ending),
-            Taken::Tls(io, buf) => spawn_connection(connection::run(accepted, io, buf), ending),
+            Taken::Plain(io, buf) => {
+                // Plain TCP: the fan-out may write to the socket itself while the connection's
+                // writer is idle (TLS records need the connection's own TLS state).
+                let fd = std::os::fd::AsRawFd::as_raw_fd(io.get_ref());
+                spawn_connection(connection::run(accepted, io, buf, Some(fd)), ending)
+            }
+            Taken::Tls(io, buf) => {
+                spawn_connection(connection::run(accepted, io, buf, None), ending)
+            }
         }
     };
     gw.tracker.spawn(task.instrument(span));

@@ -6,6 +6,7 @@
 //! these methods is async). Subscribing and unsubscribing decide "first" and "last" under the
 //! map's shard lock, so the answers pair up even when they race.
 
+pub mod direct;
 pub(crate) mod expiry;
 mod frames;
 pub mod heartbeat;
@@ -21,7 +22,7 @@ use std::time::Instant;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-pub use outbox::{Outbox, Subscriber, Take};
+pub use outbox::{Outbox, Sent, Subscriber, Take};
 pub use probe::Probe;
 pub use topic::TopicSubs;
 pub use traffic::{Counts, Traffic};
@@ -58,6 +59,8 @@ pub struct Hub {
     probe: Probe,
     /// The traffic of the connections already closed (open ones count their own).
     retired: Traffic,
+    /// When a fan-out writes to its subscribers' sockets itself ([`direct`]).
+    direct: direct::DirectWrites,
 }
 
 impl Hub {
@@ -81,6 +84,7 @@ impl Hub {
             probe: Probe::new(metrics.clone()),
             metrics,
             retired: Traffic::default(),
+            direct: direct::DirectWrites::for_current_runtime(),
         }
     }
 
@@ -174,6 +178,7 @@ impl Hub {
         let make = |c: Codec| c.direct(from, data);
         let mut frames = frames::Frames::new(make, self.min_deflate, None);
         let mut n = 0;
+        // Queued: a user's connections are few (see `direct`).
         for s in &conns {
             if s.push(frames.get(s).clone()) {
                 n += 1;
@@ -303,7 +308,12 @@ impl Hub {
         let t = self.topics.get(m.topic.as_arc()).map(|r| r.clone());
         if let Some(t) = t {
             let timed = self.probe.arm();
-            let n = t.deliver(m, timed.map(|a| (&self.probe, a)), self.min_deflate);
+            let n = t.deliver(
+                m,
+                timed.map(|a| (&self.probe, a)),
+                self.min_deflate,
+                &self.direct,
+            );
             if let Some(a) = timed {
                 self.probe.fanned_out(a, n);
             }
@@ -316,7 +326,7 @@ impl Hub {
         let t = self.topics.get(topic.as_arc()).map(|r| r.clone());
         if let Some(t) = t {
             let make = |c: Codec| c.presence_event(join, topic.as_str(), user, conn);
-            let n = t.broadcast(make, self.min_deflate);
+            let n = t.broadcast(make, self.min_deflate, &self.direct);
             self.metrics.deliveries.increment(n as u64);
         }
     }
@@ -378,5 +388,7 @@ impl Hub {
     }
 }
 
+#[cfg(test)]
+mod direct_tests;
 #[cfg(test)]
 mod tests;

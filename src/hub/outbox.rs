@@ -3,18 +3,25 @@
 //! Publishers push complete, shared WebSocket frames (`Bytes`, encoded once for all
 //! subscribers); the connection's task takes everything queued at once (the frames themselves,
 //! not copies) and writes it with one gathering write. The bound is in bytes and covers frames queued and frames taken but not yet
-//! written to the kernel. Policy when it fills: the connection is closed with 4008 (slow consumer)
+//! written to the kernel.
+//!
+//! A fan-out that finds the connection's writer idle (nothing queued, nothing being written, its
+//! task parked on this outbox) writes the frame to a plain TCP connection's socket itself, under
+//! this lock ([`Outbox::send`]): no wake-up, no poll, no queue. Whatever the socket does not
+//! take at once is queued as usual, so the order of frames is the order of pushes either way. Policy when it fills: the connection is closed with 4008 (slow consumer)
 //! and its queue dropped at once; the client reconnects with `since` and loses nothing.
 //! Other closes are graceful: what is already queued (replies, messages) is still written, then
 //! the close frame.
 
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use super::Traffic;
 use super::probe::{Mark, Probe};
 use crate::protocol::{CloseCode, Codec};
 
@@ -61,6 +68,21 @@ struct Inner {
     /// The connection task while a write of its is pending: woken only by a close, which must
     /// take effect even when the peer never reads.
     close_waker: Option<Waker>,
+    /// A plain TCP connection's socket descriptor, for [`Outbox::send`] to write to while the
+    /// writer is idle; -1 for none (TLS, and from the moment the connection withdraws it: before
+    /// its close frame, and before its socket can close).
+    fd: RawFd,
+}
+
+/// What [`Outbox::send`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Not taken: the connection is closing, or this frame overflowed its bound and now it is.
+    Dropped,
+    /// Queued for the connection's writer, which was woken.
+    Queued,
+    /// Written to the socket here: whole, or its start with the rest queued.
+    Written,
 }
 
 /// What the writer got from [`Outbox::poll_take`].
@@ -84,6 +106,7 @@ impl Outbox {
                 close: None,
                 waker: None,
                 close_waker: None,
+                fd: -1,
             }),
             closing: AtomicBool::new(false),
             limit,
@@ -93,11 +116,26 @@ impl Outbox {
     /// Queues one frame. Returns false when the connection is closing (the frame is dropped)
     /// or this push overflowed the bound (the connection is now closing with 4008).
     pub fn push(&self, frame: Bytes) -> bool {
+        self.put(frame, None) != Sent::Dropped
+    }
+
+    /// Delivers one frame of a fan-out: written to the socket right here when the connection's
+    /// writer is idle (nothing queued or being written, its task parked on this outbox) and
+    /// the connection is plain TCP, else queued as by [`Outbox::push`]. What the socket takes
+    /// is counted in `traffic` (whose counts the connection's task keeps otherwise: the two
+    /// never write at once, the task being idle). When the socket takes only part of the frame,
+    /// the rest (a slice of the same bytes) is queued; when it takes none, the whole frame is.
+    pub fn send(&self, frame: Bytes, traffic: &Traffic) -> Sent {
+        self.put(frame, Some(traffic))
+    }
+
+    fn put(&self, mut frame: Bytes, direct: Option<&Traffic>) -> Sent {
         let waker;
+        let mut sent = Sent::Queued;
         {
             let mut g = self.inner.lock();
             if g.close.is_some() {
-                return false;
+                return Sent::Dropped;
             }
             if g.bytes + frame.len() > self.limit {
                 g.close = Some(CloseCode::SlowConsumer);
@@ -112,7 +150,29 @@ impl Outbox {
                 if let Some(w) = waker {
                     w.wake();
                 }
-                return false;
+                return Sent::Dropped;
+            }
+            // The writer is idle exactly when its task registered to be woken: it does so only
+            // with nothing queued and its batch written, and any queued push takes the waker.
+            if let Some(traffic) = direct
+                && g.queue.is_empty()
+                && g.waker.is_some()
+                && g.fd >= 0
+            {
+                match send_now(g.fd, &frame) {
+                    Ok(n) if n == frame.len() => {
+                        traffic.wrote(n);
+                        return Sent::Written;
+                    }
+                    Ok(n) => {
+                        traffic.wrote(n);
+                        frame = frame.slice(n..);
+                        sent = Sent::Written;
+                    }
+                    // Not writable now, or failing: the writer takes it from the queue (and
+                    // learns of the failure itself).
+                    Err(_) => {}
+                }
             }
             g.bytes += frame.len();
             g.queue.push_back(frame);
@@ -121,7 +181,21 @@ impl Outbox {
         if let Some(w) = waker {
             w.wake();
         }
-        true
+        sent
+    }
+
+    /// Lets [`Outbox::send`] write to the socket `fd` while the connection's writer is idle.
+    /// The caller must withdraw it ([`Outbox::stop_writing_directly`]) before the socket can
+    /// close (`gateway::connection`'s pump does, as it drops).
+    pub fn write_directly_to(&self, fd: RawFd) {
+        self.inner.lock().fd = fd;
+    }
+
+    /// No more writes to the socket but the connection's own: before its close frame (which
+    /// must be the last frame on the wire), and before its socket closes. Once this returns, no
+    /// direct write is under way (they are made under the same lock) and none will be.
+    pub fn stop_writing_directly(&self) {
+        self.inner.lock().fd = -1;
     }
 
     /// Asks the connection to close with `code` (the first reason wins). Frames queued so far are
@@ -237,10 +311,29 @@ impl Outbox {
     }
 }
 
+/// One `send` of what the socket takes of `frame` now, without waiting (the socket is
+/// non-blocking): past tokio's readiness, so that a delivery touches no more of the connection
+/// than its outbox; when it would block, the connection's own write finds out and waits for
+/// readiness as usual.
+#[allow(unsafe_code)]
+fn send_now(fd: RawFd, frame: &[u8]) -> std::io::Result<usize> {
+    // SAFETY: `fd` is open for the whole call: the connection gave it to the outbox and
+    // withdraws it under the outbox's lock, which the caller holds, before its socket can close
+    // (`Outbox::write_directly_to`). So it names that connection's socket, and no other.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd).send(frame)
+}
+
 impl Subscriber {
     /// Queues a frame (see [`Outbox::push`]).
     pub fn push(&self, frame: Bytes) -> bool {
         self.outbox.push(frame)
+    }
+
+    /// Delivers a frame of a fan-out: straight to the socket when the writer is idle, else
+    /// queued (see [`Outbox::send`]).
+    pub fn send(&self, frame: Bytes) -> Sent {
+        self.outbox.send(frame, &self.traffic)
     }
 
     /// The outbox's bound in bytes.

@@ -41,6 +41,13 @@ pub struct Armed {
     generation: u32,
 }
 
+impl Armed {
+    /// The mark a write of this fan-out's frame reports ([`Probe::written`]).
+    pub(crate) fn mark(self) -> Option<Mark> {
+        Probe::mark(self.generation)
+    }
+}
+
 /// What a writer keeps from a batch that holds the timed frame, until the batch is written.
 /// Non-zero (generations start at 1), so that `Option<Mark>` takes 4 bytes of the writer's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,6 +6,10 @@
 //! catch-up mode: live messages are held for it while its replay is read, then
 //! [`TopicSubs::go_live`] queues the reply, the replay and the held messages in offset order, with
 //! no gap and no duplicate, under the same lock that fan-out takes.
+//!
+//! A fan-out may write straight to the sockets of idle plain-TCP subscribers
+//! ([`Subscriber::send`]) rather than wake each one's task: [`super::direct`] decides when, and
+//! to which of them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,8 +17,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use super::direct::{Cadence, DirectWrites};
 use super::frames::Frames;
-use super::outbox::Subscriber;
+use super::outbox::{Sent, Subscriber};
 use super::probe::{Armed, Probe};
 use crate::protocol::{Codec, Message, Position};
 
@@ -30,6 +35,8 @@ struct State {
     entries: Vec<Entry>,
     /// Connection id to its place in `entries`.
     index: HashMap<u64, usize>,
+    /// When its fan-outs come, for [`DirectWrites`].
+    cadence: Cadence,
 }
 
 struct Entry {
@@ -126,15 +133,33 @@ impl TopicSubs {
     /// Queues a frame made by `make` (once per codec in use) to every subscriber; compressed
     /// (once per codec) for those that negotiated permessage-deflate when its payload has
     /// `min_deflate` bytes or more.
-    pub fn broadcast(&self, make: impl Fn(Codec) -> Bytes, min_deflate: usize) -> usize {
+    /// Some subscribers may be written to directly (see the module's note).
+    pub fn broadcast(
+        &self,
+        make: impl Fn(Codec) -> Bytes,
+        min_deflate: usize,
+        direct: &DirectWrites,
+    ) -> usize {
         let mut frames = Frames::new(make, min_deflate, None);
-        let s = self.state.lock();
+        let mut guard = self.state.lock();
+        let s = &mut *guard;
+        let plan = direct.plan(s.entries.len(), &mut s.cadence);
+        let direct_from = plan.direct_from;
         let mut n = 0;
-        for e in &s.entries {
-            if e.sub.push(frames.get(&e.sub).clone()) {
+        for (i, e) in s.entries.iter().enumerate() {
+            let frame = frames.get(&e.sub).clone();
+            let sent = if i >= direct_from {
+                e.sub.send(frame)
+            } else if e.sub.push(frame) {
+                Sent::Queued
+            } else {
+                Sent::Dropped
+            };
+            if sent != Sent::Dropped {
                 n += 1;
             }
         }
+        direct.done(plan);
         n
     }
 
@@ -149,18 +174,24 @@ impl TopicSubs {
 
     /// Fans `m` out to every subscriber: encoded once per codec in use, and compressed once per
     /// codec for the subscribers that negotiated permessage-deflate when its payload has
-    /// `min_deflate` bytes or more. Returns deliveries queued. When the fan-out is `timed`, the
-    /// probe learns each encoding before it is queued anywhere.
+    /// `min_deflate` bytes or more. Returns deliveries made (queued or written). When the
+    /// fan-out is `timed`, the probe learns each encoding before it is queued anywhere, and of
+    /// each direct write as it is made. Some subscribers may be written to directly (see the
+    /// module's note).
     pub fn deliver(
         &self,
         m: &Message,
         timed: Option<(&Probe, Armed)>,
         min_deflate: usize,
+        direct: &DirectWrites,
     ) -> usize {
         let mut frames = Frames::new(|codec: Codec| codec.msg(m), min_deflate, timed);
         let mut n = 0;
-        let mut s = self.state.lock();
-        for e in s.entries.iter_mut() {
+        let mut guard = self.state.lock();
+        let s = &mut *guard;
+        let plan = direct.plan(s.entries.len(), &mut s.cadence);
+        let direct_from = plan.direct_from;
+        for (i, e) in s.entries.iter_mut().enumerate() {
             match &mut e.mode {
                 Mode::Live { floor } => {
                     if floor.is_some() {
@@ -170,8 +201,24 @@ impl TopicSubs {
                         // Past the catch-up boundary: no more comparisons needed.
                         *floor = None;
                     }
-                    if e.sub.push(frames.get(&e.sub).clone()) {
-                        n += 1;
+                    let frame = frames.get(&e.sub).clone();
+                    if i < direct_from {
+                        if e.sub.push(frame) {
+                            n += 1;
+                        }
+                        continue;
+                    }
+                    match e.sub.send(frame) {
+                        Sent::Dropped => {}
+                        Sent::Queued => n += 1,
+                        Sent::Written => {
+                            n += 1;
+                            if let Some((probe, armed)) = timed
+                                && let Some(mark) = armed.mark()
+                            {
+                                probe.written(mark);
+                            }
+                        }
                     }
                 }
                 Mode::CatchingUp { held, bytes } => {
@@ -185,6 +232,7 @@ impl TopicSubs {
                 }
             }
         }
+        direct.done(plan);
         n
     }
 }

@@ -2,8 +2,10 @@
 //! connection itself rather than in node-wide atomics that every connection's task would hit on
 //! every write (one cache line bouncing between the worker threads on every delivery).
 //!
-//! Each count has one writer, the connection's task, so counting is a relaxed load and store
-//! (no locked instruction). A reader (the metrics render) sums the open connections' counts with
+//! Each count has one writer at a time, so counting is a relaxed load and store (no locked
+//! instruction): the connection's task, or, while that task's writer is idle, a fan-out writing
+//! to the socket directly under the outbox's lock ([`super::Outbox::send`]); the lock orders the
+//! two. A reader (the metrics render) sums the open connections' counts with
 //! the counts of those already closed, which [`Traffic::retire`] folds in when a connection ends.
 //! A render that runs while a connection is being retired may miss its counts for that one
 //! render; the node's counters only move forward (`absolute` keeps the maximum), so it shows
@@ -39,7 +41,8 @@ fn bump(c: &AtomicU64, n: u64) {
 }
 
 impl Traffic {
-    /// One write of `n` bytes. Only the connection's own task calls it.
+    /// One write of `n` bytes: by the connection's task, or by a fan-out while that task's
+    /// writer is idle (never both at once).
     pub(crate) fn wrote(&self, n: usize) {
         bump(&self.writes, 1);
         bump(&self.bytes_out, n as u64);

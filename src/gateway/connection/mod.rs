@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use pump::{Io, Pump};
+use pump::{DirectGuard, Io, Pump};
 use subscriptions::Replaying;
 
 use super::Gateway;
@@ -143,7 +143,16 @@ pub(crate) async fn unregister(
 /// stream) is built here and moved into the future once. An `async fn` would keep its arguments,
 /// the stream among them, in the future beside the locals they are moved into, and an idle
 /// connection is mostly this future.
-pub(crate) fn run<S>(a: Accepted, stream: S, leftover: Bytes) -> impl Future<Output = Ended> + Send
+///
+/// `direct`: the descriptor of a plain TCP stream, which the fan-out may then write to while
+/// the connection's writer is idle ([`crate::hub::Outbox::send`]); the pump withdraws it before
+/// the stream can close.
+pub(crate) fn run<S>(
+    a: Accepted,
+    stream: S,
+    leftover: Bytes,
+    direct: Option<std::os::fd::RawFd>,
+) -> impl Future<Output = Ended> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -183,7 +192,7 @@ where
     // Copy, then let go of hyper's read buffer: a slice of it would keep all of it alive.
     let rbuf = leftover.to_vec();
     drop(leftover);
-    let mut pump = Pump::new(stream, rbuf);
+    let mut pump = Pump::new(stream, rbuf, direct.map(|fd| DirectGuard::allow(&sub, fd)));
     // `/topics/{topic}`'s subscription, boxed: the task keeps room for what it captures all
     // its life, and most connections have none.
     let first = match endpoint {
@@ -271,7 +280,7 @@ impl Session {
                         };
                         // Boxed, as every wait of a closing connection: an idle connection's
                         // task would otherwise hold room for a timer it never uses.
-                        let close = pump.close(echo, "");
+                        let close = pump.close(&sub, echo, "");
                         let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, close)).await;
                         return code;
                     }
@@ -306,7 +315,7 @@ impl Session {
                     if deadline.is_none() {
                         self.closing_noticed(Some(code.code()));
                     }
-                    let close = pump.close(code.code(), code.reason());
+                    let close = pump.close(&sub, code.code(), code.reason());
                     let left = deadline.map_or(CLOSE_GRACE, |d| {
                         d.saturating_duration_since(tokio::time::Instant::now())
                     });

@@ -9,7 +9,9 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
+use std::os::fd::RawFd;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -28,8 +30,31 @@ const MAX_SLICES: usize = 1024;
 /// call (its cost spread over that many frames).
 const STACK_SLICES: usize = 16;
 
+/// While it lives, the fan-out may write to the connection's plain TCP socket itself (its
+/// descriptor, given to the outbox: [`crate::hub::Outbox::send`]). It is the pump's first field,
+/// so it drops before the stream: it withdraws the descriptor under the outbox's lock, and no
+/// write can then reach a closed socket, or another given the same number.
+pub(super) struct DirectGuard(Arc<Subscriber>);
+
+impl DirectGuard {
+    /// Gives `fd` to `sub`'s outbox until the guard drops.
+    pub(super) fn allow(sub: &Arc<Subscriber>, fd: RawFd) -> DirectGuard {
+        sub.outbox.write_directly_to(fd);
+        DirectGuard(sub.clone())
+    }
+}
+
+impl Drop for DirectGuard {
+    fn drop(&mut self) {
+        self.0.outbox.stop_writing_directly();
+    }
+}
+
 /// The socket and its buffers.
 pub(super) struct Pump<S> {
+    /// First: dropped before `stream` (see [`DirectGuard`]); held only for its drop.
+    #[allow(dead_code)]
+    pub(super) direct: Option<DirectGuard>,
     pub(super) stream: S,
     /// Bytes read and not yet parsed; empty (unallocated) between messages.
     pub(super) rbuf: Vec<u8>,
@@ -69,9 +94,11 @@ pub(super) enum Io {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
-    /// The socket around `stream`, with `rbuf` already read, nothing to write.
-    pub(super) fn new(stream: S, rbuf: Vec<u8>) -> Pump<S> {
+    /// The socket around `stream`, with `rbuf` already read, nothing to write; `direct` while
+    /// the fan-out may write to it too.
+    pub(super) fn new(stream: S, rbuf: Vec<u8>, direct: Option<DirectGuard>) -> Pump<S> {
         Pump {
+            direct,
             stream,
             rbuf,
             batch: VecDeque::new(),
@@ -204,7 +231,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<S> {
     }
 
     /// Sends the close frame after what is left of the batch, then waits for the peer to close.
-    pub(super) async fn close(&mut self, code: u16, reason: &str) {
+    /// From here on only this task writes to the socket: the close frame must be the last.
+    pub(super) async fn close(&mut self, sub: &Subscriber, code: u16, reason: &str) {
+        sub.outbox.stop_writing_directly();
         let mut out = Vec::new();
         for (i, f) in self.batch.drain(..).enumerate() {
             out.extend_from_slice(if i == 0 { &f[self.at as usize..] } else { &f });
@@ -280,7 +309,7 @@ mod tests {
             r.read_exact(&mut got).await.unwrap();
             got
         });
-        let mut pump = Pump::new(w, Vec::new());
+        let mut pump = Pump::new(w, Vec::new(), None);
         pump.reading = false;
         write_out(&mut pump, &sub, &hub).await;
         assert_eq!(reader.await.unwrap(), expected);
@@ -341,12 +370,50 @@ mod tests {
             r.read_exact(&mut got).await.unwrap();
             got
         });
-        let mut pump = Pump::new(NoGather(w), Vec::new());
+        let mut pump = Pump::new(NoGather(w), Vec::new(), None);
         pump.reading = false;
         write_out(&mut pump, &sub, &hub).await;
         assert_eq!(&reader.await.unwrap(), b"abcdefghij");
         let c = sub.traffic.counts();
         assert_eq!(c.bytes_out, 10);
         assert!(c.writes >= 3, "one write per frame at least: {c:?}");
+    }
+
+    /// The descriptor the fan-out writes to is withdrawn as the pump drops, before its stream
+    /// closes: a frame sent after that is queued, never written to a closed socket (or to
+    /// another that the kernel gave the same number).
+    #[tokio::test]
+    async fn dropping_the_pump_withdraws_the_socket_from_the_fan_out_before_it_closes() {
+        use std::os::fd::AsRawFd;
+        let hub = Hub::new(1 << 20);
+        let sub = hub.connect(Codec::Json);
+        let (server, mut peer) = pair().await;
+        server.writable().await.unwrap();
+        let fd = server.as_raw_fd();
+        let pump = Pump::new(server, Vec::new(), Some(DirectGuard::allow(&sub, fd)));
+        // The writer parked, as after its first take: the fan-out writes directly.
+        let mut batch = VecDeque::new();
+        let parked = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(sub.outbox.poll_take(cx, &mut batch, hub.probe()))
+        })
+        .await;
+        assert!(parked.is_pending());
+        assert_eq!(
+            sub.send(Bytes::from_static(b"one")),
+            crate::hub::Sent::Written
+        );
+        drop(pump);
+        assert_eq!(
+            sub.send(Bytes::from_static(b"two")),
+            crate::hub::Sent::Queued
+        );
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(
+            got, b"one",
+            "closed after the direct write, and nothing after"
+        );
     }
 }
