@@ -52,14 +52,41 @@ async fn read_exactly(peer: &mut TcpStream, n: usize) -> Vec<u8> {
     got
 }
 
-#[tokio::test]
-async fn a_frame_for_an_idle_plain_connection_is_written_to_its_socket_without_waking_it() {
-    let (socket, mut peer) = pair().await;
-    let sub = Hub::new(1 << 20).connect(crate::protocol::Codec::Json);
+/// A connection whose writer is parked on its empty outbox, its socket lent to the fan-out:
+/// the state in which a fan-out writes directly.
+struct Idle {
+    socket: TcpStream,
+    peer: TcpStream,
+    sub: Arc<Subscriber>,
+    task: Arc<Task>,
+    batch: VecDeque<Bytes>,
+}
+
+async fn idle(outbox_limit: usize) -> Idle {
+    let (socket, peer) = pair().await;
+    let sub = Hub::new(outbox_limit).connect(crate::protocol::Codec::Json);
     sub.outbox.write_directly_to(socket.as_raw_fd());
     let task = Arc::new(Task::default());
     let mut batch = VecDeque::new();
     assert!(park(&sub.outbox, &task, &mut batch).is_pending());
+    Idle {
+        socket,
+        peer,
+        sub,
+        task,
+        batch,
+    }
+}
+
+#[tokio::test]
+async fn a_frame_for_an_idle_plain_connection_is_written_to_its_socket_without_waking_it() {
+    let Idle {
+        socket,
+        mut peer,
+        sub,
+        task,
+        ..
+    } = idle(1 << 20).await;
 
     assert_eq!(sub.send(Bytes::from_static(b"frame-1")), Sent::Written);
     assert_eq!(sub.send(Bytes::from_static(b"frame-2")), Sent::Written);
@@ -73,12 +100,13 @@ async fn a_frame_for_an_idle_plain_connection_is_written_to_its_socket_without_w
 
 #[tokio::test]
 async fn a_frame_for_a_writer_with_frames_in_hand_is_queued_behind_them() {
-    let (socket, mut peer) = pair().await;
-    let sub = Hub::new(1 << 20).connect(crate::protocol::Codec::Json);
-    sub.outbox.write_directly_to(socket.as_raw_fd());
-    let task = Arc::new(Task::default());
-    let mut batch = VecDeque::new();
-    assert!(park(&sub.outbox, &task, &mut batch).is_pending());
+    let Idle {
+        socket,
+        mut peer,
+        sub,
+        task,
+        mut batch,
+    } = idle(1 << 20).await;
     // A reply queued the usual way wakes the task, which takes it: the writer is busy now.
     assert!(sub.push(Bytes::from_static(b"reply;")));
     assert_eq!(task.0.load(Ordering::SeqCst), 1);
@@ -109,11 +137,13 @@ async fn a_frame_for_a_writer_with_frames_in_hand_is_queued_behind_them() {
 /// peer reads and the writer drains the queue, the peer has every frame whole, in order.
 #[tokio::test]
 async fn what_the_socket_does_not_take_is_queued_and_every_frame_arrives_whole_in_order() {
-    let (socket, mut peer) = pair().await;
-    let sub = Hub::new(64 << 20).connect(crate::protocol::Codec::Json);
-    sub.outbox.write_directly_to(socket.as_raw_fd());
-    let task = Arc::new(Task::default());
-    let mut batch = VecDeque::new();
+    let Idle {
+        socket,
+        mut peer,
+        sub,
+        task,
+        mut batch,
+    } = idle(64 << 20).await;
     let mut sent = Vec::new();
     let mut frames = 0u32;
     // Bounded: loopback buffers hold a few MiB at most; 64 KiB frames fill them well before.
@@ -164,12 +194,7 @@ async fn what_the_socket_does_not_take_is_queued_and_every_frame_arrives_whole_i
 
 #[tokio::test]
 async fn once_the_close_frame_is_due_no_frame_goes_straight_to_the_socket() {
-    let (socket, _peer) = pair().await;
-    let sub = Hub::new(1 << 20).connect(crate::protocol::Codec::Json);
-    sub.outbox.write_directly_to(socket.as_raw_fd());
-    let task = Arc::new(Task::default());
-    let mut batch = VecDeque::new();
-    assert!(park(&sub.outbox, &task, &mut batch).is_pending());
+    let Idle { sub, task, .. } = idle(1 << 20).await;
     sub.outbox.stop_writing_directly();
     assert_eq!(sub.send(Bytes::from_static(b"late")), Sent::Queued);
     assert_eq!(task.0.load(Ordering::SeqCst), 1);

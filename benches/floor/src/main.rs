@@ -17,6 +17,8 @@
 //! is measured by such a receiver, so the floor with it isolates what the receiver adds to the
 //! writer's core (the wake-ups loopback TCP makes there) from what the server adds.
 //! `--mode writev` sends each message with a one-slice `writev`, the call Herald's writer makes.
+//! `--reader-work-ns N` has the epoll reader spend N ns on each message, as a receiver that
+//! parses what it reads does.
 
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -48,11 +50,12 @@ struct Args {
     writer_cpu: usize,
     reader_cpu: usize,
     reader: Reader,
+    reader_work_ns: u64,
 }
 
 const USAGE: &str = "usage: herald-floor [--conns N] [--rounds R] [--interval-ms MS] [--size B] \
 [--mode send|writev|uring] [--batch N] [--fixed] [--writer-cpu C] [--reader-cpu C] \
-[--reader epoll|tokio]";
+[--reader epoll|tokio] [--reader-work-ns N]";
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
@@ -66,6 +69,7 @@ fn parse() -> Result<Args, String> {
         writer_cpu: 0,
         reader_cpu: 1,
         reader: Reader::Epoll,
+        reader_work_ns: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -91,6 +95,7 @@ fn parse() -> Result<Args, String> {
             "--batch" => a.batch = num(&v)?,
             "--writer-cpu" => a.writer_cpu = num(&v)?,
             "--reader-cpu" => a.reader_cpu = num(&v)?,
+            "--reader-work-ns" => a.reader_work_ns = num(&v)? as u64,
             "--mode" => {
                 a.mode = match v.as_str() {
                     "send" => Mode::Send,
@@ -148,6 +153,19 @@ fn pin(cpu: usize) -> Result<(), String> {
         return Err(format!("cannot pin to CPU {cpu}"));
     }
     Ok(())
+}
+
+/// Busy for `ns` nanoseconds: `--reader-work-ns`, the work a real receiver does per message
+/// (`herald-bench` parses each frame and its JSON), so that the floor's reader can be made as
+/// slow as the bench's and its effect on the tail seen.
+fn spin(ns: u64) {
+    if ns == 0 {
+        return;
+    }
+    let t = Instant::now();
+    while (t.elapsed().as_nanos() as u64) < ns {
+        std::hint::spin_loop();
+    }
 }
 
 fn thread_cpu_ns() -> u64 {
@@ -220,6 +238,7 @@ fn reader(
                 let after = (bytes[k] / a.size).min(a.rounds);
                 for start in &starts[before.min(after)..after] {
                     latencies_ns.push(now.saturating_sub(start.load(Ordering::Acquire)));
+                    spin(a.reader_work_ns);
                 }
                 if (r as usize) < buf.len() {
                     break;
