@@ -2,16 +2,16 @@
 //!
 //! Publishers push complete, shared WebSocket frames (`Bytes`, encoded once for all
 //! subscribers); the connection's task takes everything queued at once (the frames themselves,
-//! not copies) and writes it with one gathering write. The bound is in bytes and covers frames queued and frames taken but not yet
-//! written to the kernel.
+//! not copies) and writes it with one gathering write. The bound is in bytes and covers frames
+//! queued and frames taken but not yet written to the kernel. Policy when it fills: the
+//! connection is closed with 4008 (slow consumer) and its queue dropped at once; the client
+//! reconnects with `since` and loses nothing. Other closes are graceful: what is already queued
+//! (replies, messages) is still written, then the close frame.
 //!
 //! A fan-out that finds the connection's writer idle (nothing queued, nothing being written, its
 //! task parked on this outbox) writes the frame to a plain TCP connection's socket itself, under
 //! this lock ([`Outbox::send`]): no wake-up, no poll, no queue. Whatever the socket does not
-//! take at once is queued as usual, so the order of frames is the order of pushes either way. Policy when it fills: the connection is closed with 4008 (slow consumer)
-//! and its queue dropped at once; the client reconnects with `since` and loses nothing.
-//! Other closes are graceful: what is already queued (replies, messages) is still written, then
-//! the close frame.
+//! take at once is queued as usual, so the order of frames is the order of pushes either way.
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
